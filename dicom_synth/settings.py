@@ -83,3 +83,17 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Cached settings; tests call `get_settings.cache_clear()` after changing the env."""
     return Settings()
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    return settings.jobs_dir / job_id
+
+
+def job_input_dir(settings: Settings, job_id: str) -> Path:
+    """A snapshot of the source series as it was when the job was made (hard links)."""
+    return job_dir(settings, job_id) / "input"
+
+
+def job_output_dir(settings: Settings, job_id: str) -> Path:
+    """The synthesized DICOM files, one sub-folder per output series."""
+    return job_dir(settings, job_id) / "output"

@@ -1,0 +1,98 @@
+"""Celery tasks of the worker. Arguments are job IDs, never arrays; every task is
+idempotent (a late-acked task can run twice): it checks the job's state first and
+writes outputs whose UIDs derive from the job ID."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import lru_cache
+
+from celery import Task as CeleryTask
+
+from dicom_synth.domain import JobStatus
+from dicom_synth.inference import SynthesisModel
+from dicom_synth.jobstore import JobStore
+from dicom_synth.pipeline import decide, synthesize_series, write_outputs
+from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, TASK_SYNTHESIZE
+from dicom_synth.registry import ModelCard, load_card
+from dicom_synth.series import load_series
+from dicom_synth.settings import get_settings, job_input_dir, job_output_dir
+from worker.app import app
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=None)
+def _model(task: str) -> tuple[ModelCard, SynthesisModel]:
+    """Loaded lazily, once per worker process, on the first job that needs it."""
+    card = load_card(task, get_settings().models_dir)
+    return card, SynthesisModel.from_card(card)
+
+
+def _store() -> JobStore:
+    return JobStore(get_settings().db_path)
+
+
+def _input_files(job_id: str) -> list:
+    return sorted(job_input_dir(get_settings(), job_id).glob("*.dcm"))
+
+
+class JobTask(CeleryTask):
+    """Marks the job failed with the reason when a task raises, so none is left hanging."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[override]
+        job_id = args[0] if args else kwargs.get("job_id")
+        if job_id:
+            _store().update(job_id, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+
+@app.task(name=TASK_CLASSIFY, base=JobTask)
+def classify(job_id: str) -> str:
+    store = _store()
+    job = store.get(job_id)
+    if job.status not in (JobStatus.RECEIVED, JobStatus.CLASSIFIED):
+        return str(job.status)
+    loaded = load_series(_input_files(job_id), pixels=True)
+    decision = decide(loaded, job.requested_task)
+    c = decision.classification
+    store.update(
+        job_id, status=JobStatus.CLASSIFIED, series_class=c.label,
+        evidence={"confidence": c.confidence, **c.evidence},
+    )
+    if decision.task is None:
+        store.update(job_id, status=JobStatus.SKIPPED, error=decision.reason, progress=1.0)
+        return "skipped"
+    store.update(job_id, status=JobStatus.QUEUED, task=decision.task)
+    app.send_task(TASK_SYNTHESIZE, args=[job_id])
+    return "queued"
+
+
+@app.task(name=TASK_SYNTHESIZE, base=JobTask)
+def synthesize(job_id: str) -> str:
+    settings = get_settings()
+    store = _store()
+    job = store.get(job_id)
+    if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return str(job.status)
+    assert job.task is not None
+    store.update(job_id, status=JobStatus.RUNNING, progress=0.0)
+    card, model = _model(job.task)
+    loaded = load_series(_input_files(job_id), pixels=True)
+
+    last = [0.0]
+
+    def progress(fraction: float) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.5 or fraction >= 1.0:
+            last[0] = now
+            store.update(job_id, progress=0.05 + 0.85 * fraction)
+
+    series = synthesize_series(loaded, model, card, job_id, progress=progress)
+    uids = write_outputs(series, job_output_dir(settings, job_id))
+    if settings.pacs is None:
+        store.update(job_id, status=JobStatus.DONE, progress=1.0, output_series_uids=uids)
+        return "done"
+    store.update(job_id, status=JobStatus.EXPORTING, progress=0.9, output_series_uids=uids)
+    app.send_task(TASK_EXPORT, args=[job_id])
+    return "exporting"
