@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import shutil
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from dicom_synth.pipeline import UnknownTaskError, check_task_name
+from service.gateway.deps import SettingsDep
+from service.intake import accept_series
+from service.store import SeriesStore
+from service.uploads import UploadError, new_staging_dir, stage_upload
+
+router = APIRouter()
+
+
+@router.post("/synthesize", status_code=202)
+async def synthesize(
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="DICOM files of one series, or one zip")] = [],  # noqa: B006
+    task: Annotated[str, Form(description="auto, or a task name")] = "auto",
+) -> dict:
+    """Queue one series for synthesis; answers with the job to poll."""
+    try:
+        check_task_name(task)
+    except UnknownTaskError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return await run_in_threadpool(_ingest, settings, files, task)
+
+
+def _ingest(settings, files: list[UploadFile], task: str) -> dict:
+    staging = new_staging_dir(settings.data_dir)
+    try:
+        staged = stage_upload(((f.filename or "", f.file) for f in files), staging)
+        store = SeriesStore(settings.store_dir)
+        stored = [store.put(path).path for path in staged.files]
+    except UploadError as exc:
+        raise HTTPException(exc.status_code, exc.reason) from exc
+    except OSError as exc:
+        raise HTTPException(507, f"cannot store the upload: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    job = accept_series(
+        settings,
+        study_instance_uid=staged.study_instance_uid,
+        series_instance_uid=staged.series_instance_uid,
+        files=sorted(set(stored)),
+        origin="http",
+        requested_task=task,
+    )
+    return {"job_id": job.job_id, "status_url": f"/jobs/{job.job_id}"}

@@ -1,0 +1,30 @@
+"""Process entry point of the DICOM listener: `python -m service.listener_main`."""
+
+from __future__ import annotations
+
+import logging
+
+from dicom_synth.settings import get_settings
+from service.completion import CompletedSeries
+from service.intake import accept_series
+from service.listener import serve_forever
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s listener %(levelname)s %(message)s")
+    settings = get_settings()
+
+    def on_complete(series: CompletedSeries) -> None:
+        accept_series(
+            settings,
+            study_instance_uid=series.study_instance_uid,
+            series_instance_uid=series.series_instance_uid,
+            files=series.files,
+            origin=f"dicom:{series.calling_ae}",
+        )
+
+    serve_forever(settings, on_complete)
+
+
+if __name__ == "__main__":
+    main()
