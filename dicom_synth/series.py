@@ -292,3 +292,40 @@ def _stack_pixels(entries: list[tuple[Dataset, Path, int | None, Dataset | None]
     if len(shapes) != 1:
         raise SeriesReadError(f"slices have different sizes: {sorted(shapes)}")
     return np.stack(planes).astype(np.float32, copy=False)
+
+
+def pixel_data_problem(ds: Dataset) -> str | None:
+    """Why the pixel data of a fully read dataset cannot be whole, or None.
+
+    Catches truncated files, which parse (pydicom reads what is there) but would
+    fail, or worse, decode garbage, much later in a worker.
+    """
+    if "PixelData" not in ds:
+        return "no pixel data"
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and ts.is_compressed:
+        return None  # encapsulated: fragment parsing already failed if it was cut
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1))
+        expected = expected * int(ds.BitsAllocated) // 8
+    except (AttributeError, TypeError, ValueError) as exc:
+        return f"incomplete image attributes ({exc})"
+    actual = len(ds.PixelData or b"")
+    if actual < expected:
+        return f"pixel data truncated: {actual} of {expected} bytes"
+    return None
+
+
+def read_whole(path: Path) -> tuple[Dataset | None, str | None]:
+    """Read a file completely; (dataset, None) when it is a whole DICOM image,
+    (dataset or None, reason) otherwise."""
+    header = read_header(path)
+    if header is None:
+        return None, "not DICOM"
+    try:
+        ds = dcmread(path, force=True)
+        _ = ds.get("PixelData")
+    except Exception as exc:
+        return header, f"unreadable: {exc}"
+    return ds, pixel_data_problem(ds)

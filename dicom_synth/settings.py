@@ -17,7 +17,6 @@ from dicom_synth.domain import PacsAddress
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SYNTH_",
-        env_file=os.environ.get("SYNTH_CONFIG"),
         extra="ignore",
     )
 
@@ -82,7 +81,7 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     """Cached settings; tests call `get_settings.cache_clear()` after changing the env."""
-    return Settings()
+    return Settings(_env_file=os.environ.get("SYNTH_CONFIG"))  # type: ignore[call-arg]
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:

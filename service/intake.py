@@ -67,8 +67,8 @@ def requeue_unfinished(settings: Settings) -> int:
     Tasks are idempotent and check the job's state, so a job that is still on a queue
     and gets enqueued again runs once to completion and the duplicate is a no-op.
     """
-    from service.queue import app, enqueue_classify, enqueue_export
     from dicom_synth.queueconf import TASK_SYNTHESIZE
+    from service.queue import app, enqueue_classify, enqueue_export
 
     store = JobStore(settings.db_path)
     count = 0

@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dicom_synth.series import read_header
-from dicom_synth.supported import SOP_CLASSES, TRANSFER_SYNTAXES, sop_class_name, transfer_syntax_name
+from dicom_synth.series import read_whole
+from dicom_synth.supported import (
+    SOP_CLASSES,
+    TRANSFER_SYNTAXES,
+    sop_class_name,
+    transfer_syntax_name,
+)
 
 MAX_ZIP_ENTRY_BYTES = 2 * 1024**3  # one DICOM file; guards against zip bombs
 MAX_ZIP_TOTAL_BYTES = 16 * 1024**3
@@ -60,11 +65,12 @@ def stage_upload(uploads: Iterable[tuple[str, BinaryIO]], staging: Path) -> Stag
             raise UploadError(400, "the zip holds no files")
 
     not_dicom: list[str] = []
+    broken: list[str] = []
     bad_class: list[str] = []
     bad_syntax: list[str] = []
     series: dict[str, str] = {}
     for name, path in raw:
-        ds = read_header(path)
+        ds, problem = read_whole(path)
         if ds is None:
             not_dicom.append(name)
             continue
@@ -74,6 +80,8 @@ def stage_upload(uploads: Iterable[tuple[str, BinaryIO]], staging: Path) -> Stag
         ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
         if ts not in TRANSFER_SYNTAXES:
             bad_syntax.append(f"{name} ({transfer_syntax_name(ts)})")
+        if problem and sop in SOP_CLASSES:
+            broken.append(f"{name} ({problem})")
         series.setdefault(str(ds.SeriesInstanceUID), str(ds.get("StudyInstanceUID", "")))
     if not_dicom:
         raise UploadError(422, f"not DICOM: {_names(not_dicom)}")
@@ -83,6 +91,8 @@ def stage_upload(uploads: Iterable[tuple[str, BinaryIO]], staging: Path) -> Stag
         )
     if bad_syntax:
         raise UploadError(415, f"unsupported transfer syntax: {_names(bad_syntax)}")
+    if broken:
+        raise UploadError(422, f"damaged DICOM: {_names(broken)}")
     if len(series) > 1:
         raise UploadError(
             422, f"upload holds {len(series)} series ({_names(sorted(series))}); post one series per request"

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import lru_cache
+from functools import cache
 
 from celery import Task as CeleryTask
+from dicom_synth.inference import SynthesisModel
+from dicom_synth.registry import ModelCard, load_card
 
 from dicom_synth.domain import JobStatus
-from dicom_synth.inference import SynthesisModel
 from dicom_synth.jobstore import JobStore
 from dicom_synth.pipeline import decide, synthesize_series, write_outputs
 from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, TASK_SYNTHESIZE
-from dicom_synth.registry import ModelCard, load_card
 from dicom_synth.series import load_series
 from dicom_synth.settings import get_settings, job_input_dir, job_output_dir
 from worker.app import app
@@ -23,7 +23,7 @@ from worker.app import app
 log = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model(task: str) -> tuple[ModelCard, SynthesisModel]:
     """Loaded lazily, once per worker process, on the first job that needs it."""
     card = load_card(task, get_settings().models_dir)

@@ -1,0 +1,88 @@
+"""`dicom-synth` command line: classify series, or run the pipeline offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+
+from dicom_synth import __version__
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from dicom_synth.classify.cli import run
+
+    return run(args.paths)
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    """The same steps as a job, without servers: one line of JSON per series found."""
+    from dicom_synth.inference import SynthesisModel
+    from dicom_synth.pipeline import (
+        UnknownTaskError,
+        check_task_name,
+        decide,
+        synthesize_series,
+        write_outputs,
+    )
+    from dicom_synth.registry import UnknownModelError, load_card
+    from dicom_synth.series import SeriesReadError, group_series, load_series
+
+    try:
+        check_task_name(args.task)
+    except UnknownTaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    groups = group_series([args.path])
+    if not groups:
+        print(f"error: no DICOM series under {args.path}", file=sys.stderr)
+        return 1
+    out_root = Path(args.out)
+    status = 0
+    for group in groups:
+        record: dict = {"source_series_uid": group.series_instance_uid}
+        try:
+            loaded = load_series(group.files, pixels=True)
+            decision = decide(loaded, args.task)
+            record.update(series_class=decision.classification.label, task=decision.task)
+            if decision.task is None:
+                record.update(status="skipped", reason=decision.reason)
+            else:
+                card = load_card(decision.task, Path(args.models_dir) if args.models_dir else None)
+                model = SynthesisModel.from_card(card)
+                job_id = uuid.uuid5(uuid.NAMESPACE_OID, f"offline:{group.series_instance_uid}:{card.sha256}").hex
+                series = synthesize_series(loaded, model, card, job_id)
+                out_dir = out_root / group.series_instance_uid
+                uids = write_outputs(series, out_dir)
+                record.update(status="done", output_series_uids=uids, out_dir=str(out_dir))
+        except (SeriesReadError, UnknownModelError, ValueError) as exc:
+            record.update(status="failed", error=str(exc))
+            status = 1
+        print(json.dumps(record), flush=True)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dicom-synth", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dicom-synth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="one JSON line per series found under the paths")
+    p.add_argument("paths", nargs="+", help="files or folders (any file names, nested)")
+    p.set_defaults(func=_classify)
+
+    p = sub.add_parser("synthesize", help="run the pipeline offline on the series under PATH")
+    p.add_argument("path")
+    p.add_argument("--task", default="auto", help="auto (route by class) or a task name")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per source series)")
+    p.add_argument("--models-dir", default=None, help="folder of ONNX models and cards")
+    p.set_defaults(func=_synthesize)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
