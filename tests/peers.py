@@ -1,0 +1,322 @@
+"""Real peers for tests: redis-server, Orthanc (as the PACS) and DCMTK tools, each on
+free loopback ports in a temporary directory, always stopped afterwards.
+
+Debian's Orthanc and DCMTK builds stall on small PDUs unless TCP_NODELAY=1 is in their
+environment, so every process started here gets it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+LOOPBACK = "127.0.0.1"
+
+
+class PeerError(RuntimeError):
+    """A peer could not be started or answered wrongly."""
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the caller retries on a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path is None:
+        raise PeerError(
+            f"'{name}' is not installed; `make test` installs it "
+            "(apt-get install redis-server orthanc orthanc-dicomweb dcmtk dicom3tools)"
+        )
+    return path
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- redis
+
+
+@dataclass
+class RedisPeer:
+    port: int
+    workdir: Path
+    proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def start_redis(workdir: Path, *, attempts: int = 3, timeout: float = 15.0) -> RedisPeer:
+    """redis-server on a free port; no persistence, data dir in `workdir`."""
+    binary = require_binary("redis-server")
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "redis.log"
+    for _ in range(attempts):
+        port = free_port()
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), "--daemonize", "no", "--logfile", str(log)],
+            env=PEER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        peer = RedisPeer(port=port, workdir=workdir, proc=proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if peer.ping():
+                return peer
+            time.sleep(0.05)
+        peer.stop()
+    raise PeerError(f"redis-server did not start: {_tail(log)}")
+
+
+# --------------------------------------------------------------------------- Orthanc
+
+_FORWARD_LUA = """
+-- Auto-forward every stable series to the SYNTH modality, except our own results.
+function OnStableSeries(seriesId, tags, metadata)
+  local series = ParseJson(RestApiGet('/series/' .. seriesId))
+  local first = series['Instances'][1]
+  if first ~= nil then
+    local ok, aet = pcall(RestApiGet, '/instances/' .. first .. '/metadata/RemoteAET')
+    if ok and aet == '%(skip_aet)s' then
+      return
+    end
+  end
+  RestApiPost('/modalities/%(modality)s/store',
+              DumpJson({Resources = {seriesId}, Asynchronous = true}, true))
+end
+"""
+
+
+@dataclass
+class OrthancPeer:
+    """A running Orthanc. `aet` is its AE title; results stored into it keep their
+    calling AE in the instance metadata `RemoteAET`."""
+
+    dicom_port: int
+    http_port: int
+    aet: str
+    workdir: Path
+    proc: subprocess.Popen
+    log: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    # ---- REST
+    def get(self, path: str, *, raw: bool = False, timeout: float = 30.0) -> Any:
+        with urllib.request.urlopen(self.http_url + path, timeout=timeout) as rsp:
+            body = rsp.read()
+        return body if raw else json.loads(body)
+
+    def post(self, path: str, payload: Any, *, timeout: float = 30.0) -> Any:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        req = urllib.request.Request(self.http_url + path, data=data, method="POST")
+        with urllib.request.urlopen(req, timeout=timeout) as rsp:
+            body = rsp.read()
+        return json.loads(body) if body else None
+
+    def alive(self) -> bool:
+        try:
+            self.get("/system", timeout=2)
+            return True
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    # ---- helpers tests use
+    def series_in_study(self, study_uid: str) -> list[dict]:
+        """Expanded Orthanc series resources of the study (empty when unknown)."""
+        return self.post(
+            "/tools/find",
+            {"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
+        )
+
+    def instances(self, series_id: str) -> list[dict]:
+        return self.get(f"/series/{series_id}/instances")
+
+    def get_file(self, instance_id: str) -> bytes:
+        return self.get(f"/instances/{instance_id}/file", raw=True)
+
+    def get_dicom(self, instance_id: str) -> Dataset:
+        return dcmread(BytesIO(self.get_file(instance_id)))
+
+    def remote_aet(self, instance_id: str) -> str:
+        return self.get(f"/instances/{instance_id}/metadata/RemoteAET", raw=True).decode()
+
+    def instance_count(self) -> int:
+        return int(self.get("/statistics")["CountInstances"])
+
+    def wait_for(self, predicate, *, timeout: float = 60.0, interval: float = 0.1) -> Any:
+        """Poll `predicate()` until it returns something truthy; raise with the log tail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise PeerError(f"condition not met within {timeout} s; Orthanc log: {_tail(self.log)}")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def start_orthanc(
+    workdir: Path,
+    *,
+    synth_port: int | None = None,
+    synth_aet: str = "SYNTH",
+    synth_host: str = LOOPBACK,
+    aet: str = "ORTHANC",
+    allow_any_store: bool = True,
+    modalities: dict[str, tuple[str, str, int]] | None = None,
+    stable_age: int = 1,
+    dicomweb: bool = False,
+    attempts: int = 3,
+    timeout: float = 30.0,
+) -> OrthancPeer:
+    """Start Orthanc with its storage in `workdir`. With `synth_port`, it knows a modality
+    named `synth_aet` at synth_host:synth_port and forwards every stable series there,
+    except series that `synth_aet` itself stored. `allow_any_store=False` makes it refuse
+    calling AEs not listed in `modalities` (name -> (AE, host, port))."""
+    binary = require_binary("Orthanc")
+    workdir.mkdir(parents=True, exist_ok=True)
+    known: dict[str, list[Any]] = {k: list(v) for k, v in (modalities or {}).items()}
+    lua_scripts: list[str] = []
+    if synth_port is not None:
+        known[synth_aet] = [synth_aet, synth_host, synth_port]
+        lua = workdir / "forward.lua"
+        lua.write_text(_FORWARD_LUA % {"skip_aet": synth_aet, "modality": synth_aet})
+        lua_scripts.append(str(lua))
+    plugins = []
+    if dicomweb:
+        plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+        if not plugin.exists():
+            raise PeerError("orthanc-dicomweb plugin missing; `make test` installs it")
+        plugins.append(str(plugin))
+    log = workdir / "orthanc.log"
+    for _ in range(attempts):
+        http_port, dicom_port = free_port(), free_port()
+        config = {
+            "Name": f"test-pacs-{dicom_port}",
+            "StorageDirectory": str(workdir / "storage"),
+            "IndexDirectory": str(workdir / "storage"),
+            "StorageCompression": False,
+            "HttpServerEnabled": True,
+            "HttpPort": http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "SslEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": aet,
+            "DicomPort": dicom_port,
+            "DicomCheckCalledAet": False,
+            "DicomCheckModalityHost": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": allow_any_store,
+            "DicomModalities": known,
+            "DicomScuTimeout": 30,
+            "DicomScpTimeout": 30,
+            "StableAge": stable_age,
+            "LuaScripts": lua_scripts,
+            "Plugins": plugins,
+            "ConcurrentJobs": 2,
+            "HttpTimeout": 30,
+            "SaveJobs": False,
+            "OverwriteInstances": True,
+            "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
+        }
+        cfg = workdir / "orthanc.json"
+        cfg.write_text(json.dumps(config, indent=2))
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [binary, "--no-jobs", str(cfg)], cwd=workdir, env=PEER_ENV,
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        peer = OrthancPeer(
+            dicom_port=dicom_port, http_port=http_port, aet=aet, workdir=workdir,
+            proc=proc, log=log, config=config,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if peer.alive() and _port_open(dicom_port):
+                return peer
+            time.sleep(0.1)
+        peer.stop()
+    raise PeerError(f"Orthanc did not start; log tail: {_tail(log)}")
+
+
+# --------------------------------------------------------------------------- DCMTK
+
+
+def storescu(
+    files: Sequence[Path],
+    host: str,
+    port: int,
+    called_ae: str,
+    *,
+    calling_ae: str = "STORESCU",
+    extra_args: Sequence[str] = (),
+    timeout: float = 300.0,
+) -> subprocess.CompletedProcess:
+    """DCMTK storescu, one association for all `files`; raises PeerError on failure."""
+    binary = require_binary("storescu")
+    cmd = [binary, "-aet", calling_ae, "-aec", called_ae, *extra_args, host, str(port),
+           *[str(f) for f in files]]
+    result = subprocess.run(cmd, env=PEER_ENV, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise PeerError(f"storescu failed ({result.returncode}): {result.stderr[-2000:]}")
+    return result
