@@ -1,0 +1,370 @@
+"""The series store: one durable file per instance at `root/<Study>/<Series>/<SOP>.dcm`.
+
+A file becomes visible only whole: it is checked (complete Part 10 structure), fsynced,
+then linked into place atomically and the directory fsynced. The listener and the HTTP
+gateway both call `put()`, so a duplicate from either side is idempotent: the same
+SOPInstanceUID replaces the stored copy atomically and is reported new only once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import struct
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_INCOMING = ".incoming"
+
+
+class InvalidInstance(ValueError):
+    """The file is not a whole, storable DICOM instance (data problem, not ours)."""
+
+    def __init__(self, message: str, *, mismatch: bool = False) -> None:
+        super().__init__(message)
+        self.mismatch = mismatch
+        """True when the data set contradicts what the sender said it is."""
+
+
+def is_valid_uid(uid: str) -> bool:
+    """A DICOM UID (digits and dots, at most 64 characters): safe as a path component."""
+    return 0 < len(uid) <= 64 and bool(_UID_RE.match(uid))
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    path: Path
+    is_new: bool
+    header: Dataset = field(compare=False, repr=False)
+    """The instance's header without pixel data, read once while storing."""
+
+
+class SeriesStore:
+    """Durable instance files grouped by study and series."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / _INCOMING).mkdir(exist_ok=True)
+
+    def series_dir(self, study_uid: str, series_uid: str) -> Path:
+        for uid in (study_uid, series_uid):
+            if not is_valid_uid(uid):
+                raise ValueError(f"not a valid UID: {uid!r}")
+        return self.root / study_uid / series_uid
+
+    def put(self, src_path: Path, *,
+            expected_sop_instance_uid: str | None = None) -> StoredInstance:
+        """Move a fully written Part 10 file into the store; the source is gone afterwards.
+
+        Raises `InvalidInstance` for unreadable or truncated data (the file is left where
+        it was) and `OSError` when the store cannot write (e.g. ENOSPC); in neither case is
+        anything half-written visible in the store. `expected_sop_instance_uid` (the
+        C-STORE request's AffectedSOPInstanceUID) must match the data set when given.
+        """
+        src = Path(src_path)
+        info = check_part10(src)
+        try:
+            header = pydicom.dcmread(src, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises many types on malformed input
+            raise InvalidInstance(f"unreadable DICOM header: {exc}") from exc
+        _check_pixel_data(header, info)
+        study = str(header.get("StudyInstanceUID", "")).strip()
+        series = str(header.get("SeriesInstanceUID", "")).strip()
+        sop = str(header.get("SOPInstanceUID", "")).strip()
+        for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series),
+                          ("SOPInstanceUID", sop)):
+            if not is_valid_uid(uid):
+                raise InvalidInstance(f"{name} missing or not a valid UID: {uid!r}")
+        if expected_sop_instance_uid is not None and expected_sop_instance_uid.strip() != sop:
+            raise InvalidInstance(
+                f"SOPInstanceUID {sop} differs from the request's {expected_sop_instance_uid}",
+                mismatch=True,
+            )
+
+        series_dir = self._make_dirs(study, series)
+        final = series_dir / f"{sop}.dcm"
+        staged, copied = self._stage(src)
+        try:
+            is_new = _link_or_replace(staged, final)
+        except BaseException:
+            if copied:
+                _unlink_quietly(staged)
+            raise
+        _unlink_quietly(staged)  # after a link (not a replace) the old name is still there
+        _fsync_dir(series_dir)
+        if copied:
+            _unlink_quietly(src)
+        return StoredInstance(study, series, sop, final, is_new, header)
+
+    def series_files(self, study_uid: str, series_uid: str) -> list[Path]:
+        """The stored instance files of a series, sorted by name (not slice order)."""
+        d = self.series_dir(study_uid, series_uid)
+        if not d.is_dir():
+            return []
+        return sorted(p for p in d.iterdir() if p.suffix == ".dcm" and is_valid_uid(p.stem))
+
+    def iter_series(self) -> Iterator[tuple[str, str]]:
+        """Every (study UID, series UID) that has a directory in the store."""
+        for study in sorted(self.root.iterdir()):
+            if not study.is_dir() or not is_valid_uid(study.name):
+                continue
+            for series in sorted(study.iterdir()):
+                if series.is_dir() and is_valid_uid(series.name):
+                    yield study.name, series.name
+
+    def _make_dirs(self, study: str, series: str) -> Path:
+        """Create the series directory; fsync each parent whose entries changed."""
+        study_dir = self.root / study
+        series_dir = study_dir / series
+        if series_dir.is_dir():
+            return series_dir
+        for parent, child in ((self.root, study_dir), (study_dir, series_dir)):
+            try:
+                child.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(parent)
+        return series_dir
+
+    def _stage(self, src: Path) -> tuple[Path, bool]:
+        """A durable file holding `src` on the store's file system, and whether it is a copy.
+
+        On the same file system `src` itself is fsynced and used (no copy); elsewhere it
+        is copied into `root/.incoming` and fsynced there.
+        """
+        incoming = self.root / _INCOMING
+        if os.stat(src).st_dev == os.stat(incoming).st_dev:
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                os.fchmod(fd, 0o644)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return src, False
+        staged = incoming / f"{uuid.uuid4().hex}.part"
+        try:
+            with open(src, "rb") as fin, open(staged, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+                fout.flush()
+                os.fchmod(fout.fileno(), 0o644)
+                os.fsync(fout.fileno())
+        except BaseException:
+            _unlink_quietly(staged)
+            raise
+        return staged, True
+
+
+def _check_pixel_data(header: Dataset, info: Part10Info) -> None:
+    """An image must carry its pixels, all of them (a file cut between elements parses)."""
+    sop_class = pydicom.uid.UID(str(header.get("SOPClassUID", "")))
+    is_image = "Rows" in header or "Image Storage" in sop_class.name
+    if not is_image or "FloatPixelData" in header or "DoubleFloatPixelData" in header:
+        return
+    if info.pixel_data_length is None:
+        raise InvalidInstance("image has no PixelData (truncated?)")
+    if info.pixel_data_length < 0:
+        return  # encapsulated: the walker found its sequence delimiter
+    try:
+        bits = int(header.BitsAllocated)
+        n = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1) or 1)
+        n *= int(header.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InvalidInstance(f"image pixel description unreadable: {exc}") from exc
+    if str(header.get("PhotometricInterpretation", "")).endswith("_422"):
+        n = n * 2 // 3  # chroma subsampled: 2 samples per pixel on the wire
+    expected = (n * bits + 7) // 8
+    if info.pixel_data_length < expected:
+        raise InvalidInstance(
+            f"PixelData holds {info.pixel_data_length} bytes, the header needs {expected}"
+        )
+
+
+def _link_or_replace(staged: Path, final: Path) -> bool:
+    """Publish `staged` at `final` atomically; True when no copy existed before.
+
+    `link` fails if the name exists, so of two concurrent puts of one SOP exactly one
+    sees it new, even across processes; the other replaces it atomically.
+    """
+    try:
+        os.link(staged, final)
+        return True
+    except FileExistsError:
+        os.replace(staged, final)
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def is_out_of_space(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+# --- Part 10 structure check -------------------------------------------------------------
+# pydicom reads truncated files without complaint, so walk the element structure ourselves:
+# every element must end inside the file and the last one exactly at its end. Values are
+# skipped by seeking, so this costs microseconds per element and never decodes pixels.
+
+_UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_ITEM, _ITEM_END, _SEQ_END = (0xFFFE, 0xE000), (0xFFFE, 0xE00D), (0xFFFE, 0xE0DD)
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95")
+
+
+@dataclass(frozen=True)
+class Part10Info:
+    transfer_syntax_uid: str
+    pixel_data_length: int | None
+    """Value length of top-level (7FE0,0010); None when absent, -1 when encapsulated."""
+
+
+def check_part10(path: Path) -> Part10Info:
+    """Raise `InvalidInstance` unless `path` is a structurally whole Part 10 file."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(132)
+            if len(head) < 132 or head[128:132] != b"DICM":
+                raise InvalidInstance("not a DICOM Part 10 file (no DICM prefix)")
+            ts = _read_meta(f, size)
+            if ts in _DEFLATED:
+                raw = f.read()
+                z = zlib.decompressobj(-zlib.MAX_WBITS)
+                try:
+                    body = z.decompress(raw)
+                except zlib.error as exc:
+                    raise InvalidInstance(f"deflated data set is corrupt: {exc}") from exc
+                if not z.eof:
+                    raise InvalidInstance("deflated data set is truncated")
+                walker = _Walker(BytesIO(body), len(body), explicit=True, little=True)
+                walker.dataset(len(body))
+            else:
+                walker = _Walker(f, size, explicit=ts != _IMPLICIT_LE, little=ts != _EXPLICIT_BE)
+                walker.dataset(size)
+    except struct.error as exc:
+        raise InvalidInstance(f"truncated element: {exc}") from exc
+    return Part10Info(ts, walker.pixel_data_length)
+
+
+def _read_meta(f: BinaryIO, size: int) -> str:
+    """Read the file meta group (explicit VR little endian); leave `f` after it."""
+    ts = ""
+    while True:
+        pos = f.tell()
+        peek = f.read(8)
+        if len(peek) < 8:
+            raise InvalidInstance("truncated file meta information")
+        group, elem = struct.unpack("<HH", peek[:4])
+        if group != 0x0002:
+            f.seek(pos)
+            break
+        vr = peek[4:6]
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack("<I", f.read(4))
+        else:
+            (length,) = struct.unpack("<H", peek[6:8])
+        if length == _UNDEFINED or pos + length > size:
+            raise InvalidInstance("malformed file meta information")
+        value = f.read(length)
+        if elem == 0x0010:
+            ts = value.decode("ascii", "replace").strip("\0 ")
+    if not ts:
+        raise InvalidInstance("file meta has no TransferSyntaxUID")
+    return ts
+
+
+class _Walker:
+    def __init__(self, f: BinaryIO, size: int, *, explicit: bool, little: bool) -> None:
+        self.f, self.size, self.explicit = f, size, explicit
+        self.e = "<" if little else ">"
+        self.pixel_data_length: int | None = None
+        self._depth = 0
+
+    def _tag(self) -> tuple[int, int, bytes]:
+        raw = self.f.read(8)
+        if len(raw) < 8:
+            raise InvalidInstance("truncated: element header cut off")
+        group, elem = struct.unpack(self.e + "HH", raw[:4])
+        return group, elem, raw
+
+    def dataset(self, end: int | None, *, explicit: bool | None = None) -> None:
+        """Walk elements up to `end`, or up to an item delimiter when `end` is None."""
+        explicit = self.explicit if explicit is None else explicit
+        while end is None or self.f.tell() < end:
+            group, elem, raw = self._tag()
+            if (group, elem) == _ITEM_END:
+                if end is None:
+                    return
+                raise InvalidInstance("unexpected item delimiter")
+            if explicit and group != 0xFFFE:
+                vr = raw[4:6]
+                if not (vr.isalpha() and vr.isupper()):
+                    raise InvalidInstance(f"invalid VR {vr!r} at ({group:04X},{elem:04X})")
+                if vr in _LONG_VRS:
+                    (length,) = struct.unpack(self.e + "I", self.f.read(4))
+                else:
+                    (length,) = struct.unpack(self.e + "H", raw[6:8])
+            else:
+                vr = None
+                (length,) = struct.unpack(self.e + "I", raw[4:8])
+            if self._depth == 0 and (group, elem) == (0x7FE0, 0x0010):
+                self.pixel_data_length = -1 if length == _UNDEFINED else length
+            if length == _UNDEFINED:
+                # SQ, encapsulated pixel data, or UN holding an implicit-VR sequence.
+                self._depth += 1
+                self.items(explicit=explicit and vr != b"UN")
+                self._depth -= 1
+            else:
+                self._skip(length, end)
+        if end is not None and self.f.tell() != end:
+            raise InvalidInstance("truncated: last element runs past the end of the file")
+
+    def items(self, *, explicit: bool) -> None:
+        while True:
+            group, elem, raw = self._tag()
+            (length,) = struct.unpack(self.e + "I", raw[4:8])
+            if (group, elem) == _SEQ_END:
+                return
+            if (group, elem) != _ITEM:
+                raise InvalidInstance(f"expected an item, found ({group:04X},{elem:04X})")
+            if length == _UNDEFINED:
+                self.dataset(None, explicit=explicit)
+            else:
+                self._skip(length, None)
+
+    def _skip(self, length: int, end: int | None) -> None:
+        target = self.f.tell() + length
+        if target > (end if end is not None else self.size):
+            raise InvalidInstance("truncated: element value runs past the end of the file")
+        self.f.seek(target)
