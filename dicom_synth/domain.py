@@ -75,6 +75,7 @@ class Job:
     evidence: dict | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    timeline: dict[str, float] = field(default_factory=dict)  # status -> when it was entered
 
     def public(self) -> dict:
         """The job as the HTTP contract shows it."""
@@ -87,4 +88,5 @@ class Job:
             "source_series_uid": self.source_series_uid,
             "output_series_uids": list(self.output_series_uids),
             "error": self.error,
+            "timeline": dict(self.timeline),
         }

@@ -64,6 +64,7 @@ class JobStore:
         now = time.time()
         job.created_at = job.created_at or now
         job.updated_at = now
+        job.timeline.setdefault(str(job.status), now)
         body = json.dumps(asdict(job))
         with self._connect() as conn:
             conn.execute(
@@ -91,9 +92,12 @@ class JobStore:
                 conn.execute("ROLLBACK")
                 raise JobNotFound(job_id)
             job = self._decode(row[0])
+            before = job.status
             for key, value in changes.items():
                 setattr(job, key, JobStatus(value) if key == "status" else value)
             job.updated_at = time.time()
+            if job.status != before or str(job.status) not in job.timeline:
+                job.timeline[str(job.status)] = job.updated_at
             conn.execute(
                 "UPDATE jobs SET status = ?, updated_at = ?, body = ? WHERE job_id = ?",
                 (str(job.status), job.updated_at, json.dumps(asdict(job)), job_id),
