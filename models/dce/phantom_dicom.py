@@ -1,0 +1,218 @@
+"""Write phantom subjects as MR Image Storage files with Siemens-like breast protocol headers,
+so the service, the classifier and the pairing code see what a Prisma would send.
+
+Pure numpy + pydicom (no torch). UIDs are derived from the seed, so the same seed always
+writes the same study, and the T1 and the DCE phase share study and frame of reference.
+
+    python -m models.dce.phantom_dicom OUT --seed 3000 --slices 48 --size 384 [--which both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from models.dce import physics as ph
+from models.dce.phantom import PhantomSubject, generate_subject
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's documented example root
+SERIES_KINDS = ("t1", "dce1")
+
+# Per-series protocol headers: the seed 000 Prisma protocol (see SEEDS.md).
+_PROTOCOL = {
+    "t1": {
+        "seq": ph.T1_FLASH_NONFS, "SeriesNumber": 5, "ScanOptions": "",
+        "SequenceVariant": "SP", "SequenceName": "*fl3d1", "PixelBandwidth": 450,
+        "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND", "NORM"],
+        "offset_s": 0,
+    },
+    "dce1": {
+        "seq": ph.VIBE_SPAIR_DCE, "SeriesNumber": 8, "ScanOptions": "FS",
+        "SequenceVariant": ["SP", "OSP"], "SequenceName": "*fl3d1", "PixelBandwidth": 590,
+        "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND", "NORM"],
+        "offset_s": 420,
+    },
+}
+
+
+def _uid(*parts: object) -> str:
+    return generate_uid(prefix=UID_PREFIX, entropy_srcs=[str(p) for p in parts])
+
+
+def to_stored(volume: np.ndarray, bits: int = 12) -> np.ndarray:
+    """Scanner units to the stored uint16 pixels (rounded, clipped to the stored bit depth)."""
+    return np.clip(np.rint(volume), 0, 2**bits - 1).astype(np.uint16)
+
+
+def write_phantom_series(out_dir: Path, seed: int, n_slices: int = 48, size: int = 384, *,
+                         which: str = "t1", study_uid: str | None = None,
+                         patient_id: str | None = None,
+                         subject: PhantomSubject | None = None) -> list[Path]:
+    """Write one series of a phantom subject, one file per slice; returns the paths.
+
+    `subject` lets a caller that writes both series generate the subject once."""
+    if which not in SERIES_KINDS:
+        raise ValueError(f"which must be one of {SERIES_KINDS}, got {which!r}")
+    if subject is None:
+        subject = generate_subject(seed, n_slices=n_slices, size=size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pixels = to_stored(subject.t1 if which == "t1" else subject.dce1)
+    headers = series_headers(subject, which=which, study_uid=study_uid, patient_id=patient_id)
+    paths = []
+    for k, ds in enumerate(headers):
+        ds.PixelData = pixels[k].tobytes()
+        path = out_dir / f"{which}-{seed}-{k + 1:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def write_phantom_study(out_dir: Path, seed: int, n_slices: int = 48, size: int = 384, *,
+                        patient_id: str | None = None) -> dict[str, list[Path]]:
+    """Both series of one subject under out_dir/t1 and out_dir/dce1."""
+    subject = generate_subject(seed, n_slices=n_slices, size=size)
+    return {w: write_phantom_series(Path(out_dir) / w, seed, which=w, patient_id=patient_id,
+                                    subject=subject) for w in SERIES_KINDS}
+
+
+def series_headers(subject: PhantomSubject, *, which: str, study_uid: str | None = None,
+                   patient_id: str | None = None) -> list[Dataset]:
+    """One header per slice (no pixel data), sorted feet to head."""
+    proto = _PROTOCOL[which]
+    seq: ph.Sequence = proto["seq"]
+    seed = subject.seed
+    n, rows, cols = subject.t1.shape
+    study_uid = study_uid or _uid("study", seed)
+    series_uid = _uid("series", study_uid, which)
+    frame_uid = _uid("frame", study_uid)
+    patient_id = patient_id or f"PHANTOM-{seed:04d}"
+    day = dt.date(2024, 1, 1) + dt.timedelta(days=seed % 365)
+    start = dt.datetime.combine(day, dt.time(9, 0)) + dt.timedelta(minutes=seed % 300)
+    acq = start + dt.timedelta(seconds=proto["offset_s"])
+    px = subject.pixel_spacing_mm
+    x0 = -(cols - 1) / 2 * px
+    y0 = -(rows - 1) / 2 * px
+    out = []
+    for k in range(n):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+        sop_uid = _uid("sop", series_uid, k)
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = proto["ImageType"]
+        ds.SOPClassUID = MR_IMAGE_STORAGE
+        ds.SOPInstanceUID = sop_uid
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = day.strftime("%Y%m%d")
+        ds.StudyTime = start.strftime("%H%M%S.%f")
+        ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = acq.strftime("%H%M%S.%f")
+        ds.AccessionNumber = f"ACC{seed:06d}"
+        ds.Modality = "MR"
+        ds.Manufacturer = "SIEMENS"
+        ds.InstitutionName = "Phantom Hospital"
+        ds.ReferringPhysicianName = ""
+        ds.StationName = "PHANTOM"
+        ds.StudyDescription = "MR Mamma beidseits"
+        ds.SeriesDescription = seq.name
+        ds.ProtocolName = seq.name
+        ds.ManufacturerModelName = "Prisma"
+        ds.SoftwareVersions = "syngo MR XA30 (phantom)"
+        ds.PatientName = f"PHANTOM^BREAST^{seed}"
+        ds.PatientID = patient_id
+        ds.PatientBirthDate = "19700101"
+        ds.PatientSex = "F"
+        ds.PatientAge = "054Y"
+        ds.PatientWeight = 65
+        ds.BodyPartExamined = "BREAST"
+        ds.Laterality = ""  # both breasts in one image (Type 2C, empty allowed)
+        ds.ScanningSequence = "GR"
+        ds.SequenceVariant = proto["SequenceVariant"]
+        ds.ScanOptions = proto["ScanOptions"]
+        ds.MRAcquisitionType = "3D"
+        ds.SequenceName = proto["SequenceName"]
+        ds.AngioFlag = "N"
+        ds.SliceThickness = f"{subject.slice_spacing_mm:g}"
+        ds.SpacingBetweenSlices = f"{subject.slice_spacing_mm:g}"
+        ds.RepetitionTime = f"{seq.tr_ms:g}"
+        ds.EchoTime = f"{seq.te_ms:g}"
+        ds.NumberOfAverages = 1
+        ds.ImagingFrequency = 123.25
+        ds.ImagedNucleus = "1H"
+        ds.EchoNumbers = 1
+        ds.MagneticFieldStrength = 3
+        ds.EchoTrainLength = 1
+        ds.PercentSampling = 100
+        ds.PercentPhaseFieldOfView = 100
+        ds.PixelBandwidth = proto["PixelBandwidth"]
+        ds.ReceiveCoilName = "Breast_18"
+        ds.TransmitCoilName = "Body"
+        ds.AcquisitionMatrix = [0, cols, rows, 0]
+        ds.InPlanePhaseEncodingDirection = "ROW"
+        ds.FlipAngle = f"{seq.flip_deg:g}"
+        ds.PatientPosition = "FFP"
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.StudyID = "1"
+        ds.SeriesNumber = proto["SeriesNumber"]
+        ds.AcquisitionNumber = 1
+        ds.InstanceNumber = k + 1
+        z = float(subject.z_mm[k])
+        ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{z:.4f}"]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.FrameOfReferenceUID = frame_uid
+        ds.PositionReferenceIndicator = ""
+        ds.SliceLocation = f"{z:.4f}"
+        ds.ImagesInAcquisition = n
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = rows
+        ds.Columns = cols
+        ds.PixelSpacing = [f"{px:g}", f"{px:g}"]
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        ds.WindowCenter = 800 if which == "t1" else 500
+        ds.WindowWidth = 1800 if which == "t1" else 1200
+        if which == "dce1":
+            ds.ContrastBolusAgent = "Gadobutrol"
+            ds.ContrastBolusRoute = "IV"
+            ds.ContrastBolusVolume = 6.5
+            ds.ContrastBolusTotalDose = 6.5
+            ds.ContrastFlowRate = 2
+            ds.ContrastBolusIngredient = "GADOLINIUM"
+            ds.TemporalPositionIdentifier = 2  # 1 is the pre-contrast mask
+            ds.NumberOfTemporalPositions = 7
+        out.append(ds)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Write a phantom breast study as DICOM files.")
+    p.add_argument("out", type=Path)
+    p.add_argument("--seed", type=int, default=3000, help="subject seed (3000-3999: test split)")
+    p.add_argument("--slices", type=int, default=48)
+    p.add_argument("--size", type=int, default=384)
+    p.add_argument("--which", choices=[*SERIES_KINDS, "both"], default="both")
+    p.add_argument("--patient-id", default=None)
+    a = p.parse_args(argv)
+    if a.which == "both":
+        written = write_phantom_study(a.out, a.seed, a.slices, a.size, patient_id=a.patient_id)
+    else:
+        written = {a.which: write_phantom_series(a.out, a.seed, a.slices, a.size, which=a.which,
+                                                 patient_id=a.patient_id)}
+    for which, paths in written.items():
+        print(f"{which}: {len(paths)} files in {paths[0].parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
