@@ -82,6 +82,8 @@ def stage_upload(uploads: Iterable[tuple[str, BinaryIO]], staging: Path) -> Stag
             bad_syntax.append(f"{name} ({transfer_syntax_name(ts)})")
         if problem and sop in SOP_CLASSES:
             broken.append(f"{name} ({problem})")
+        elif not problem and not _has_preamble(path):
+            _rewrite_as_part10(ds, path)
         series.setdefault(str(ds.SeriesInstanceUID), str(ds.get("StudyInstanceUID", "")))
     if not_dicom:
         raise UploadError(422, f"not DICOM: {_names(not_dicom)}")
@@ -101,6 +103,26 @@ def stage_upload(uploads: Iterable[tuple[str, BinaryIO]], staging: Path) -> Stag
     if not study_uid:
         raise UploadError(422, "no StudyInstanceUID: the result could not be placed in a study")
     return StagedSeries(study_uid, series_uid, [p for _, p in raw])
+
+
+def _has_preamble(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(128)
+        return f.read(4) == b"DICM"
+
+
+def _rewrite_as_part10(ds, path: Path) -> None:
+    """Some exports write bare datasets without the Part 10 header; store them as files."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)
 
 
 def _names(items: list[str], limit: int = 5) -> str:

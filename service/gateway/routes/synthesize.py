@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from dicom_synth.pipeline import UnknownTaskError, check_task_name
 from service.gateway.deps import SettingsDep
 from service.intake import accept_series
-from service.store import SeriesStore
+from service.store import InvalidInstance, SeriesStore
 from service.uploads import UploadError, new_staging_dir, stage_upload
 
 router = APIRouter()
@@ -37,6 +37,8 @@ def _ingest(settings, files: list[UploadFile], task: str) -> dict:
         stored = [store.put(path).path for path in staged.files]
     except UploadError as exc:
         raise HTTPException(exc.status_code, exc.reason) from exc
+    except InvalidInstance as exc:
+        raise HTTPException(422, f"damaged DICOM: {exc}") from exc
     except OSError as exc:
         raise HTTPException(507, f"cannot store the upload: {exc.strerror or exc}") from exc
     finally:
