@@ -95,6 +95,23 @@ _MR_REQUIRED: dict[str, Any] = {
 _CT_REQUIRED: dict[str, Any] = {"KVP": None, "AcquisitionNumber": None}
 
 
+# Body parts that come in pairs: General Series Laterality is required for them.
+_PAIRED_PARTS = {
+    "BREAST", "EYE", "ORBIT", "EAR", "IAC", "TEMPORALBONE", "TMJ", "PAROTID", "KIDNEY",
+    "LUNG", "ADRENAL", "OVARY", "TESTIS", "SHOULDER", "ACJOINT", "CLAVICLE", "SCAPULA",
+    "ARM", "HUMERUS", "ELBOW", "FOREARM", "RADIUS", "ULNA", "WRIST", "HAND", "FINGER",
+    "THUMB", "HIP", "SIJ", "LEG", "THIGH", "FEMUR", "KNEE", "PATELLA", "TIBIA", "FIBULA",
+    "ANKLE", "FOOT", "HEEL", "CALCANEUS", "TOE", "EXTREMITY", "UPRXTREMITY",
+    "LOWRXTREMITY", "AXILLA", "CAROTID",
+}
+
+
+def _maybe_paired(ds: Dataset) -> bool:
+    """True when the body part is paired or unknown (then Laterality must be present)."""
+    part = str(ds.get("BodyPartExamined") or "").strip().upper()
+    return not part or part in _PAIRED_PARTS
+
+
 def _code_item(code: tuple[str, str, str]) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
@@ -196,8 +213,10 @@ def _series_level(
             setattr(ds, kw, None)  # Type 2: present, may be empty
     if "PatientPosition" not in ds:
         ds.PatientPosition = ""
-    if "Laterality" not in ds:
-        ds.Laterality = None  # Type 2C: empty means "unknown", the honest answer here
+    if "Laterality" not in ds and _maybe_paired(ds):
+        side = first.get("ImageLaterality") or first.get("FrameLaterality")
+        # Type 2C: the source's side when it names one, else empty ("unknown").
+        ds.Laterality = side if side in ("R", "L") else None
     date, time = _dicom_dt(created)
     ds.SOPClassUID = _SOP_CLASS[modality]
     ds.Modality = modality
