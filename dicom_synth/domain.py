@@ -76,6 +76,7 @@ class Job:
     created_at: float = 0.0
     updated_at: float = 0.0
     timeline: dict[str, float] = field(default_factory=dict)  # status -> when it was entered
+    claimed_by: str | None = None  # Celery node that last started a task for this job
 
     def public(self) -> dict:
         """The job as the HTTP contract shows it."""

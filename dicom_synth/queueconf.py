@@ -18,6 +18,17 @@ TASK_SYNTHESIZE = "synth.synthesize"
 TASK_EXPORT = "synth.export"
 
 
+def task_for_status(status: str) -> str | None:
+    """The task that moves a job on from `status` (None for final states)."""
+    return {
+        "received": TASK_CLASSIFY,
+        "classified": TASK_CLASSIFY,
+        "queued": TASK_SYNTHESIZE,
+        "running": TASK_SYNTHESIZE,
+        "exporting": TASK_EXPORT,
+    }.get(str(status))
+
+
 def celery_config(broker_url: str) -> dict[str, Any]:
     """Settings shared by every Celery app of the project."""
     return {

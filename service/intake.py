@@ -67,18 +67,17 @@ def requeue_unfinished(settings: Settings) -> int:
     Tasks are idempotent and check the job's state, so a job that is still on a queue
     and gets enqueued again runs once to completion and the duplicate is a no-op.
     """
-    from dicom_synth.queueconf import TASK_SYNTHESIZE
-    from service.queue import app, enqueue_classify, enqueue_export
+    from dicom_synth.queueconf import task_for_status
+    from service.queue import app
 
     store = JobStore(settings.db_path)
     count = 0
     for job in store.unfinished():
-        if job.status in (JobStatus.RECEIVED, JobStatus.CLASSIFIED):
-            enqueue_classify(job.job_id)
-        elif job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        task = task_for_status(job.status)
+        if task is None:
+            continue
+        if job.status == JobStatus.RUNNING:
             store.update(job.job_id, status=JobStatus.QUEUED)
-            app.send_task(TASK_SYNTHESIZE, args=[job.job_id])
-        elif job.status == JobStatus.EXPORTING:
-            enqueue_export(job.job_id)
+        app.send_task(task, args=[job.job_id])
         count += 1
     return count

@@ -84,13 +84,23 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    commands = child_commands(settings)
+    restarts: dict[str, list[float]] = {name: [] for name in children}
     code = 0
     while not stopping:
-        for name, proc in children.items():
-            if proc.poll() is not None:
-                log.error("%s exited with %s; stopping everything", name, proc.returncode)
+        for name, proc in list(children.items()):
+            if proc.poll() is None:
+                continue
+            # A child that dies is restarted (its jobs resume: see worker.recovery);
+            # one that keeps dying stops everything rather than loop forever.
+            now = time.monotonic()
+            restarts[name] = [t for t in restarts[name] if now - t < 60] + [now]
+            if len(restarts[name]) > 5:
+                log.error("%s exited %d times within a minute; stopping everything", name, len(restarts[name]))
                 stopping, code = True, 1
                 break
+            log.warning("%s exited with %s; restarting it", name, proc.returncode)
+            children[name] = subprocess.Popen(commands[name], env=env, start_new_session=True)
         time.sleep(0.2)
     for proc in children.values():
         if proc.poll() is None:

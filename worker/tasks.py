@@ -9,13 +9,14 @@ import time
 from functools import cache
 
 from celery import Task as CeleryTask
-from dicom_synth.inference import SynthesisModel
-from dicom_synth.registry import ModelCard, load_card
+from celery.signals import worker_ready
 
 from dicom_synth.domain import JobStatus
+from dicom_synth.inference import SynthesisModel
 from dicom_synth.jobstore import JobStore
 from dicom_synth.pipeline import decide, synthesize_series, write_outputs
-from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, TASK_SYNTHESIZE
+from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, TASK_SYNTHESIZE, task_for_status
+from dicom_synth.registry import ModelCard, load_card
 from dicom_synth.series import load_series
 from dicom_synth.settings import get_settings, job_input_dir, job_output_dir
 from worker.app import app
@@ -47,12 +48,29 @@ class JobTask(CeleryTask):
             _store().update(job_id, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
 
 
-@app.task(name=TASK_CLASSIFY, base=JobTask)
-def classify(job_id: str) -> str:
+@worker_ready.connect
+def resume_claimed_jobs(sender, **kwargs) -> None:  # noqa: ARG001
+    """A worker that died mid-task left its message unacknowledged (Redis redelivers it
+    only after the visibility timeout) and its job unfinished. When the worker of the
+    same name comes back, it puts the jobs it had claimed back on their queues."""
+    me = sender.hostname
+    store = _store()
+    for job in store.unfinished():
+        task = task_for_status(job.status)
+        if job.claimed_by == me and task is not None:
+            if job.status == JobStatus.RUNNING:
+                store.update(job.job_id, status=JobStatus.QUEUED)
+            log.warning("resuming job %s (%s) left by a previous %s", job.job_id, job.status, me)
+            app.send_task(task, args=[job.job_id])
+
+
+@app.task(name=TASK_CLASSIFY, base=JobTask, bind=True)
+def classify(self, job_id: str) -> str:
     store = _store()
     job = store.get(job_id)
     if job.status not in (JobStatus.RECEIVED, JobStatus.CLASSIFIED):
         return str(job.status)
+    store.update(job_id, claimed_by=self.request.hostname)
     loaded = load_series(_input_files(job_id), pixels=True)
     decision = decide(loaded, job.requested_task)
     c = decision.classification
@@ -68,15 +86,15 @@ def classify(job_id: str) -> str:
     return "queued"
 
 
-@app.task(name=TASK_SYNTHESIZE, base=JobTask)
-def synthesize(job_id: str) -> str:
+@app.task(name=TASK_SYNTHESIZE, base=JobTask, bind=True)
+def synthesize(self, job_id: str) -> str:
     settings = get_settings()
     store = _store()
     job = store.get(job_id)
     if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
         return str(job.status)
     assert job.task is not None
-    store.update(job_id, status=JobStatus.RUNNING, progress=0.0)
+    store.update(job_id, status=JobStatus.RUNNING, progress=0.0, claimed_by=self.request.hostname)
     card, model = _model(job.task)
     loaded = load_series(_input_files(job_id), pixels=True)
 
