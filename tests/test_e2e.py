@@ -4,7 +4,6 @@ broker, Orthanc as the PACS, DCMTK storescu as the modality, httpx as the client
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

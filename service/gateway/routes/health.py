@@ -3,10 +3,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-from dicom_synth.registry import known_tasks, load_card
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from dicom_synth.registry import known_tasks, load_card
 from service.gateway.deps import SettingsDep
 from service.queue import app as celery_app
 
