@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from dicom_synth.classify import Classification, classify_series, load_routing
+from dicom_synth.classify import Classification, classify_series
 from dicom_synth.derived import build_derived_series, write_series
 from dicom_synth.domain import Task
 from dicom_synth.inference import SynthesisModel
@@ -42,13 +42,14 @@ class Decision:
     reason: str | None
 
 
-def decide(loaded: LoadedSeries, requested_task: str = "auto", routing_path: Path | None = None) -> Decision:
-    """Classify the series and pick its task: the route for `auto`, else the one asked for."""
+def decide(loaded: LoadedSeries, requested_task: str = "auto") -> Decision:
+    """Classify the series and pick its task: its route (from the user-editable routing
+    table) for `auto`, else the one asked for."""
     check_task_name(requested_task)
     classification = classify_series(loaded.slices, loaded.volume)
     if requested_task != "auto":
         return Decision(classification, requested_task, None)
-    task = load_routing(routing_path).route(classification.label)
+    task = classification.route
     if task is None:
         reason = (
             f"no synthesis route for series class {classification.label!r} "
