@@ -1,0 +1,88 @@
+"""Fusion of header and pixel probabilities into one answer, with an honest `unknown`.
+
+Product of experts (each side calibrated by its own temperature), then the decision:
+disagreement between two confident experts, or a top probability under the threshold,
+gives `unknown` with the reason. DCE phases are decided in two steps (pre vs post, then
+early vs late), the design that lifted a published contrast-phase classifier from
+91.7 % to 98.3 %.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from dicom_synth.classify.labels import DCE_POST, LABELS, UNKNOWN
+
+DCE = ("breast_dce_pre",) + DCE_POST
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    min_confidence: float = 0.6
+    disagree_confidence: float = 0.7  # both experts at least this sure of different labels
+    pixel_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    reason: str
+
+
+def _top(p: dict[str, float]) -> tuple[str, float]:
+    label = max(p, key=lambda k: p[k])
+    return label, p[label]
+
+
+def combine(header: dict[str, float], pixel: dict[str, float] | None, weight: float) -> dict[str, float]:
+    """Normalised product of header and pixel probabilities (labels the headers vetoed stay 0)."""
+    if pixel is None:
+        return dict(header)
+    logs = {}
+    for label in LABELS:
+        h = header.get(label, 0.0)
+        if h <= 0.0:
+            continue
+        logs[label] = math.log(h) + weight * math.log(max(pixel.get(label, 0.0), 1e-9))
+    top = max(logs.values())
+    exp = {k: math.exp(v - top) for k, v in logs.items()}
+    total = sum(exp.values())
+    return {label: exp.get(label, 0.0) / total for label in LABELS}
+
+
+def two_step_phase(p: dict[str, float]) -> tuple[str, float] | None:
+    """Pre vs post first, then early vs late; None when the series is not DCE-like."""
+    p_dce = sum(p[k] for k in DCE)
+    if p_dce <= 0 or _top(p)[0] not in DCE:
+        return None
+    p_post = sum(p[k] for k in DCE_POST)
+    if p[DCE[0]] >= p_post:
+        return DCE[0], p[DCE[0]]
+    label = max(DCE_POST, key=lambda k: p[k])
+    return label, p[label]
+
+
+def decide(header: dict[str, float], pixel: dict[str, float] | None,
+           settings: FusionSettings = FusionSettings()) -> Decision:
+    """The label, its confidence, the fused probabilities and why."""
+    fused = combine(header, pixel, settings.pixel_weight)
+    label, confidence = _top(fused)
+    phase = two_step_phase(fused)
+    if phase is not None:
+        label, confidence = phase
+    if pixel is not None:
+        h_label, h_conf = _top(header)
+        p_label, p_conf = _top(pixel)
+        if (h_label != p_label and h_conf >= settings.disagree_confidence
+                and p_conf >= settings.disagree_confidence):
+            return Decision(UNKNOWN, 1.0 - max(fused[h_label], fused[p_label]), fused,
+                            f"headers say {h_label} ({h_conf:.2f}), pixels say {p_label} ({p_conf:.2f})")
+    if label == UNKNOWN:
+        return Decision(UNKNOWN, confidence, fused, "no class fits the series")
+    if confidence < settings.min_confidence:
+        return Decision(UNKNOWN, 1.0 - confidence, fused,
+                        f"best guess {label} only {confidence:.2f} < {settings.min_confidence}")
+    return Decision(label, confidence, fused, "headers and pixels agree" if pixel else "headers")

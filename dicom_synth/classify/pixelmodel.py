@@ -1,0 +1,118 @@
+"""The pixel model at run time: ONNX Runtime only (no torch), loaded once per process.
+
+Input: a few representative slices of the series, each resized to SIZE x SIZE with two
+channels (robustly normalised intensity; Hounsfield units mapped to 0..1 for CT, zeros
+for MR). Output: one logit per label in `labels.LABELS` order; slice log-probabilities
+are averaged over the series, then divided by the temperature stored in the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from dicom_synth.classify.labels import LABELS
+
+SIZE = 128
+N_SLICES = 3
+WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights" / "series_classifier.onnx"
+
+
+def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Area-averaging (n_out, n_in) matrix: anti-aliased downsampling, linear upsampling."""
+    if n_out >= n_in:
+        pos = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+        lo = np.clip(np.floor(pos).astype(int), 0, n_in - 1)
+        hi = np.clip(lo + 1, 0, n_in - 1)
+        w = np.clip(pos - lo, 0, 1)
+        m = np.zeros((n_out, n_in), dtype=np.float32)
+        m[np.arange(n_out), lo] += 1 - w
+        m[np.arange(n_out), hi] += w
+        return m
+    edges = np.arange(n_out + 1) * n_in / n_out
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    for i in range(n_out):
+        a, b = edges[i], edges[i + 1]
+        j0, j1 = int(np.floor(a)), int(np.ceil(b))
+        for j in range(j0, min(j1, n_in)):
+            m[i, j] = min(b, j + 1) - max(a, j)
+        m[i] /= m[i].sum()
+    return m
+
+
+def resize_square(image: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """Pad to a square (with the image minimum) and resize to size x size."""
+    h, w = image.shape
+    n = max(h, w)
+    padded = np.full((n, n), float(image.min()), dtype=np.float32)
+    padded[(n - h) // 2:(n - h) // 2 + h, (n - w) // 2:(n - w) // 2 + w] = image
+    m = _resize_matrix(n, size)
+    return m @ padded @ m.T
+
+
+def representative_slices(volume: np.ndarray, n: int = N_SLICES) -> np.ndarray:
+    """n slices at 30 %, 50 %, 70 % of the stack (all slices when fewer)."""
+    depth = volume.shape[0]
+    idx = np.unique(np.linspace(0.3 * (depth - 1), 0.7 * (depth - 1), n).round().astype(int))
+    return volume[idx]
+
+
+def preprocess(volume: np.ndarray, is_ct: bool) -> np.ndarray:
+    """(k, 2, SIZE, SIZE) float32 network input from a (N, H, W) volume in modality units."""
+    vol = np.asarray(volume, dtype=np.float32)
+    if vol.ndim == 2:
+        vol = vol[None]
+    vol = np.nan_to_num(vol)
+    lo, hi = np.percentile(vol, [1.0, 99.5])
+    out = []
+    for plane in representative_slices(vol):
+        small = resize_square(plane)
+        norm = np.clip((small - lo) / max(hi - lo, 1e-6), 0, 1.5)
+        hu = np.clip((small + 1000.0) / 3000.0, 0, 1) if is_ct else np.zeros_like(small)
+        out.append(np.stack([norm, hu]))
+    return np.stack(out).astype(np.float32)
+
+
+class PixelModel:
+    """An ONNX series classifier with its model card."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort  # imported here: a runtime without the model needs no ORT
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        card_path = path.with_suffix(".card.json")
+        self.card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        self.labels = tuple(self.card.get("labels", LABELS))
+        self.temperature = float(self.card.get("temperature", 1.0))
+        self._lock = threading.Lock()
+
+    def predict(self, volume: np.ndarray, is_ct: bool) -> dict[str, float]:
+        """Label probabilities for the series (mean slice log-probability, tempered)."""
+        x = preprocess(volume, is_ct)
+        with self._lock:
+            logits = self.session.run(None, {self.input_name: x})[0]
+        logits = logits - logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        mean = logp.mean(axis=0) / self.temperature
+        p = np.exp(mean - mean.max())
+        p /= p.sum()
+        probs = dict.fromkeys(LABELS, 0.0)
+        probs.update({lbl: float(v) for lbl, v in zip(self.labels, p, strict=True)})
+        return probs
+
+
+@lru_cache(maxsize=4)
+def load_pixel_model(path: Path | None = None) -> PixelModel | None:
+    """The model at `path` (default: the packaged weights), or None when there is none."""
+    path = Path(path or WEIGHTS)
+    if not path.exists():
+        return None
+    return PixelModel(path)
