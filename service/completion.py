@@ -26,6 +26,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 
 from service.store import SeriesStore, StoredInstance
@@ -250,10 +251,14 @@ class CompletionTracker:
         info = slice_info(inst.header)
         key = (inst.study_instance_uid, inst.series_instance_uid)
         with self._lock:
+            known = key in self._pending
+        earlier = {} if known else self._earlier_infos(inst)
+        with self._lock:
             now = self.clock()
             p = self._pending.get(key)
             if p is None:
                 p = self._pending[key] = _Pending(key[0], key[1], calling_ae, now)
+                p.infos.update(earlier)
             p.last_arrival = now
             p.calling_ae = calling_ae or p.calling_ae
             p.infos[inst.sop_instance_uid] = info
@@ -261,6 +266,20 @@ class CompletionTracker:
                 p.open_assocs.add(assoc_key)
             else:
                 self._wake.notify_all()
+
+    def _earlier_infos(self, inst: StoredInstance) -> dict[str, SliceInfo]:
+        """Headers of files stored before this series was last announced, so that a late
+        instance is judged with the whole series (rare path: reads only when they exist)."""
+        files = self.store.series_files(inst.study_instance_uid, inst.series_instance_uid)
+        infos = {}
+        for f in files:
+            if f.stem == inst.sop_instance_uid:
+                continue
+            try:
+                infos[f.stem] = slice_info(pydicom.dcmread(f, stop_before_pixels=True))
+            except Exception:  # a stored file was whole when stored; be safe anyway
+                infos[f.stem] = SliceInfo()
+        return infos
 
     def association_ended(self, assoc_key: Hashable) -> None:
         with self._lock:
