@@ -105,7 +105,7 @@ class JobStore:
             conn.execute("COMMIT")
         return job
 
-    def list(self, limit: int = 50, status: JobStatus | None = None) -> list[Job]:
+    def recent(self, limit: int = 50, status: JobStatus | None = None) -> list[Job]:
         query = "SELECT body FROM jobs"
         params: tuple[Any, ...] = ()
         if status is not None:

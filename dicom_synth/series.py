@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 
 # Top-level attributes that do not belong in a per-frame header.
@@ -156,7 +157,7 @@ def split_frames(ds: Dataset) -> list[Dataset]:
     for elem in ds:
         if elem.keyword not in _FRAME_EXCLUDED:
             base.add(elem)
-    base.file_meta = getattr(ds, "file_meta", Dataset())
+    base.file_meta = getattr(ds, "file_meta", FileMetaDataset())
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
     per_frames = ds.get("PerFrameFunctionalGroupsSequence") or []
     out: list[Dataset] = []
@@ -237,7 +238,7 @@ def load_series(files: Sequence[Path], pixels: bool = True) -> LoadedSeries:
             for elem in full:
                 if elem.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
                     header.add(elem)
-            header.file_meta = getattr(full, "file_meta", Dataset())
+            header.file_meta = getattr(full, "file_meta", FileMetaDataset())
             entries.append((header, Path(path), None, full if pixels else None))
     if len(series_uids) > 1:
         raise SeriesReadError(f"files belong to {len(series_uids)} series, expected one")

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from dicom_synth.series import read_whole
 from dicom_synth.supported import (
@@ -42,7 +42,7 @@ class StagedSeries:
     files: list[Path]  # staged copies, to be moved into the series store
 
 
-def _copy_stream(src: BinaryIO, dest: Path) -> int:
+def _copy_stream(src: BinaryIO | IO[bytes], dest: Path) -> int:
     with open(dest, "wb") as out:
         shutil.copyfileobj(src, out, length=1024 * 1024)
     return dest.stat().st_size

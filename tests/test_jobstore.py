@@ -19,7 +19,7 @@ def test_create_get_update_list(tmp_path):
     assert job.status is JobStatus.SKIPPED and job.error == "no route"
     again = JobStore(tmp_path / "jobs.sqlite3").get("a")  # survives a new process/handle
     assert again.status is JobStatus.SKIPPED and again.public()["status"] == "skipped"
-    assert [j.job_id for j in store.list()] == ["b", "a"]
+    assert [j.job_id for j in store.recent()] == ["b", "a"]
     assert [j.job_id for j in store.unfinished()] == ["b"]
 
 
@@ -49,6 +49,6 @@ def test_concurrent_writers_from_processes(tmp_path):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    jobs = JobStore(db).list(limit=100)
+    jobs = JobStore(db).recent(limit=100)
     assert len(jobs) == 45
     assert all(j.status is JobStatus.DONE and j.progress == 1.0 for j in jobs)

@@ -25,7 +25,7 @@ def _get(store, job_id: str):
 @router.get("")
 def list_jobs(store: JobStoreDep, limit: int = 50) -> list[dict]:
     """Recent jobs, newest first."""
-    return [j.public() for j in store.list(limit=max(1, min(limit, 1000)))]
+    return [j.public() for j in store.recent(limit=max(1, min(limit, 1000)))]
 
 
 @router.get("/{job_id}")
