@@ -144,6 +144,14 @@ def _open(ae: AE, pacs: PacsAddress, files: Sequence[_File]) -> Association:
     raise _Transient(f"{pacs} aborted or did not answer the association request")
 
 
+def _no_answer(assoc: Association, pacs: PacsAddress, calling: str, path: Path, *, first: bool) -> str:
+    assoc.join(1.0)  # a peer that hangs up is seen by the DUL thread a moment later
+    if assoc.is_aborted:
+        hint = f" at the first C-STORE: it may refuse calling AE {calling!r}" if first else ""
+        return f"{pacs} closed the association{hint} ({path.name})"
+    return f"{pacs} did not answer the C-STORE of {path.name} in time"
+
+
 def _attempt(
     ae: AE,
     pacs: PacsAddress,
@@ -154,6 +162,7 @@ def _attempt(
     """Send every pending file once on one association; remove acknowledged ones."""
     assoc = _open(ae, pacs, list(pending.values()))
     failures: list[str] = []
+    stored_now = 0
     try:
         for path, info in list(pending.items()):
             if not assoc.is_established:
@@ -165,12 +174,13 @@ def _attempt(
                 raise ExportError(f"{pacs} cannot take {path.name}: {exc}") from exc
             status = rsp.get("Status") if rsp is not None else None
             if status is None:
-                raise _Transient(f"{pacs} did not answer C-STORE for {path.name} (timeout/abort)")
+                raise _Transient(_no_answer(assoc, pacs, ae.ae_title, path, first=not stored_now))
             if _is_stored(int(status)):
                 if status != 0x0000:
                     warnings.append(f"{info.sop_instance}: status 0x{int(status):04X}")
                 del pending[path]
                 acknowledged.append(path)
+                stored_now += 1
             else:
                 failures.append(f"{path.name}: 0x{int(status):04X} {_status_text(int(status))}")
     finally:
