@@ -1,0 +1,343 @@
+"""The DICOM listener over real loopback sockets with DCMTK and pynetdicom peers:
+series completion timing, late and duplicate instances, concurrent associations,
+negotiation refusals, bad data, a full disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config, build_context
+
+from dicom_synth.settings import Settings
+from service.completion import CompletedSeries
+from service.listener import Listener
+from service.store import check_part10
+from tests.test_store import MR, make_mr
+
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+HOST = "127.0.0.1"
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+@dataclass
+class Running:
+    listener: Listener
+    root: Path
+    done: list[tuple[float, CompletedSeries]] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[tuple[float, CompletedSeries]]:
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.done) >= count, timeout)
+            return list(self.done)
+
+
+@pytest.fixture
+def start_listener(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(data_dir: Path | None = None, **overrides) -> Running:
+        root = data_dir or tmp_path / f"data{len(started)}"
+        settings = Settings(data_dir=root).model_copy(
+            update={"dicom_port": 0, "dicom_host": HOST, **overrides})
+        running: Running
+
+        def on_complete(c: CompletedSeries) -> None:
+            with running.cond:
+                running.done.append((time.monotonic(), c))
+                running.cond.notify_all()
+
+        running = Running(Listener(settings, on_complete), root)
+        running.listener.start()
+        started.append(running)
+        return running
+
+    yield start
+    for r in started:
+        r.listener.stop()
+
+
+def make_series(folder: Path, n: int, *, size: int = 64, skip: tuple[int, ...] = (),
+                study: str | None = None, series: str | None = None) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = study or generate_uid(), series or generate_uid()
+    return [make_mr(folder / f"{i:03d}.dcm", study=study, series=series, n=i, size=size)
+            for i in range(1, n + 1) if i not in skip]
+
+
+def storescu(port: int, files: list[Path], *, aet: str = "STORESCU",
+             extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", "-v", "-aet", aet, "-aec", "SYNTH", *extra, HOST, str(port),
+                           *map(str, files)], env=PEER_ENV, capture_output=True, text=True,
+                          timeout=120)
+
+
+def same_data_set(a: Path, b: Path) -> bool:
+    da, db = pydicom.dcmread(a), pydicom.dcmread(b)
+    return da.file_meta.TransferSyntaxUID == db.file_meta.TransferSyntaxUID and (
+        Dataset(da) == Dataset(db))
+
+
+def scu_send(port: int, path: Path, *, aet: str = "SCU", chunked: bool = True) -> Dataset:
+    """pynetdicom SCU sending the file's raw bytes (no re-encoding) in its own syntax."""
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = chunked
+    try:
+        assoc = ae.associate(HOST, port, ae_title="SYNTH")
+        assert assoc.is_established
+        try:
+            return assoc.send_c_store(path)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+
+
+# --- completion over the wire ----------------------------------------------------------------
+
+
+def test_whole_series_complete_within_a_second(start_listener, tmp_path: Path) -> None:
+    run = start_listener()
+    files = make_series(tmp_path / "s", 24)
+    r = storescu(run.port, files)
+    t_end = time.monotonic()
+    assert r.returncode == 0, r.stderr
+    ((t_done, c),) = run.wait_for(1)
+    assert t_done - t_end < 1.0, f"announced {t_done - t_end:.2f} s after storescu ended"
+    assert c.reason == "contiguous" and c.calling_ae == "STORESCU" and len(c.files) == 24
+    by_sop = {p.stem: p for p in c.files}
+    for f in files:
+        sop = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+        assert same_data_set(f, by_sop[sop])
+
+
+def test_incomplete_series_waits_for_quiet_then_late_instance(start_listener,
+                                                              tmp_path: Path) -> None:
+    run = start_listener(series_quiet_seconds=1.0)
+    files = make_series(tmp_path / "s", 6, skip=(4,))
+    assert storescu(run.port, files).returncode == 0
+    t_end = time.monotonic()
+    ((t_done, c),) = run.wait_for(1)
+    # quiet counts from the last instance, a few ms before storescu exits
+    assert 0.8 <= t_done - t_end < 2.0 and c.reason == "quiet" and len(c.files) == 5
+    late = make_mr(tmp_path / "late.dcm", study=str(pydicom.dcmread(files[0]).StudyInstanceUID),
+                   series=c.series_instance_uid, n=4)
+    assert storescu(run.port, [late]).returncode == 0
+    t_end = time.monotonic()
+    (_, (t_done, c2)) = run.wait_for(2)
+    assert c2.series_instance_uid == c.series_instance_uid and len(c2.files) == 6
+    assert t_done - t_end < 1.0 and "late" in c2.reason  # now contiguous 1..6
+
+
+def test_duplicate_resend_is_idempotent(start_listener, tmp_path: Path) -> None:
+    run = start_listener(series_quiet_seconds=0.5)
+    files = make_series(tmp_path / "s", 5)
+    assert storescu(run.port, files).returncode == 0
+    (_, c), = run.wait_for(1)
+    assert storescu(run.port, files).returncode == 0
+    time.sleep(1.2)
+    assert len(run.done) == 1
+    assert len(run.listener.store.series_files(c.study_instance_uid, c.series_instance_uid)) == 5
+
+
+def test_one_series_over_concurrent_associations(start_listener, tmp_path: Path) -> None:
+    run = start_listener()
+    files = make_series(tmp_path / "s", 30)
+    odd, even = files[0::2], files[1::2]  # neither half alone looks whole
+    procs = [subprocess.Popen(["storescu", "-aec", "SYNTH", HOST, str(run.port),
+                               *map(str, half)], env=PEER_ENV) for half in (odd, even)]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    t_end = time.monotonic()
+    ((t_done, c),) = run.wait_for(1)
+    assert len(c.files) == 30 and c.reason == "contiguous" and t_done - t_end < 1.0
+    time.sleep(0.5)
+    assert len(run.done) == 1
+
+
+def test_restart_announces_what_was_stored_but_not_announced(start_listener,
+                                                             tmp_path: Path) -> None:
+    data = tmp_path / "shared"
+    run = start_listener(data_dir=data, series_quiet_seconds=30.0)
+    files = make_series(tmp_path / "s", 3, skip=(2,))
+    assert storescu(run.port, files).returncode == 0
+    run.listener.stop()  # "crash" before the quiet period ends
+    assert run.done == []
+    again = start_listener(data_dir=data, series_quiet_seconds=0.3)
+    ((_, c),) = again.wait_for(1)
+    assert c.reason == "recovered" and len(c.files) == 2
+
+
+# --- negotiation ----------------------------------------------------------------------------
+
+
+def test_echoscu(start_listener) -> None:
+    run = start_listener()
+    r = subprocess.run(["echoscu", "-aec", "SYNTH", HOST, str(run.port)], env=PEER_ENV,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def test_unknown_calling_ae_rejected(start_listener, tmp_path: Path) -> None:
+    run = start_listener(allowed_calling_aets=["PACS"])
+    files = make_series(tmp_path / "s", 2)
+    r = storescu(run.port, files, aet="INTRUDER")
+    assert r.returncode != 0 and "Calling AE Title Not Recognized" in r.stderr + r.stdout
+    assert storescu(run.port, files, aet="PACS").returncode == 0
+    assert len(run.wait_for(1)[0][1].files) == 2
+
+
+def _negotiate(port: int, sop_class: str, syntaxes: list[str]) -> tuple[bool, int | None]:
+    """Propose one context (plus Verification, so the association stands either way);
+    return whether it was accepted and, if rejected, the result code."""
+    ae = AE(ae_title="SCU")
+    ae.requested_contexts = [build_context(sop_class, syntaxes), build_context(VERIFICATION)]
+    assoc = ae.associate(HOST, port, ae_title="SYNTH")
+    assert assoc.is_established
+    try:
+        ours = [c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class]
+        rejected = [c for c in assoc.rejected_contexts if c.abstract_syntax == sop_class]
+        return bool(ours), (rejected[0].result if rejected else None)
+    finally:
+        assoc.release()
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRBigEndian, "1.2.840.10008.1.2.4.201",  # HTJ2K
+                                    "1.2.840.10008.1.2.4.100"])  # MPEG2
+def test_unsupported_transfer_syntax_refused_at_negotiation(start_listener, syntax: str) -> None:
+    run = start_listener()
+    accepted, result = _negotiate(run.port, MR, [syntax])
+    assert not accepted and result == 0x04  # transfer syntaxes not supported
+    assert _negotiate(run.port, MR, [syntax, ExplicitVRLittleEndian])[0]
+
+
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+                                       "1.2.840.10008.5.1.4.1.1.481.2"])  # RT Dose
+def test_unsupported_sop_class_refused_at_negotiation(start_listener, sop_class: str) -> None:
+    run = start_listener()
+    accepted, result = _negotiate(run.port, sop_class, [ExplicitVRLittleEndian])
+    assert not accepted and result == 0x03  # abstract syntax not supported
+
+
+def test_all_four_storage_classes_and_every_syntax_accepted(start_listener) -> None:
+    from service.dicom_net import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+
+    run = start_listener()
+    for sop_class in STORAGE_SOP_CLASSES:
+        for ts in TRANSFER_SYNTAXES:
+            assert _negotiate(run.port, sop_class, [ts]) == (True, None), (sop_class, ts)
+
+
+# --- bad data and failures ------------------------------------------------------------------
+
+
+def test_truncated_file_answers_c000_and_stores_nothing(start_listener, tmp_path: Path) -> None:
+    run = start_listener()
+    (f,) = make_series(tmp_path / "s", 1)
+    data = f.read_bytes()
+    f.write_bytes(data[:-1000])
+    rsp = scu_send(run.port, f)
+    assert rsp.Status == 0xC000 and "truncated" in rsp.ErrorComment
+    assert not list((run.root / "store").glob("*/*/*.dcm"))
+    f.write_bytes(data)  # the whole file afterwards is fine
+    assert scu_send(run.port, f).Status == 0x0000
+
+
+def test_sop_instance_uid_mismatch_answers_a900(start_listener, tmp_path: Path) -> None:
+    run = start_listener()
+    (f,) = make_series(tmp_path / "s", 1)
+    ds = pydicom.dcmread(f)
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # the command takes this one
+    ds.save_as(f)
+    rsp = scu_send(run.port, f)
+    assert rsp.Status == 0xA900
+
+
+def test_invalid_study_uid_answers_c000(start_listener, tmp_path: Path) -> None:
+    run = start_listener()
+    f = make_mr(tmp_path / "bad.dcm", study="1.2.abc", series=generate_uid())
+    rsp = scu_send(run.port, f)
+    assert rsp.Status == 0xC000 and "StudyInstanceUID" in rsp.ErrorComment
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs for the store (mounting needs root, as on the CI machine)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_answers_a700_and_never_half_writes(start_listener, tiny_fs: Path,
+                                                      tmp_path: Path) -> None:
+    run = start_listener(data_dir=tiny_fs / "data")
+    files = make_series(tmp_path / "s", 8, size=256)  # 8 x 128 KiB into 512 KiB
+    statuses = [int(scu_send(run.port, f).Status) for f in files]
+    assert 0x0000 in statuses and 0xA700 in statuses, statuses
+    assert set(statuses) <= {0x0000, 0xA700}
+    stored = sorted((tiny_fs / "data" / "store").glob("*/*/*.dcm"))
+    assert len(stored) == statuses.count(0)
+    for f in stored:
+        check_part10(f)
+    assert not any((tiny_fs / "data" / "store" / ".incoming").iterdir())
+    r = subprocess.run(["echoscu", "-aec", "SYNTH", HOST, str(run.port)], env=PEER_ENV,
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0  # still serving
+
+
+def test_tcp_nodelay_set_on_accepted_sockets(start_listener) -> None:
+    import socket
+
+    run = start_listener()
+    seen: list[int] = []
+    original = run.listener._handlers.conn_open
+
+    def spy(event) -> None:
+        original(event)
+        sock = event.assoc.dul.socket.socket
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    run.listener._handlers.conn_open = spy  # bound handlers were captured at start
+    from pynetdicom import evt
+
+    run.listener._server.unbind(evt.EVT_CONN_OPEN, original)
+    run.listener._server.bind(evt.EVT_CONN_OPEN, spy)
+    subprocess.run(["echoscu", "-aec", "SYNTH", HOST, str(run.port)], env=PEER_ENV, timeout=30,
+                   check=True, capture_output=True)
+    assert seen and all(seen)
+
+
+def test_assoc_abort_mid_series_still_completes(start_listener, tmp_path: Path) -> None:
+    run = start_listener(series_quiet_seconds=0.5)
+    files = make_series(tmp_path / "s", 4)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(MR, ExplicitVRLittleEndian)
+    assoc = ae.associate(HOST, run.port, ae_title="SYNTH")
+    for f in files[:2]:
+        assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
+    assoc.abort()
+    ((_, c),) = run.wait_for(1)
+    assert len(c.files) == 2
