@@ -9,7 +9,6 @@ Pure: no I/O except `write_series`.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -282,7 +281,7 @@ def _contributing_equipment(
 
 
 def _referenced_series(sources: Sequence[Dataset]) -> DicomSequence:
-    """Common Instance Reference: every source instance, grouped by series."""
+    """Common Instance Reference items for `sources`, grouped by series."""
     by_series: dict[str, dict[str, str]] = {}
     for src in sources:
         by_series.setdefault(str(src.SeriesInstanceUID), {})[str(src.SOPInstanceUID)] = str(
@@ -363,21 +362,23 @@ def build_derived_series(
     if series_number is None:
         series_number = int(first.get("SeriesNumber") or 0) + 1000 + output_index
     description = f"SYNTHETIC {label.strip()}"[:64]
-    common = _series_level(
-        first,
-        modality=modality,
-        series_uid=derived_series_uid(job_id, output_index),
-        series_number=series_number,
-        description=description,
-        model_name=model_name,
-        model_version=model_version,
-        created=created,
-    )
-    common.ReferencedSeriesSequence = _referenced_series(sources)
+    series_uid = derived_series_uid(job_id, output_index)
     center, width = _window(stored)
     out = []
     for i, (src, frame) in enumerate(zip(sources, frames, strict=True)):
-        ds = copy.deepcopy(common)  # no element shared between instances
+        # Built afresh per instance (cheaper than deepcopy), so no element is shared.
+        ds = _series_level(
+            first,
+            modality=modality,
+            series_uid=series_uid,
+            series_number=series_number,
+            description=description,
+            model_name=model_name,
+            model_version=model_version,
+            created=created,
+        )
+        # Common Instance Reference: the instances this one references (its source).
+        ds.ReferencedSeriesSequence = _referenced_series([src])
         _copy(ds, src, _GEOMETRY)
         _copy(ds, src, _PER_SLICE)
         if "SliceThickness" not in ds:

@@ -138,9 +138,8 @@ def test_every_contract_attribute_survives_round_trip(tmp_path: Path) -> None:
         assert code(ref[0].PurposeOfReferenceCodeSequence[0])[0] == "121322"
         (rs,) = ds.ReferencedSeriesSequence
         assert rs.SeriesInstanceUID == s.SeriesInstanceUID
-        assert [r.ReferencedSOPInstanceUID for r in rs.ReferencedInstanceSequence] == [
-            x.SOPInstanceUID for x in src
-        ]
+        (ri,) = rs.ReferencedInstanceSequence  # the instances this one references
+        assert (ri.ReferencedSOPInstanceUID, ri.ReferencedSOPClassUID) == (s.SOPInstanceUID, MRImageStorage)
         synth, scanner = ds.ContributingEquipmentSequence
         assert code(synth.PurposeOfReferenceCodeSequence[0]) == (
             "109100", "DCM", "Synthesizing Equipment"
@@ -256,8 +255,9 @@ def test_enhanced_source_references_its_frames(tmp_path: Path) -> None:
             float(v) for v in s.ImagePositionPatient
         ]
         assert ds.SOPClassUID == MRImageStorage
-    (rs,) = out[0].ReferencedSeriesSequence
-    assert len(rs.ReferencedInstanceSequence) == 1  # one multi-frame instance
+    for ds, s in zip(out, slices, strict=True):
+        ((ri,),) = [r.ReferencedInstanceSequence for r in ds.ReferencedSeriesSequence]
+        assert ri.ReferencedSOPInstanceUID == s.SOPInstanceUID
 
 
 # ------------------------------------------------------------------ validation
