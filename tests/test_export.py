@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts, evt
@@ -129,6 +130,20 @@ def test_files_arrive_in_orthanc_identical(orthanc_pacs: OrthancPeer, tmp_path: 
         assert stored.SyntheticData == "YES"
         np.testing.assert_array_equal(stored.pixel_array, sent.pixel_array)
     assert {orthanc_pacs.remote_aet(i) for i in ids} == {"SYNTH"}
+
+
+def test_each_file_goes_in_its_own_transfer_syntax(orthanc_pacs: OrthancPeer, tmp_path: Path) -> None:
+    """Compressed files are proposed and sent as they are, beside uncompressed ones."""
+    derived, _ = synthetic_files(tmp_path, 1, job="mixed-ts")
+    compressed = [Path(get_testdata_file(n, download=False)) for n in ("MR_small_jp2klossless.dcm", "SC_rgb_rle.dcm")]
+    paths = derived + compressed
+    result = send_files(paths, _pacs(orthanc_pacs), calling_ae="SYNTH", retries=0, backoff_seconds=0)
+    assert result.sent == paths
+    for path in paths:
+        ds = dcmread(path, stop_before_pixels=True)
+        (hit,) = orthanc_pacs.post("/tools/lookup", ds.SOPInstanceUID.encode())
+        stored_ts = orthanc_pacs.get(f"/instances/{hit['ID']}/metadata/TransferSyntax", raw=True).decode()
+        assert stored_ts == ds.file_meta.TransferSyntaxUID, path.name
 
 
 def test_resending_is_idempotent(orthanc_pacs: OrthancPeer, tmp_path: Path) -> None:
