@@ -1,0 +1,290 @@
+"""Train Pix2Pix for DCE phase-1 synthesis (seed 000): GAN + λ·L1 with λ = 100, Adam
+lr 2e-4, β1 0.5, per-slice min-max scaling to [-1, 1], augmentation by rotation, cropping
+and mirroring. Data: phantom subjects (by seed split) or paired .npz files from
+`models.dce.pairs` (a hospital's own studies).
+
+    python -m models.dce.train --config small --out runs/dce_small
+    python -m models.dce.train --config full --data pairs/ --out runs/dce_full   # GPU
+    python -m models.dce.train --resume runs/dce_small/latest.pt
+
+Checkpoints hold weights, optimiser states, the step and every option, so a run can be
+resumed or exported without remembering how it was started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dicom_synth.intensity import normalise_slices
+from models.dce.networks import NetConfig, PatchDiscriminator, UnetGenerator, init_weights
+from models.dce.phantom import generate_subject, split_seeds
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a run; saved in each checkpoint and in the model card."""
+
+    name: str = "small"
+    net: NetConfig = field(default_factory=NetConfig)
+    n_train: int = 16  # phantom subjects
+    n_val: int = 2
+    slices_per_subject: int = 16
+    slice_spacing_mm: float = 3.0  # spread training slices through the breast
+    size: int = 384
+    crop: int = 256
+    batch_size: int = 4
+    steps: int = 500
+    lr: float = 2e-4
+    beta1: float = 0.5
+    lambda_l1: float = 100.0
+    rotate_deg: float = 10.0
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    mirror: bool = True
+    full_size_from: float = 0.8  # last 20 % of steps on uncropped slices (as exported)
+    val_every: int = 100
+    seed: int = 0
+    threads: int = 2
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        m = self.net.spatial_multiple
+        if self.crop % m or self.size % m:
+            raise ValueError(f"crop {self.crop} and size {self.size} must be multiples of {m} "
+                             f"(2^num_downs)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["net"] = NetConfig(**d["net"])
+        d["scale_range"] = tuple(d["scale_range"])
+        return cls(**d)
+
+
+CONFIGS: dict[str, TrainConfig] = {
+    # 2 CPU cores: a narrow U-Net, a few hundred steps (the demo weights).
+    "small": TrainConfig(name="small", net=NetConfig(ngf=16, ndf=16)),
+    "demo": TrainConfig(name="demo", net=NetConfig(ngf=16, ndf=16), n_train=20, steps=400,
+                        batch_size=4, crop=256, full_size_from=0.85),
+    # A GPU: the paper's widths, full-size slices, many subjects.
+    "full": TrainConfig(name="full", net=NetConfig(ngf=64, ndf=64), n_train=200, n_val=20,
+                        slices_per_subject=48, slice_spacing_mm=2.0, crop=256, batch_size=8,
+                        steps=60000, val_every=1000, threads=8, device="cuda"),
+    # Seconds, for tests.
+    "tiny": TrainConfig(name="tiny", net=NetConfig(ngf=4, ndf=4, num_downs=5), n_train=2, n_val=1,
+                        slices_per_subject=2, size=64, crop=64, batch_size=2, steps=4,
+                        val_every=2, full_size_from=0.5),
+}
+
+
+def phantom_pairs(seeds: list[int], cfg: TrainConfig, desc: str = "phantom") -> tuple[np.ndarray, np.ndarray]:
+    """(source, target) float32 (N, H, W) in [-1, 1], per-slice min-max scaled."""
+    xs, ys = [], []
+    for s in tqdm(seeds, desc=desc, leave=False):
+        subj = generate_subject(s, n_slices=cfg.slices_per_subject, size=cfg.size,
+                                slice_spacing_mm=cfg.slice_spacing_mm)
+        xs.append(normalise_slices(subj.t1))
+        ys.append(normalise_slices(subj.dce1))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def npz_pairs(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs written by `models.dce.pairs` (source/target in source units), normalised here."""
+    xs, ys = [], []
+    for p in sorted(Path(folder).glob("*.npz")):
+        with np.load(p) as z:
+            xs.append(normalise_slices(z["source"]))
+            ys.append(normalise_slices(z["target"]))
+    if not xs:
+        raise FileNotFoundError(f"no .npz pairs in {folder}")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, out: int, cfg: TrainConfig,
+            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random rotation, scaling, crop and mirror for input and target, in one
+    bilinear resampling; outside the image is background (-1)."""
+    b, _, h, w = x.shape
+    ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(cfg.rotate_deg)
+    lo, hi = cfg.scale_range
+    zoom = lo + torch.rand(b, generator=gen) * (hi - lo)
+    frac_h, frac_w = out / h, out / w
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0) if cfg.mirror else torch.ones(b)
+    cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
+    tx = (torch.rand(b, generator=gen) * 2 - 1) * max(0.0, 1 - frac_w)
+    ty = (torch.rand(b, generator=gen) * 2 - 1) * max(0.0, 1 - frac_h)
+    theta = torch.stack([torch.stack([cos * frac_w * flip, -sin * frac_h, tx], 1),
+                         torch.stack([sin * frac_w * flip, cos * frac_h, ty], 1)], 1)
+    grid = F.affine_grid(theta, [b, 2, out, out], align_corners=False)
+    both = torch.cat([x, y], 1) + 1.0  # zero padding == background after the shift
+    res = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1.0
+    return res[:, :1].contiguous(), res[:, 1:].contiguous()
+
+
+class Pix2Pix:
+    """Generator, discriminator, their optimisers and one training step."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device if cfg.device != "cuda" or torch.cuda.is_available()
+                                   else "cpu")
+        self.G = UnetGenerator(cfg.net).to(self.device)
+        self.D = PatchDiscriminator(cfg.net).to(self.device)
+        init_weights(self.G)
+        init_weights(self.D)
+        betas = (cfg.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
+        self.step = 0
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        fake = self.G(x)
+        # Discriminator: real pairs -> 1, synthetic pairs -> 0 (vanilla GAN, as pix2pix).
+        pred_real = self.D(x, y)
+        pred_fake = self.D(x, fake.detach())
+        loss_d = 0.5 * (F.binary_cross_entropy_with_logits(pred_real, torch.ones_like(pred_real))
+                        + F.binary_cross_entropy_with_logits(pred_fake, torch.zeros_like(pred_fake)))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        # Generator: fool D, stay close to the target (λ = 100).
+        pred = self.D(x, fake)
+        loss_gan = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred))
+        loss_l1 = F.l1_loss(fake, y)
+        loss_g = loss_gan + self.cfg.lambda_l1 * loss_l1
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.step += 1
+        return {"d": loss_d.item(), "g_gan": loss_gan.item(), "l1": loss_l1.item()}
+
+    @torch.no_grad()
+    def validate(self, xs: np.ndarray, ys: np.ndarray, batch: int = 4) -> float:
+        """Mean L1 on whole slices in eval mode, the mode that is exported."""
+        self.G.eval()
+        total, n = 0.0, 0
+        for i in range(0, len(xs), batch):
+            x = torch.from_numpy(xs[i:i + batch, None]).to(self.device)
+            y = torch.from_numpy(ys[i:i + batch, None]).to(self.device)
+            total += F.l1_loss(self.G(x), y, reduction="sum").item()
+            n += y.numel()
+        self.G.train()
+        return total / max(n, 1)
+
+    def state(self, extra: dict | None = None) -> dict:
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "step": self.step, "config": self.cfg.to_dict(), **(extra or {})}
+
+    def load_state(self, ckpt: dict) -> None:
+        self.G.load_state_dict(ckpt["G"])
+        self.D.load_state_dict(ckpt["D"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.step = int(ckpt["step"])
+
+
+def load_generator(ckpt_path: Path) -> tuple[UnetGenerator, TrainConfig, dict]:
+    """The generator of a checkpoint in eval mode, with the run's options."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    g = UnetGenerator(cfg.net)
+    g.load_state_dict(ckpt["G"])
+    g.eval()
+    return g, cfg, ckpt
+
+
+def train(cfg: TrainConfig, out_dir: Path, data: Path | None = None,
+          resume: Path | None = None, progress: bool = True) -> dict:
+    """Run (or resume) training; writes latest.pt, best.pt and history.json in out_dir."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if data is not None:
+        xs, ys = npz_pairs(data)
+        n_val = max(1, len(xs) // 10)  # real data: caller should split by patient in folders
+        vx, vy = xs[-n_val:], ys[-n_val:]
+        xs, ys = xs[:-n_val], ys[:-n_val]
+    else:
+        xs, ys = phantom_pairs(split_seeds("train", cfg.n_train), cfg, "train subjects")
+        val_cfg = dataclasses.replace(cfg, slices_per_subject=max(4, cfg.slices_per_subject // 2))
+        vx, vy = phantom_pairs(split_seeds("val", cfg.n_val), val_cfg, "val subjects")
+    data_s = time.time() - t0
+    model = Pix2Pix(cfg)
+    history: dict = {"steps": [], "data_seconds": round(data_s, 1), "n_pairs": int(len(xs))}
+    best = math.inf
+    if resume is not None:
+        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        model.load_state(ckpt)
+        history = ckpt.get("history", history)
+        best = ckpt.get("best_val_l1", math.inf)
+    gen = torch.Generator().manual_seed(cfg.seed + model.step)
+    rng = np.random.default_rng(cfg.seed + model.step)
+    xt, yt = torch.from_numpy(xs[:, None]), torch.from_numpy(ys[:, None])
+    t_train = time.time()
+    bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps,
+               disable=not progress, desc=f"pix2pix {cfg.name}")
+    losses: dict[str, float] = {}
+    for step in bar:
+        idx = torch.from_numpy(rng.integers(0, len(xt), cfg.batch_size))
+        size = cfg.size if step >= cfg.full_size_from * cfg.steps else cfg.crop
+        x, y = augment(xt[idx], yt[idx], size, cfg, gen)
+        losses = model.train_step(x.to(model.device), y.to(model.device))
+        bar.set_postfix(l1=f"{losses['l1']:.4f}", d=f"{losses['d']:.3f}")
+        last = step + 1 == cfg.steps
+        if (step + 1) % cfg.val_every == 0 or last:
+            val = model.validate(vx, vy)
+            history["steps"].append({"step": step + 1, "val_l1": round(val, 5), **{
+                k: round(v, 5) for k, v in losses.items()}})
+            extra = {"history": history, "best_val_l1": min(best, val)}
+            if val < best:
+                best = val
+                torch.save(model.state(extra), out_dir / "best.pt")
+            torch.save(model.state(extra), out_dir / "latest.pt")
+    history["train_seconds"] = round(time.time() - t_train, 1)
+    history["best_val_l1"] = best
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Train Pix2Pix for DCE phase-1 synthesis.")
+    p.add_argument("--config", choices=sorted(CONFIGS), default="small")
+    p.add_argument("--out", type=Path, default=Path("runs/dce"))
+    p.add_argument("--data", type=Path, default=None, help="folder of .npz pairs (real data)")
+    p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None)
+    a = p.parse_args(argv)
+    cfg = CONFIGS[a.config]
+    if a.resume is not None:
+        cfg = TrainConfig.from_dict(torch.load(a.resume, map_location="cpu",
+                                               weights_only=False)["config"])
+    overrides = {k: v for k, v in (("steps", a.steps), ("seed", a.seed), ("threads", a.threads),
+                                   ("device", a.device)) if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    hist = train(cfg, a.out, data=a.data, resume=a.resume)
+    print(json.dumps({k: v for k, v in hist.items() if k != "steps"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
