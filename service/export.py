@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE, _config, evt
@@ -120,7 +121,7 @@ def _is_stored(status: int) -> bool:
 
 def _open(ae: AE, pacs: PacsAddress, files: Sequence[_File]) -> Association:
     connected: list[bool] = []
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _set_nodelay),
         (evt.EVT_CONN_OPEN, lambda _e: connected.append(True)),
     ]
@@ -138,7 +139,7 @@ def _open(ae: AE, pacs: PacsAddress, files: Sequence[_File]) -> Association:
             raise _Transient(message)
         raise ExportError(message)
     if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
-        kinds = sorted({str(cx.abstract_syntax.name) for cx in assoc.rejected_contexts})
+        kinds = sorted({getattr(cx.abstract_syntax, "name", "?") for cx in assoc.rejected_contexts})
         raise ExportError(f"{pacs} accepts none of the proposed SOP classes/encodings: {kinds}")
     raise _Transient(f"{pacs} aborted or did not answer the association request")
 
