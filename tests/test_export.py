@@ -13,8 +13,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, StoragePresentationContexts, evt
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE, StoragePresentationContexts, build_context, evt
 
 from dicom_synth.derived import build_derived_series, write_series
 from dicom_synth.domain import PacsAddress
@@ -57,7 +57,9 @@ class RecordingSCP:
     the status of each C-STORE; `received[k]` lists the SOP instance UIDs association k
     carried (0-based), whatever status they got."""
 
-    def __init__(self, ae_title: str, decide: Callable[[int, str], int] = lambda a, s: 0x0000):
+    def __init__(
+        self, ae_title: str, decide: Callable[[int, str], int] = lambda a, s: 0x0000, contexts=None
+    ):
         self.ae_title = ae_title
         self.decide = decide
         self.received: list[list[str]] = []
@@ -65,7 +67,7 @@ class RecordingSCP:
         self._lock = threading.Lock()
         self.port = free_port()
         ae = AE(ae_title)
-        ae.supported_contexts = StoragePresentationContexts
+        ae.supported_contexts = contexts if contexts is not None else StoragePresentationContexts
         self._server = ae.start_server(
             (LOOPBACK, self.port), block=False,
             evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_REQUESTED, self._on_open)],
@@ -260,6 +262,15 @@ def test_warning_status_counts_as_stored(scp_factory: Callable[..., RecordingSCP
     result = send_files(paths, PacsAddress("PACS", LOOPBACK, scp.port), calling_ae="SYNTH", retries=0,
                         backoff_seconds=0)
     assert result.sent == paths and len(result.warnings) == 2 and "0xB000" in result.warnings[0]
+
+
+def test_pacs_without_our_sop_class_fails_at_once(scp_factory: Callable[..., RecordingSCP], tmp_path: Path) -> None:
+    paths, _ = synthetic_files(tmp_path, 1)
+    scp = scp_factory("PACS", contexts=[build_context(CTImageStorage)])
+    start = time.monotonic()
+    with pytest.raises(ExportError, match="accepts none of the proposed.*MR Image Storage"):
+        send_files(paths, PacsAddress("PACS", LOOPBACK, scp.port), calling_ae="SYNTH", retries=3, backoff_seconds=2.0)
+    assert time.monotonic() - start < 2.0 and scp.count() == 0
 
 
 def test_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
