@@ -123,21 +123,13 @@ def start_redis(workdir: Path, *, attempts: int = 3, timeout: float = 15.0) -> R
 
 # --------------------------------------------------------------------------- Orthanc
 
-_FORWARD_LUA = """
--- Auto-forward every stable series to the SYNTH modality, except our own results.
-function OnStableSeries(seriesId, tags, metadata)
-  local series = ParseJson(RestApiGet('/series/' .. seriesId))
-  local first = series['Instances'][1]
-  if first ~= nil then
-    local ok, aet = pcall(RestApiGet, '/instances/' .. first .. '/metadata/RemoteAET')
-    if ok and aet == '%(skip_aet)s' then
-      return
-    end
-  end
-  RestApiPost('/modalities/%(modality)s/store',
-              DumpJson({Resources = {seriesId}, Asynchronous = true}, true))
-end
-"""
+# The script shipped for real deployments (docker/orthanc), with our AE title put in.
+_FORWARD_LUA_FILE = Path(__file__).resolve().parents[1] / "docker" / "orthanc" / "forward-to-synth.lua"
+
+
+def forward_lua(synth_aet: str) -> str:
+    return _FORWARD_LUA_FILE.read_text().replace("'SYNTH'", repr(synth_aet)).replace(
+        "/modalities/SYNTH/", f"/modalities/{synth_aet}/")
 
 
 @dataclass
@@ -223,6 +215,7 @@ def start_orthanc(
     workdir: Path,
     *,
     synth_port: int | None = None,
+    dicom_port: int | None = None,
     synth_aet: str = "SYNTH",
     synth_host: str = LOOPBACK,
     aet: str = "ORTHANC",
@@ -246,7 +239,7 @@ def start_orthanc(
     if synth_port is not None:
         known[synth_aet] = [synth_aet, synth_host, synth_port]
         lua = workdir / "forward.lua"
-        lua.write_text(_FORWARD_LUA % {"skip_aet": synth_aet, "modality": synth_aet})
+        lua.write_text(forward_lua(synth_aet))
         lua_scripts.append(str(lua))
     plugins = []
     if dicomweb:
@@ -256,9 +249,9 @@ def start_orthanc(
         plugins.append(str(plugin))
     log = workdir / "orthanc.log"
     for _ in range(attempts):
-        http_port, dicom_port = free_port(), free_port()
+        http_port, port = free_port(), dicom_port or free_port()
         config = {
-            "Name": f"test-pacs-{dicom_port}",
+            "Name": f"test-pacs-{port}",
             "StorageDirectory": str(workdir / "storage"),
             "IndexDirectory": str(workdir / "storage"),
             "StorageCompression": False,
@@ -269,7 +262,7 @@ def start_orthanc(
             "SslEnabled": False,
             "DicomServerEnabled": True,
             "DicomAet": aet,
-            "DicomPort": dicom_port,
+            "DicomPort": port,
             "DicomCheckCalledAet": check_called_aet,
             "DicomCheckModalityHost": False,
             "DicomAlwaysAllowEcho": True,
@@ -294,12 +287,12 @@ def start_orthanc(
                 stdout=out, stderr=subprocess.STDOUT,
             )
         peer = OrthancPeer(
-            dicom_port=dicom_port, http_port=http_port, aet=aet, workdir=workdir,
+            dicom_port=port, http_port=http_port, aet=aet, workdir=workdir,
             proc=proc, log=log, config=config,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            if peer.alive() and _port_open(dicom_port):
+            if peer.alive() and _port_open(port):
                 return peer
             time.sleep(0.1)
         peer.stop()
