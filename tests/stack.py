@@ -75,7 +75,8 @@ def start_stack(
     """Start gateway, listener, workers (and an embedded broker when broker_url is None)."""
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
-    full_env = {k: v for k, v in PEER_ENV.items() if not k.startswith("SYNTH_")}
+    # The test decides every setting, except where the models are (to test other weights).
+    full_env = {k: v for k, v in PEER_ENV.items() if not k.startswith("SYNTH_") or k == "SYNTH_MODELS_DIR"}
     full_env.update(
         SYNTH_DATA_DIR=str(workdir / "var"),
         SYNTH_HTTP_PORT=str(http_port),
@@ -101,7 +102,7 @@ def start_stack(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise PeerError(f"service exited with {proc.returncode}: {_tail(log, 4000)}")
-        if _port_open(dicom_port) and _healthy(stack):
+        if _healthy(stack) and _port_open(dicom_port):
             return stack
         time.sleep(0.2)
     stack.stop()
