@@ -53,7 +53,8 @@ class _Handlers:
     def conn_open(self, event: evt.Event) -> None:
         """Disable Nagle on the accepted socket and give the association a unique key."""
         try:
-            sock = event.assoc.dul.socket.socket
+            assoc_socket = event.assoc.dul.socket
+            sock = assoc_socket.socket if assoc_socket is not None else None
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except Exception:  # an option we cannot set must not lose the association
@@ -75,10 +76,15 @@ class _Handlers:
 
     def c_store(self, event: evt.Event) -> Dataset | int:
         calling_ae = event.assoc.requestor.ae_title
+        spool_failed = dicom_net.spool_error(event.request)
+        if spool_failed is not None:
+            log.error("cannot spool an instance from %s: %s", calling_ae, spool_failed)
+            reason = "disk full" if is_out_of_space(spool_failed) else "spool error"
+            return _status(dicom_net.OUT_OF_RESOURCES, reason)
         try:
             path = event.dataset_path
-            expected_sop = str(event.request.AffectedSOPInstanceUID)
-            inst = self.store.put(path, expected_sop_instance_uid=expected_sop)
+            expected_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+            inst = self.store.put(path, expected_sop_instance_uid=expected_sop or None)
         except InvalidInstance as exc:
             log.warning("refused an instance from %s: %s", calling_ae, exc)
             code = (dicom_net.DATA_SET_DOES_NOT_MATCH_SOP_CLASS if exc.mismatch
@@ -141,6 +147,7 @@ class Listener:
         if self._server is not None:
             return
         _config.STORE_RECV_CHUNKED_DATASET = True
+        dicom_net.install_tolerant_spool()
         self.tracker.recover()
         self.tracker.start()
         h = self._handlers

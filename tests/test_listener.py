@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -308,6 +309,25 @@ def test_full_disk_answers_a700_and_never_half_writes(start_listener, tiny_fs: P
     assert r.returncode == 0  # still serving
 
 
+def test_full_disk_while_spooling_answers_a700(start_listener, tiny_fs: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom's receive spool on the same full disk as the store (the usual layout):
+    still a 0xA700 answer, not an aborted association."""
+    spool = tiny_fs / "tmp"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    run = start_listener(data_dir=tiny_fs / "data")
+    files = make_series(tmp_path / "s", 8, size=256)
+    statuses = [int(scu_send(run.port, f).Status) for f in files]
+    assert 0x0000 in statuses and 0xA700 in statuses, statuses
+    assert set(statuses) <= {0x0000, 0xA700}
+    stored = sorted((tiny_fs / "data" / "store").glob("*/*/*.dcm"))
+    assert len(stored) == statuses.count(0)
+    for f in stored:
+        check_part10(f)
+    assert list(spool.iterdir()) == []  # no spool file left behind
+
+
 def test_tcp_nodelay_set_on_accepted_sockets(start_listener) -> None:
     import socket
 
@@ -341,3 +361,39 @@ def test_assoc_abort_mid_series_still_completes(start_listener, tmp_path: Path) 
     assoc.abort()
     ((_, c),) = run.wait_for(1)
     assert len(c.files) == 2
+
+
+def test_serve_forever_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SYNTH_DICOM_PORT": str(port), "SYNTH_DICOM_HOST": HOST,
+           "SYNTH_DATA_DIR": str(tmp_path / "data")}
+    code = ("from dicom_synth.settings import Settings\n"
+            "from service.listener import serve_forever\n"
+            "serve_forever(Settings(), lambda c: print('complete', len(c.files), flush=True))\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            r = subprocess.run(["echoscu", "-aec", "SYNTH", HOST, str(port)], env=PEER_ENV,
+                               capture_output=True, timeout=30)
+            if r.returncode == 0 or time.monotonic() > deadline or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert r.returncode == 0, proc.stderr.read() if proc.poll() is not None else r.stderr
+        assert storescu(port, make_series(tmp_path / "s", 3)).returncode == 0
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.strip() == "complete 3"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
