@@ -43,6 +43,9 @@ class TrainConfig:
     slice_spacing_mm: float = 3.0  # spread training slices through the breast
     size: int = 384
     crop: int = 256
+    # Crop curriculum: (fraction of steps, crop side) from that point on. Small crops are
+    # cheap steps early; the last steps see whole slices, as exported and run.
+    crop_schedule: tuple[tuple[float, int], ...] = ()
     batch_size: int = 4
     steps: int = 500
     lr: float = 2e-4
@@ -51,7 +54,8 @@ class TrainConfig:
     rotate_deg: float = 10.0
     scale_range: tuple[float, float] = (0.9, 1.1)
     mirror: bool = True
-    full_size_from: float = 0.8  # last 20 % of steps on uncropped slices (as exported)
+    full_size_from: float = 0.8  # without a schedule: last 20 % on uncropped slices
+    lr_decay_from: float = 1.0  # pix2pix "linear" policy: lr falls to 0 from this fraction
     val_every: int = 100
     seed: int = 0
     threads: int = 2
@@ -59,9 +63,25 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         m = self.net.spatial_multiple
-        if self.crop % m or self.size % m:
-            raise ValueError(f"crop {self.crop} and size {self.size} must be multiples of {m} "
-                             f"(2^num_downs)")
+        crops = [self.crop, self.size, *(c for _, c in self.crop_schedule)]
+        if any(c % m for c in crops):
+            raise ValueError(f"crops {crops} must be multiples of {m} (2^num_downs)")
+
+    def crop_at(self, step: int) -> int:
+        """The training crop side at a step."""
+        if self.crop_schedule:
+            side = self.crop_schedule[0][1]
+            for frac, c in self.crop_schedule:
+                if step >= frac * self.steps:
+                    side = c
+            return side
+        return self.size if step >= self.full_size_from * self.steps else self.crop
+
+    def lr_at(self, step: int) -> float:
+        start = self.lr_decay_from * self.steps
+        if step < start:
+            return self.lr
+        return self.lr * max(0.0, 1.0 - (step - start) / max(1.0, self.steps - start))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,18 +91,21 @@ class TrainConfig:
         d = dict(d)
         d["net"] = NetConfig(**d["net"])
         d["scale_range"] = tuple(d["scale_range"])
+        d["crop_schedule"] = tuple(tuple(x) for x in d.get("crop_schedule", ()))
         return cls(**d)
 
 
 CONFIGS: dict[str, TrainConfig] = {
     # 2 CPU cores: a narrow U-Net, a few hundred steps (the demo weights).
     "small": TrainConfig(name="small", net=NetConfig(ngf=16, ndf=16)),
-    "demo": TrainConfig(name="demo", net=NetConfig(ngf=16, ndf=16), n_train=20, steps=400,
-                        batch_size=4, crop=256, full_size_from=0.85),
+    "demo": TrainConfig(name="demo", net=NetConfig(ngf=16, ndf=16), n_train=20, steps=1000,
+                        batch_size=4, crop_schedule=((0.0, 128), (0.6, 256), (0.9, 384)),
+                        lr_decay_from=0.7, val_every=100),
     # A GPU: the paper's widths, full-size slices, many subjects.
     "full": TrainConfig(name="full", net=NetConfig(ngf=64, ndf=64), n_train=200, n_val=20,
                         slices_per_subject=48, slice_spacing_mm=2.0, crop=256, batch_size=8,
-                        steps=60000, val_every=1000, threads=8, device="cuda"),
+                        steps=60000, val_every=1000, threads=8, device="cuda",
+                        lr_decay_from=0.5, full_size_from=0.8),
     # Seconds, for tests.
     "tiny": TrainConfig(name="tiny", net=NetConfig(ngf=4, ndf=4, num_downs=5), n_train=2, n_val=1,
                         slices_per_subject=2, size=64, crop=64, batch_size=2, steps=4,
@@ -242,8 +265,9 @@ def train(cfg: TrainConfig, out_dir: Path, data: Path | None = None,
     losses: dict[str, float] = {}
     for step in bar:
         idx = torch.from_numpy(rng.integers(0, len(xt), cfg.batch_size))
-        size = cfg.size if step >= cfg.full_size_from * cfg.steps else cfg.crop
-        x, y = augment(xt[idx], yt[idx], size, cfg, gen)
+        for group in (*model.opt_g.param_groups, *model.opt_d.param_groups):
+            group["lr"] = cfg.lr_at(step)
+        x, y = augment(xt[idx], yt[idx], cfg.crop_at(step), cfg, gen)
         losses = model.train_step(x.to(model.device), y.to(model.device))
         bar.set_postfix(l1=f"{losses['l1']:.4f}", d=f"{losses['d']:.3f}")
         last = step + 1 == cfg.steps
