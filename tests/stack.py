@@ -92,6 +92,7 @@ def start_stack(
     if pacs:
         full_env["SYNTH_PACS"] = pacs
     full_env.update(env or {})
+    http_port, dicom_port = int(full_env["SYNTH_HTTP_PORT"]), int(full_env["SYNTH_DICOM_PORT"])
     log = workdir / "service.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.runner"],
