@@ -7,6 +7,7 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from dicom_synth.pipeline import UnknownTaskError, check_task_name
+from service.completion import mark_announced
 from service.gateway.deps import SettingsDep
 from service.intake import accept_series
 from service.store import InvalidInstance, SeriesStore
@@ -34,7 +35,7 @@ def _ingest(settings, files: list[UploadFile], task: str) -> dict:
     try:
         staged = stage_upload(((f.filename or "", f.file) for f in files), staging)
         store = SeriesStore(settings.store_dir)
-        stored = [store.put(path).path for path in staged.files]
+        stored = _store_all(store, staged.files)
     except UploadError as exc:
         raise HTTPException(exc.status_code, exc.reason) from exc
     except InvalidInstance as exc:
@@ -43,12 +44,33 @@ def _ingest(settings, files: list[UploadFile], task: str) -> dict:
         raise HTTPException(507, f"cannot store the upload: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    files = sorted(set(stored))
     job = accept_series(
         settings,
         study_instance_uid=staged.study_instance_uid,
         series_instance_uid=staged.series_instance_uid,
-        files=sorted(set(stored)),
+        files=files,
         origin="http",
         requested_task=task,
     )
+    # The job has the series: a listener restart must not announce it again.
+    mark_announced(store, staged.study_instance_uid, staged.series_instance_uid, files, "http upload")
     return {"job_id": job.job_id, "status_url": f"/jobs/{job.job_id}"}
+
+
+def _store_all(store: SeriesStore, paths: list) -> list:
+    """Store every file or none: on a failure, the instances this upload added are removed
+    again, so no partial series is left for the listener's recovery to turn into a job."""
+    added = []
+    stored = []
+    try:
+        for path in paths:
+            inst = store.put(path)
+            stored.append(inst.path)
+            if inst.is_new:
+                added.append(inst.path)
+    except BaseException:
+        for p in added:
+            p.unlink(missing_ok=True)
+        raise
+    return stored
