@@ -55,8 +55,10 @@ def resize_square(image: np.ndarray, size: int = SIZE) -> np.ndarray:
 
 
 def representative_slices(volume: np.ndarray, n: int = N_SLICES) -> np.ndarray:
-    """n slices at 30 %, 50 %, 70 % of the stack (all slices when fewer)."""
+    """n slices at 30 %, 50 %, 70 % of the stack (all slices when there are no more)."""
     depth = volume.shape[0]
+    if depth <= n:
+        return volume
     idx = np.unique(np.linspace(0.3 * (depth - 1), 0.7 * (depth - 1), n).round().astype(int))
     return volume[idx]
 
@@ -90,8 +92,9 @@ class PixelModel:
         self.input_name = self.session.get_inputs()[0].name
         card_path = path.with_suffix(".card.json")
         self.card = json.loads(card_path.read_text()) if card_path.exists() else {}
-        self.labels = tuple(self.card.get("labels", LABELS))
-        self.temperature = float(self.card.get("temperature", 1.0))
+        mapping = self.card.get("output_mapping", {})
+        self.labels = tuple(mapping.get("labels", LABELS))
+        self.temperature = float(mapping.get("temperature", 1.0))
         self._lock = threading.Lock()
 
     def predict(self, volume: np.ndarray, is_ct: bool) -> dict[str, float]:
