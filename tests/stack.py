@@ -54,6 +54,23 @@ class ServiceStack:
         with self.client() as c:
             return c.get("/jobs").json()
 
+    def crash(self) -> None:
+        """SIGKILL the runner and every process under it, as a power cut would."""
+        import psutil
+
+        try:
+            parent = psutil.Process(self.proc.pid)
+            procs = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        self.proc.wait(5)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)

@@ -200,3 +200,24 @@ def test_make_run_path_with_embedded_broker(tmp_path):
         assert health["broker"]["ok"] and health["store"]["ok"] and health["models"]["ok"]
     finally:
         stack.stop()
+
+
+def test_a_job_survives_a_crash_of_every_process(tmp_path, redis_server):
+    """SIGKILL everything mid-job; on restart the job resumes and ends done, once."""
+    work = tmp_path / "svc"
+    stack = start_stack(work, broker_url=redis_server.url)
+    files = write_phantom_series(tmp_path / "t1", seed=908, n_slices=24, size=384)
+    job_id = _post_series(stack, files).json()["job_id"]
+    stack.wait_job(job_id, statuses=("running",), timeout=120)  # ~4 s of model time on 2 cores
+    stack.crash()
+    stack = start_stack(work, broker_url=redis_server.url)
+    try:
+        job = stack.wait_job(job_id)
+        assert job["status"] == "done", job
+        assert len(job["output_series_uids"]) == 1
+        out = list((stack.data_dir / "jobs" / job_id / "output").rglob("*.dcm"))
+        assert len(out) == len(files)
+        time.sleep(1.0)  # a listener restart must not announce the uploaded series again
+        assert [j["job_id"] for j in stack.jobs()] == [job_id]
+    finally:
+        stack.stop()
