@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -31,19 +32,24 @@ NAME = "dce_phase1"
 
 def build(out_dir: Path, run_dir: Path, config: str = "demo", n_test: int = 4,
           steps: int | None = None, version: str = "0.1.0",
-          checkpoint: Path | None = None) -> dict:
+          checkpoint: Path | None = None, threads: int | None = None) -> dict:
     """Train (unless a checkpoint is given), export, evaluate, write the card."""
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     if checkpoint is None:
         cfg = CONFIGS[config]
         if steps is not None:
             cfg = dataclasses.replace(cfg, steps=steps)
+        if threads is not None:
+            cfg = dataclasses.replace(cfg, threads=threads)
         train(cfg, run_dir)
         checkpoint = run_dir / "latest.pt"
     g, cfg, ckpt = load_generator(checkpoint)
     hist_file = Path(checkpoint).parent / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.exists() else ckpt.get("history", {})
-    onnx_path = export_onnx(g, Path(out_dir) / f"{NAME}.onnx")
+    # Build in the run folder; replace the shipped files only when everything passed, so a
+    # service reading models/weights never sees a half-written model.
+    stage = Path(run_dir) / "weights"
+    onnx_path = export_onnx(g, stage / f"{NAME}.onnx")
     x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 384, 384)).astype(np.float32)
     delta = parity(g, onnx_path, x)
     if delta >= 1e-4:
@@ -59,8 +65,8 @@ def build(out_dir: Path, run_dir: Path, config: str = "demo", n_test: int = 4,
     # Write a provisional card so the evaluation runs the exported file through the registry.
     card = build_card(NAME, onnx_path, cfg, version=version, training_data=training_data,
                       history=history)
-    write_card(card, out_dir, NAME)
-    model = SynthesisModel.from_card(load_card("dce_phase1", out_dir))
+    write_card(card, stage, NAME)
+    model = SynthesisModel.from_card(load_card("dce_phase1", stage))
     t_eval = time.time()
     res = ev.evaluate(ev.phantom_cases(n_test), model, ev.fit_linear_on_phantom(),
                       panels_dir=run_dir / "panels")
@@ -81,12 +87,18 @@ def build(out_dir: Path, run_dir: Path, config: str = "demo", n_test: int = 4,
     card["export_parity_max_abs"] = delta
     card["build"] = {"command": f"python -m models.dce.build_demo --config {config}",
                      "total_seconds": round(time.time() - t0, 1),
+                     "total_cpu_seconds": round(time.process_time() - cpu0, 1),
                      "train_seconds": history.get("train_seconds"),
                      "eval_seconds_incl_phantom_generation": round(eval_s, 1),
                      "hardware": f"{platform.processor() or platform.machine()}, "
-                                 f"{torch.get_num_threads()} torch threads",
+                                 f"{torch.get_num_threads()} torch threads, CPU shared "
+                                 "with other jobs (wall time inflated)",
                      "torch": torch.__version__}
-    path = write_card(card, out_dir, NAME)
+    staged_card = write_card(card, stage, NAME)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    os.replace(onnx_path, Path(out_dir) / onnx_path.name)
+    path = Path(out_dir) / staged_card.name
+    os.replace(staged_card, path)
     print(ev.format_table(res["table"], res["n_series"], n_slices))
     print(f"card: {path}  total {card['build']['total_seconds']} s")
     return card
@@ -100,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--test-subjects", type=int, default=4)
     p.add_argument("--checkpoint", type=Path, default=None, help="skip training, use this")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: config)")
     p.add_argument("--if-missing", action="store_true", help="do nothing when a card exists")
     a = p.parse_args(argv)
     if a.if_missing:
@@ -110,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         except (UnknownModelError, ValueError):
             pass
     a.out.mkdir(parents=True, exist_ok=True)
-    build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, checkpoint=a.checkpoint)
+    build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, checkpoint=a.checkpoint,
+          threads=a.threads)
     return 0
 
 

@@ -259,7 +259,7 @@ def train(cfg: TrainConfig, out_dir: Path, data: Path | None = None,
     gen = torch.Generator().manual_seed(cfg.seed + model.step)
     rng = np.random.default_rng(cfg.seed + model.step)
     xt, yt = torch.from_numpy(xs[:, None]), torch.from_numpy(ys[:, None])
-    t_train = time.time()
+    t_train, cpu_train = time.time(), time.process_time()
     bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps,
                disable=not progress, desc=f"pix2pix {cfg.name}")
     losses: dict[str, float] = {}
@@ -281,6 +281,7 @@ def train(cfg: TrainConfig, out_dir: Path, data: Path | None = None,
                 torch.save(model.state(extra), out_dir / "best.pt")
             torch.save(model.state(extra), out_dir / "latest.pt")
     history["train_seconds"] = round(time.time() - t_train, 1)
+    history["train_cpu_seconds"] = round(time.process_time() - cpu_train, 1)
     history["best_val_l1"] = best
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
