@@ -86,3 +86,26 @@ def test_score_and_summary_on_a_perfect_and_a_wrong_method() -> None:
     assert table["identity"]["unit"]["r"][0] == pytest.approx(-1.0)
     text = ev.format_table(table, 2, 6)
     assert "| model | body |" in text and "0.71" in text
+
+
+def test_cli_on_pairs_from_phantom_dicom(tmp_path) -> None:
+    """phantom DICOM -> pairs -> evaluate (shipped ONNX model): table, JSON and PNG panel."""
+    import json
+
+    from models.dce.pairs import build_pairs
+    from models.dce.phantom_dicom import write_phantom_study
+
+    write_phantom_study(tmp_path / "dicom", 3005, n_slices=3, size=128)
+    (res,) = build_pairs([tmp_path / "dicom"], tmp_path / "pairs")
+    assert res.refused is None
+    out = tmp_path / "eval"
+    assert ev.main(["--pairs", str(tmp_path / "pairs"), "--fit-pairs", str(tmp_path / "pairs"),
+                    "--out", str(out), "--threads", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["table"]) == {"model", "identity", "linear"}
+    assert metrics["n_series"] == 1 and metrics["n_slices"] == 3
+    for row in metrics["table"].values():
+        assert set(row) == {"unit", "body"}
+        assert -1 <= row["body"]["r"][0] <= 1 and row["body"]["ssim"][0] <= 1
+    assert (out / "table.md").read_text().count("|") > 20
+    assert (out / "panels" / f"{res.study_uid}.png").is_file()
