@@ -173,3 +173,13 @@ def test_roles_and_fat_suppression_from_real_and_phantom_headers(realdata: Path,
     undocumented.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
     undocumented.SeriesDescription = "t1_vibe_fs_tra_dyn"
     assert series_role(undocumented)[0] == POST_CONTRAST
+
+
+def test_classifier_roles_pair_the_phantom_study_too(tmp_path: Path) -> None:
+    from models.dce.pairs import classifier_roles
+
+    write_phantom_study(tmp_path / "in", 3004, n_slices=4, size=64)
+    (res,) = build_pairs([tmp_path / "in"], None, role_fn=classifier_roles)
+    assert res.refused is None, (res.refused, res.notes)
+    assert res.source_description == "t1_fl3d_tra_nonfs" and "spair" in res.target_description
+    assert any("classifier: breast_t1_nc" in n for n in res.notes)

@@ -4,10 +4,10 @@ slices matched by position, the target resampled onto the input grid when the gr
 Pairs whose frames of reference, orientation or coverage do not match are refused, and the
 report says why.
 
-Roles come from headers for now (`series_role`): the series classifier (seed 001) can
-replace that function without changing the rest.
+Roles come from header rules (`header_roles`, the default) or from the project's series
+classifier (`classifier_roles`, seed 001); both return the same `Role`.
 
-    python -m models.dce.pairs /exports/breast --out pairs/      # one .npz + .json per study
+    python -m models.dce.pairs /exports/breast --out pairs/ [--roles classifier]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import json
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,6 +134,43 @@ def series_role(ds: Dataset) -> tuple[str, str]:
     return POST_CONTRAST, "fat-suppressed T1 gradient echo (DCE series)"
 
 
+@dataclass(frozen=True)
+class Role:
+    """What a series is for pairing. `post` says whether a single-phase DCE series is
+    known to be after contrast (True/False), or unknown (None: decide from headers)."""
+
+    role: str
+    why: str
+    post: bool | None = None
+
+
+RoleFn = Callable[[Sequence[Dataset]], Role]
+
+
+def header_roles(slices: Sequence[Dataset]) -> Role:
+    """Roles from header rules on the first slice (`series_role`)."""
+    role, why = series_role(slices[0])
+    return Role(role, why)
+
+
+# Labels of dicom_synth.classify (seed 001) and what they mean here.
+_CLASSIFIER_ROLES = {
+    "breast_t1_nc": (NON_CONTRAST, None),
+    "breast_dce_pre": (POST_CONTRAST, False),  # a DCE mask, or a whole multi-phase DCE
+    "breast_dce_early": (POST_CONTRAST, True),
+    "breast_dce_late": (POST_CONTRAST, True),
+}
+
+
+def classifier_roles(slices: Sequence[Dataset]) -> Role:
+    """Roles from the project's series classifier (headers only, no pixels)."""
+    from dicom_synth.classify import classify_series
+
+    c = classify_series(list(slices), None, use_pixel_model=False)
+    role, post = _CLASSIFIER_ROLES.get(c.label, (OTHER, None))
+    return Role(role, f"classifier: {c.label} ({c.confidence:.2f})", post)
+
+
 def _acq_seconds(ds: Dataset) -> float:
     t = str(ds.get("AcquisitionTime", "") or ds.get("SeriesTime", "") or "")
     try:
@@ -164,12 +201,12 @@ def split_phases(slices: Sequence[Dataset]) -> dict[int, list[int]]:
     return dict(out)
 
 
-def first_post_contrast(candidates: list[tuple[SeriesFiles, list[Dataset]]]
+def first_post_contrast(candidates: list[tuple[SeriesFiles, list[Dataset], Role]]
                         ) -> tuple[SeriesFiles, list[int], str] | None:
     """The first post-contrast phase among DCE candidates: the earliest series/phase that
     has contrast. A multi-phase series's first phase is taken as the pre-contrast mask."""
     options: list[tuple[float, SeriesFiles, list[int], str]] = []
-    for sf, slices in candidates:
+    for sf, slices, role in candidates:
         phases = split_phases(slices)
         keys = sorted(phases)
         if len(keys) > 1:
@@ -177,7 +214,7 @@ def first_post_contrast(candidates: list[tuple[SeriesFiles, list[Dataset]]]
             t = min(_acq_seconds(slices[i]) for i in phases[k])
             options.append((t, sf, phases[k], f"phase {k} of {len(keys)} in one series "
                                                "(first taken as the mask)"))
-        elif any(has_contrast(s) for s in slices):
+        elif role.post or (role.post is None and any(has_contrast(s) for s in slices)):
             t = min(_acq_seconds(s) for s in slices)
             options.append((t, sf, phases[keys[0]], "earliest post-contrast series"))
     if not options:
@@ -265,21 +302,21 @@ def resample_onto(src: Geometry, tgt: Geometry, tgt_volume: np.ndarray) -> tuple
 
 
 def pair_study(study_uid: str, series: list[SeriesFiles], out_dir: Path | None,
-               min_overlap: float = 0.9) -> PairResult:
+               min_overlap: float = 0.9, role_fn: RoleFn = header_roles) -> PairResult:
     """Choose, check, match (or resample) and write the pair of one study."""
     res = PairResult(study_uid=study_uid)
-    noncon: list[tuple[SeriesFiles, list[Dataset]]] = []
-    dce: list[tuple[SeriesFiles, list[Dataset]]] = []
+    noncon: list[tuple[SeriesFiles, list[Dataset], Role]] = []
+    dce: list[tuple[SeriesFiles, list[Dataset], Role]] = []
     for sf in series:
-        first = read_header(sf.files[0])
-        if first is None:
-            continue
-        role, why = series_role(first)
-        res.notes.append(f"{sf.series_description or sf.series_instance_uid}: {role} ({why})")
-        if role == OTHER:
+        if read_header(sf.files[0]) is None:
             continue
         slices = load_series(sf.files, pixels=False).slices
-        (noncon if role == NON_CONTRAST else dce).append((sf, slices))
+        role = role_fn(slices)
+        res.notes.append(f"{sf.series_description or sf.series_instance_uid}: {role.role} "
+                         f"({role.why})")
+        if role.role == OTHER:
+            continue
+        (noncon if role.role == NON_CONTRAST else dce).append((sf, slices, role))
     if not noncon:
         res.refused = "no non-contrast, non-fat-suppressed T1 series in the study"
         return res
@@ -290,8 +327,8 @@ def pair_study(study_uid: str, series: list[SeriesFiles], out_dir: Path | None,
     tgt_sf, tgt_idx, why = post
     res.notes.append(f"target: {why}")
     # The input: the non-contrast T1 acquired last before the first post-contrast phase.
-    src_sf, src_slices = max(noncon, key=lambda c: (_acq_seconds(c[1][0]) < float("inf"),
-                                                    _acq_seconds(c[1][0])))
+    src_sf, _, _ = max(noncon, key=lambda c: (_acq_seconds(c[1][0]) < float("inf"),
+                                              _acq_seconds(c[1][0])))
     res.source_uid, res.target_uid = src_sf.series_instance_uid, tgt_sf.series_instance_uid
     res.source_description, res.target_description = (src_sf.series_description,
                                                        tgt_sf.series_description)
@@ -339,13 +376,14 @@ def pair_study(study_uid: str, series: list[SeriesFiles], out_dir: Path | None,
     return res
 
 
-def build_pairs(paths: Sequence[Path], out_dir: Path | None, min_overlap: float = 0.9
-                ) -> list[PairResult]:
+def build_pairs(paths: Sequence[Path], out_dir: Path | None, min_overlap: float = 0.9,
+                role_fn: RoleFn = header_roles) -> list[PairResult]:
     """Pair every study found under the paths."""
     by_study: dict[str, list[SeriesFiles]] = defaultdict(list)
     for sf in group_series(paths):
         by_study[sf.study_instance_uid].append(sf)
-    return [pair_study(uid, ss, out_dir, min_overlap) for uid, ss in sorted(by_study.items())]
+    return [pair_study(uid, ss, out_dir, min_overlap, role_fn)
+            for uid, ss in sorted(by_study.items())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,8 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--min-overlap", type=float, default=0.9)
+    p.add_argument("--roles", choices=["headers", "classifier"], default="headers",
+                   help="header rules, or the project's series classifier")
     a = p.parse_args(argv)
-    results = build_pairs(a.paths, a.out, a.min_overlap)
+    role_fn = classifier_roles if a.roles == "classifier" else header_roles
+    results = build_pairs(a.paths, a.out, a.min_overlap, role_fn)
     for r in results:
         state = f"REFUSED: {r.refused}" if r.refused else (
             f"{r.n_slices} slices{' (resampled)' if r.resampled else ''} -> {r.npz}")
