@@ -76,7 +76,9 @@ def decide(header: dict[str, float], pixel: dict[str, float] | None,
     if pixel is not None:
         h_label, h_conf = _top(header)
         p_label, p_conf = _top(pixel)
-        if (h_label != p_label and h_conf >= settings.disagree_confidence
+        # Headers that are merely unsure (top `unknown`, no veto) let the pixels decide;
+        # headers sure of a class that the pixels are sure is another: unknown.
+        if (h_label != p_label and h_label != UNKNOWN and h_conf >= settings.disagree_confidence
                 and p_conf >= settings.disagree_confidence):
             return Decision(UNKNOWN, 1.0 - max(fused[h_label], fused[p_label]), fused,
                             f"headers say {h_label} ({h_conf:.2f}), pixels say {p_label} ({p_conf:.2f})")
