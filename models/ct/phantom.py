@@ -252,7 +252,7 @@ def _tables(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return hu, t2
 
 
-def generate_subject(seed: int, region: str = "abdomen", n_slices: int = 24, size: int = 256,
+def generate_subject(seed: int, region: str = "abdomen", n_slices: int = 24, size: int = 128,
                      z_range: tuple[float, float] | None = None) -> CTSubject:
     """Render one subject's CT and MRI; slices spread evenly over the region (or z_range)."""
     if region not in REGIONS:

@@ -4,7 +4,7 @@ service, the classifier and the end-to-end tests see what a planning CT would se
 Pure numpy + pydicom. UIDs derive from seed and region, so one seed always writes the
 same study. Stored pixels are HU + 1024 (RescaleIntercept -1024, slope 1, 12 bits).
 
-    python -m models.ct.phantom_dicom OUT --seed 43000 --region abdomen --slices 24 --size 256
+    python -m models.ct.phantom_dicom OUT --seed 43000 --region abdomen --slices 24 --size 128
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def ct_headers(subject: CTSubject, *, study_uid: str | None = None,
     return out
 
 
-def write_ct_series(out_dir: Path, seed: int, n_slices: int = 24, size: int = 256,
+def write_ct_series(out_dir: Path, seed: int, n_slices: int = 24, size: int = 128,
                     region: str = "abdomen", *, study_uid: str | None = None,
                     patient_id: str | None = None, subject: CTSubject | None = None) -> list[Path]:
     """Write one phantom CT series, one file per slice; returns the paths in slice order."""
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=43000, help="subject seed (43000..: test split)")
     p.add_argument("--region", choices=REGIONS, default="abdomen")
     p.add_argument("--slices", type=int, default=24)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=int, default=128)
     p.add_argument("--patient-id", default=None)
     a = p.parse_args(argv)
     paths = write_ct_series(a.out, a.seed, a.slices, a.size, a.region, patient_id=a.patient_id)

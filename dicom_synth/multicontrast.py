@@ -1,0 +1,203 @@
+"""Run the CT -> pseudo-MRI model (seed 004) and the conditional brain-contrast model
+(seed 002) from their ONNX files and cards; any other card falls back to
+`SynthesisModel`, so the worker can load every task through `load_synthesis_model`.
+
+The card's `runtime` field picks the runner:
+- "pseudo_mri": one input (N, 1, H, W); CT in Hounsfield units is clipped to the card's
+  HU window and scaled linearly to [-1, 1] (absolute HU carry the tissue information, so no
+  per-slice scaling); one output series.
+- "conditional_contrast": inputs `input` (N, 1, H, W) and `condition` (N, C), a one-hot
+  target contrast; the source is per-slice min-max scaled as the card says; one output
+  series per contrast the study lacks (every card contrast except the source's).
+
+numpy + onnxruntime only (no torch, no scipy): this runs inside the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from dicom_synth import intensity
+from dicom_synth.inference import SynthesisModel, SyntheticOutput, pad_to_multiple, pick_providers
+from dicom_synth.registry import ModelCard
+
+HU_WINDOW = "hu_window"
+PSEUDO_MRI = "pseudo_mri"
+CONDITIONAL = "conditional_contrast"
+Progress = Callable[[float], None] | None
+
+
+class Synthesizer(Protocol):
+    card: ModelCard
+
+    def run(self, volume: np.ndarray, progress: Progress = None, *,
+            source_label: str | None = None) -> list[SyntheticOutput]: ...
+
+
+def hu_window(volume: np.ndarray, window: tuple[float, float] = (-1000.0, 1000.0),
+              lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+    """HU clipped to the window and mapped linearly to [lo, hi] (training uses this too)."""
+    w0, w1 = float(window[0]), float(window[1])
+    if w1 <= w0:
+        raise ValueError(f"empty HU window {window}")
+    v = (np.clip(np.asarray(volume, np.float32), w0, w1) - w0) / (w1 - w0)
+    return (lo + (hi - lo) * v).astype(np.float32)
+
+
+def normalise(volume: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
+    """The card's input normalisation: an HU window, or whatever `intensity` knows."""
+    if spec.get("kind") == HU_WINDOW:
+        lo, hi = spec.get("range", (-1.0, 1.0))
+        return hu_window(volume, tuple(spec["window_hu"]), float(lo), float(hi))
+    return intensity.normalise(volume, spec)
+
+
+def _check(volume: np.ndarray) -> np.ndarray:
+    vol = np.asarray(volume, dtype=np.float32)
+    if vol.ndim == 2:
+        vol = vol[None]
+    if vol.ndim != 3 or min(vol.shape) < 1:
+        raise ValueError(f"expected an (N, H, W) volume, got shape {vol.shape}")
+    if not np.isfinite(vol).all():
+        raise ValueError("volume contains NaN or infinite values")
+    return vol
+
+
+def _session(card: ModelCard, providers: list[str] | None, threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(card.onnx_path), sess_options=opts,
+                                providers=providers or pick_providers())
+
+
+class _OnnxRunner:
+    """Shared batching: normalise, pad to the network's multiple, run, crop back."""
+
+    def __init__(self, card: ModelCard, session, batch_size: int = 4):
+        self.card, self.session = card, session
+        self.batch_size = max(1, int(batch_size))
+        self.input_name = str(card.input.get("name", "input"))
+        self.multiple = int(card.input.get("spatial_multiple", 1))
+        self.pad_value = float(card.normalisation.get("range", (-1.0, 1.0))[0])
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def _predict(self, norm: np.ndarray, extra: dict[str, np.ndarray] | None,
+                 tick: Callable[[int], None]) -> np.ndarray:
+        out = np.empty_like(norm)
+        for start in range(0, norm.shape[0], self.batch_size):
+            batch = norm[start:start + self.batch_size, None]
+            padded, crop = pad_to_multiple(batch, self.multiple, self.pad_value)
+            feeds = {self.input_name: np.ascontiguousarray(padded)}
+            for name, row in (extra or {}).items():
+                feeds[name] = np.repeat(row[None], len(batch), axis=0)
+            (pred,) = self.session.run(None, feeds)
+            out[start:start + len(batch)] = pred[:, 0][(slice(None), *crop)]
+            tick(len(batch))
+        return out
+
+
+def _ticker(total: int, progress: Progress) -> Callable[[int], None]:
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(min(1.0, done[0] / max(total, 1)))
+
+    return tick
+
+
+class PseudoMRIModel(_OnnxRunner):
+    """CT (HU) -> one pseudo-MRI series in the CT's own geometry."""
+
+    def run(self, volume: np.ndarray, progress: Progress = None, *,
+            source_label: str | None = None) -> list[SyntheticOutput]:
+        vol = _check(volume)
+        norm = normalise(vol, self.card.normalisation)
+        pred = self._predict(norm, None, _ticker(vol.shape[0], progress))
+        stored = intensity.to_stored(pred, self.card.output_mapping)
+        return [SyntheticOutput(label=self.card.output_label or "pseudo-MRI", pixels=stored)]
+
+
+class MultiContrastModel(_OnnxRunner):
+    """One brain contrast -> the contrasts the study lacks, one series each."""
+
+    def __init__(self, card: ModelCard, session, batch_size: int = 4):
+        super().__init__(card, session, batch_size)
+        cond = card.extra.get("conditioning") or {}
+        self.contrasts: list[str] = list(cond.get("contrasts") or [])
+        if not self.contrasts:
+            raise ValueError(f"{card.name}: card has no conditioning.contrasts")
+        self.cond_input = str(cond.get("input", "condition"))
+        self.labels: dict[str, str] = dict(cond.get("labels") or {})
+        self.source_labels: dict[str, str] = dict(cond.get("source_labels") or {})
+
+    def source_contrast(self, source_label: str | None) -> str:
+        """'brain_t1' (a classifier label) or 't1' (a contrast) -> 't1'."""
+        if source_label is None:
+            raise ValueError(f"{self.card.name} needs the source series' label (one of "
+                             f"{sorted(self.source_labels)}) to know which contrasts are missing")
+        key = str(source_label)
+        contrast = self.source_labels.get(key, key if key in self.contrasts else None)
+        if contrast is None:
+            raise ValueError(f"{self.card.name} cannot translate from {source_label!r}; known: "
+                             f"{sorted(self.source_labels) + self.contrasts}")
+        return contrast
+
+    def targets(self, source_label: str | None) -> list[str]:
+        src = self.source_contrast(source_label)
+        return [c for c in self.contrasts if c != src]
+
+    def run(self, volume: np.ndarray, progress: Progress = None, *,
+            source_label: str | None = None) -> list[SyntheticOutput]:
+        targets = self.targets(source_label)
+        vol = _check(volume)
+        norm = normalise(vol, self.card.normalisation)
+        tick = _ticker(vol.shape[0] * len(targets), progress)
+        outputs = []
+        for target in targets:
+            onehot = np.zeros(len(self.contrasts), np.float32)
+            onehot[self.contrasts.index(target)] = 1.0
+            pred = self._predict(norm, {self.cond_input: onehot}, tick)
+            outputs.append(SyntheticOutput(label=self.labels.get(target, target.upper()),
+                                           pixels=intensity.to_stored(pred, self.card.output_mapping)))
+        return outputs
+
+
+class _Plain:
+    """A `SynthesisModel` behind the same call signature (the source label is not needed)."""
+
+    def __init__(self, model: SynthesisModel):
+        self.model = model
+        self.card = model.card
+
+    @property
+    def providers(self) -> list[str]:
+        return self.model.providers
+
+    def run(self, volume: np.ndarray, progress: Progress = None, *,
+            source_label: str | None = None) -> list[SyntheticOutput]:
+        return self.model.run(volume, progress)
+
+
+_RUNNERS: dict[str, type[_OnnxRunner]] = {PSEUDO_MRI: PseudoMRIModel, CONDITIONAL: MultiContrastModel}
+
+
+def load_synthesis_model(card: ModelCard, *, providers: list[str] | None = None,
+                         threads: int | None = None, batch_size: int = 4) -> Synthesizer:
+    """The runner the card asks for (its `runtime` field), else the plain `SynthesisModel`."""
+    runner = _RUNNERS.get(str(card.extra.get("runtime", "")))
+    if runner is None:
+        return _Plain(SynthesisModel.from_card(card, providers=providers, threads=threads,
+                                               batch_size=batch_size))
+    return runner(card, _session(card, providers, threads), batch_size=batch_size)

@@ -1,0 +1,371 @@
+"""Train seed 002's conditional multi-contrast translator on phantom brain slices.
+
+Unpaired, as the seed: every training image is one random contrast of one random slice
+of one random subject; its registered siblings are never used (unless `lambda_paired` > 0,
+an option the seed does not have, off in every shipped config). Per image x of contrast i
+and two other contrasts j, k drawn at random, with code = E(x) (dropout 0.1 on the input):
+
+- reconstruction      ||x - G(code, i)||²                                  (loss_sv)
+- adversarial + class G(code, j) judged real and of class j by D (LSGAN)   (loss_G, loss_G,class)
+- cycle               ||x - G(E(G(code, j)), i)||²                         (loss_cycle)
+- cycle consistency   ||G(E(G(code, j)), i) - G(E(G(code, k)), i)||²       (loss_cycle,consistency)
+- code consistency    ||code - E(G(code, j))||²                            (loss_code,consistency)
+- structure           ||f(x) - f(G(code, j))||², f = Algorithm 1 (soft)    (loss_sv,f)
+- background          ||G(code, j) in the Algorithm-2 background||²        (the seed's mask terms)
+D learns real images as real and of their class, translations as fake and (as the seed's
+loss_D,aided) of their target class. Adam lr 2e-4, β1 0.5. The seed's lesion-label decoder
+and VAE structure generator are not part of translation and are not built here.
+
+    python -m models.brain.train --config small --out runs/brain_small --threads 1
+    python -m models.brain.train --config full --out runs/brain_full         # a GPU
+    python -m models.brain.train --resume runs/brain_small/latest.pt --steps 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dicom_synth.intensity import normalise_slices
+from models.brain.networks import BrainNetConfig, ConditionalTranslator, ContrastDiscriminator
+from models.brain.phantom import CONTRASTS, generate_subject, split_seeds
+from models.brain.structure import brain_mask, structure_map, structure_map_soft
+from models.ct.networks import init_weights
+from models.ct.train import peak_rss_mb
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a run; saved in each checkpoint and in the model card."""
+
+    name: str = "small"
+    net: BrainNetConfig = field(default_factory=lambda: BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2))
+    n_train: int = 24
+    n_val: int = 2
+    slices_per_subject: int = 12
+    size: int = 128
+    crop: int = 64
+    batch_size: int = 2
+    steps: int = 3000
+    lr: float = 2e-4
+    beta1: float = 0.5
+    decay_from: float = 0.6
+    input_dropout: float = 0.1  # seed 002: dropout 0.1 at the input
+    beta: float = 0.5  # Algorithm 1 threshold on [-1, 1] images
+    mask_expand: int = 4  # Algorithm 2's p
+    lambda_adv: float = 1.0
+    lambda_cls: float = 1.0
+    lambda_rec: float = 10.0
+    lambda_cycle: float = 10.0
+    lambda_cycle_consistency: float = 1.0
+    lambda_code: float = 1.0
+    lambda_structure: float = 2.0
+    lambda_background: float = 2.0
+    lambda_paired: float = 0.0  # not in the seed; off in every shipped config
+    mirror: bool = True
+    val_every: int = 250
+    seed: int = 0
+    threads: int = 2
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        m = self.net.spatial_multiple
+        if self.crop % m or self.size % m:
+            raise ValueError(f"crop {self.crop} and size {self.size} must be multiples of {m}")
+        if self.net.n_contrasts != len(CONTRASTS):
+            raise ValueError(f"the phantom has {len(CONTRASTS)} contrasts")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["net"] = BrainNetConfig(**d["net"])
+        return cls(**d)
+
+
+CONFIGS: dict[str, TrainConfig] = {
+    "small": TrainConfig(),
+    # A GPU: the seed's scale (BRATS: 274 volumes x 50 slices, 240x240, 50 epochs, batch 1).
+    "full": TrainConfig(name="full", net=BrainNetConfig(ngf=64, ndf=64, enc_blocks=3, dec_blocks=3), n_train=250,
+                        n_val=25, slices_per_subject=50, size=256, crop=256, batch_size=1, steps=50 * 250 * 50,
+                        val_every=5000, threads=8, device="cuda"),
+    "tiny": TrainConfig(name="tiny", net=BrainNetConfig(ngf=4, ndf=4, enc_blocks=1, dec_blocks=1, d_layers=2),
+                        n_train=2, n_val=1, slices_per_subject=2, size=32, crop=32, batch_size=2, steps=3,
+                        val_every=2),
+}
+
+
+@dataclass
+class BrainData:
+    """(slices, contrasts, H, W) arrays in [-1, 1], with Algorithm-1 maps and Algorithm-2 masks."""
+
+    images: np.ndarray
+    structure: np.ndarray
+    background: np.ndarray
+    val_images: np.ndarray
+    val_background: np.ndarray
+
+
+def prepare(images: np.ndarray, beta: float, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Structure maps and background masks for (S, C, H, W) normalised slices."""
+    s = np.empty_like(images)
+    b = np.empty_like(images)
+    for i in range(images.shape[0]):
+        for c in range(images.shape[1]):
+            s[i, c] = structure_map(images[i, c], beta)
+            b[i, c] = brain_mask(images[i, c], p)
+    return s, b
+
+
+def load_subjects(seeds: list[int], cfg: TrainConfig, desc: str, progress: bool) -> np.ndarray:
+    out = []
+    for seed in tqdm(seeds, desc=desc, disable=not progress, leave=False):
+        subj = generate_subject(seed, n_slices=cfg.slices_per_subject, size=cfg.size)
+        out.append(np.stack([normalise_slices(subj.images[c]) for c in CONTRASTS], 1))
+    return np.concatenate(out)
+
+
+def build_data(cfg: TrainConfig, progress: bool = True) -> BrainData:
+    train = load_subjects(split_seeds("train", cfg.n_train), cfg, "train subjects", progress)
+    val = load_subjects(split_seeds("val", cfg.n_val), cfg, "val subjects", progress)
+    s, b = prepare(train, cfg.beta, cfg.mask_expand)
+    _, vb = prepare(val, cfg.beta, cfg.mask_expand)
+    return BrainData(train, s, b, val, vb)
+
+
+def onehot(idx: torch.Tensor, n: int) -> torch.Tensor:
+    return F.one_hot(idx, n).float()
+
+
+class MultiContrastGAN:
+    """Translator (encoder + decoder), discriminator, optimisers, one training step."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        want_cuda = cfg.device == "cuda" and torch.cuda.is_available()
+        self.device = torch.device("cuda" if want_cuda else "cpu")
+        self.T = ConditionalTranslator(cfg.net).to(self.device)
+        self.D = ContrastDiscriminator(cfg.net).to(self.device)
+        init_weights(self.T)
+        init_weights(self.D)
+        betas = (cfg.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.T.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
+        self.step = 0
+
+    def _set_lr(self) -> None:
+        c = self.cfg
+        start = int(c.decay_from * c.steps)
+        frac = 1.0 if self.step < start else max(0.0, 1.0 - (self.step - start) / max(1, c.steps - start))
+        for opt in (self.opt_g, self.opt_d):
+            for g in opt.param_groups:
+                g["lr"] = c.lr * frac
+
+    def train_step(self, x: torch.Tensor, src: torch.Tensor, struct: torch.Tensor, bg: torch.Tensor,
+                   gen: torch.Generator, paired: torch.Tensor | None = None) -> dict[str, float]:
+        """x (B,1,h,w) of contrasts src (B,); struct/bg its Algorithm-1/2 maps; `paired`
+        (B, C, h, w) registered siblings, used only when lambda_paired > 0."""
+        c, n = self.cfg, self.cfg.net.n_contrasts
+        self._set_lr()
+        b = x.shape[0]
+        # two distinct targets, both different from the source
+        r1 = torch.randint(1, n, (b,), generator=gen)
+        r2 = (r1 - 1 + torch.randint(1, n - 1, (b,), generator=gen)) % (n - 1) + 1
+        t1, t2 = ((src + r1) % n).to(self.device), ((src + r2) % n).to(self.device)
+        src = src.to(self.device)
+        enc, dec = self.T.encoder, self.T.decoder
+        x_in = F.dropout(x, c.input_dropout, training=True) if c.input_dropout > 0 else x
+        code = enc(x_in)
+        rec = dec(code, onehot(src, n))
+        y1, y2 = dec(code, onehot(t1, n)), dec(code, onehot(t2, n))
+        code1, code2 = enc(y1), enc(y2)
+        cyc1, cyc2 = dec(code1, onehot(src, n)), dec(code2, onehot(src, n))
+        self.D.requires_grad_(False)
+        loss_adv = x.new_zeros(())
+        loss_cls = x.new_zeros(())
+        for y, t in ((y1, t1), (y2, t2)):
+            d, cls = self.D(y)
+            loss_adv = loss_adv + F.mse_loss(d, torch.ones_like(d))
+            loss_cls = loss_cls + F.mse_loss(cls, onehot(t, n))
+        loss_rec = F.mse_loss(rec, x)
+        loss_cycle = F.mse_loss(cyc1, x) + F.mse_loss(cyc2, x)
+        loss_cc = F.mse_loss(cyc1, cyc2)
+        loss_code = F.mse_loss(code1, code) + F.mse_loss(code2, code)
+        loss_struct = (F.mse_loss(structure_map_soft(y1, c.beta), struct)
+                       + F.mse_loss(structure_map_soft(y2, c.beta), struct))
+        loss_bg = (((y1 + 1) / 2 * bg) ** 2).mean() + (((y2 + 1) / 2 * bg) ** 2).mean()
+        loss_g = (c.lambda_adv * loss_adv + c.lambda_cls * loss_cls + c.lambda_rec * loss_rec
+                  + c.lambda_cycle * loss_cycle + c.lambda_cycle_consistency * loss_cc + c.lambda_code * loss_code
+                  + c.lambda_structure * loss_struct + c.lambda_background * loss_bg)
+        loss_paired = x.new_zeros(())
+        if c.lambda_paired > 0 and paired is not None:
+            ar = torch.arange(b)
+            loss_paired = F.l1_loss(y1, paired[ar, t1.cpu()][:, None].to(y1)) + F.l1_loss(
+                y2, paired[ar, t2.cpu()][:, None].to(y2))
+            loss_g = loss_g + c.lambda_paired * loss_paired
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.D.requires_grad_(True)
+        d_real, c_real = self.D(x)
+        loss_d = F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(c_real, onehot(src, n))
+        for y, t in ((y1, t1), (y2, t2)):
+            d, cls = self.D(y.detach())
+            loss_d = loss_d + 0.5 * (F.mse_loss(d, torch.zeros_like(d)) + F.mse_loss(cls, onehot(t, n)))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        self.step += 1
+        return {"adv": loss_adv.item(), "cls": loss_cls.item(), "rec": loss_rec.item(), "cycle": loss_cycle.item(),
+                "cycle_consistency": loss_cc.item(), "code": loss_code.item(), "structure": loss_struct.item(),
+                "background": loss_bg.item(), "paired": loss_paired.item(), "d": loss_d.item()}
+
+    @torch.no_grad()
+    def validate(self, images: np.ndarray, background: np.ndarray, stride: int = 3) -> float:
+        """Mean MAE on [0, 1] inside the head over every source -> target pair, against the
+        registered truth (every `stride`-th slice)."""
+        n = self.cfg.net.n_contrasts
+        imgs = images[::stride]
+        fg = background[::stride] < 0.5
+        total, count = 0.0, 0
+        for s in range(n):
+            x = torch.from_numpy(imgs[:, s:s + 1]).to(self.device)
+            code = self.T.encoder(x)
+            for t in range(n):
+                if t == s:
+                    continue
+                cond = onehot(torch.full((len(imgs),), t, dtype=torch.long), n).to(self.device)
+                pred = self.T.decoder(code, cond).cpu().numpy()[:, 0]
+                m = fg[:, s]
+                total += float(np.abs(pred - imgs[:, t])[m].sum()) / 2.0
+                count += int(m.sum())
+        return total / max(count, 1)
+
+    def state(self, extra: dict | None = None) -> dict:
+        return {"T": self.T.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(), "step": self.step, "config": self.cfg.to_dict(), **(extra or {})}
+
+    def load_state(self, ckpt: dict) -> None:
+        self.T.load_state_dict(ckpt["T"])
+        self.D.load_state_dict(ckpt["D"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.step = int(ckpt["step"])
+
+
+def load_translator(ckpt_path: Path) -> tuple[ConditionalTranslator, TrainConfig, dict]:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    t = ConditionalTranslator(cfg.net)
+    t.load_state_dict(ckpt["T"])
+    t.eval()
+    return t, cfg, ckpt
+
+
+def sample_batch(data: BrainData, cfg: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+    """Random slices, each in one random contrast, random crop and mirror."""
+    b, cs, h = cfg.batch_size, cfg.crop, cfg.size
+    n = data.images.shape[1]
+    idx = rng.integers(len(data.images), size=b)
+    src = rng.integers(n, size=b)
+    x = np.empty((b, 1, cs, cs), np.float32)
+    st, bg = np.empty_like(x), np.empty_like(x)
+    pr = np.empty((b, n, cs, cs), np.float32)
+    for i in range(b):
+        for _ in range(6):
+            y0, x0 = (int(v) for v in rng.integers(0, h - cs + 1, size=2))
+            win = (slice(y0, y0 + cs), slice(x0, x0 + cs))
+            if (data.background[idx[i], src[i]][win] < 0.5).mean() > 0.3:
+                break
+        flip = cfg.mirror and rng.random() < 0.5
+        sl = (slice(None), slice(None, None, -1)) if flip else (slice(None), slice(None))
+        x[i, 0] = data.images[idx[i], src[i]][win][sl]
+        st[i, 0] = data.structure[idx[i], src[i]][win][sl]
+        bg[i, 0] = data.background[idx[i], src[i]][win][sl]
+        pr[i] = data.images[idx[i]][(slice(None), *win)][(slice(None), *sl)]
+    return (torch.from_numpy(x), torch.from_numpy(src), torch.from_numpy(st), torch.from_numpy(bg),
+            torch.from_numpy(pr))
+
+
+def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress: bool = True,
+          data: BrainData | None = None) -> dict:
+    """Run (or resume) training; writes latest.pt, best.pt, history.json, config.json."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    data = data or build_data(cfg, progress)
+    model = MultiContrastGAN(cfg)
+    history: dict = {"steps": [], "data_seconds": round(time.time() - t0, 1), "n_slices": int(len(data.images)),
+                     "train_seeds": split_seeds("train", cfg.n_train)[0], "val_seeds": split_seeds("val", cfg.n_val)[0]}
+    best = math.inf
+    if resume is not None:
+        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        model.load_state(ckpt)
+        history = ckpt.get("history", history)
+        best = ckpt.get("best_val_mae", math.inf)
+    rng = np.random.default_rng([cfg.seed, model.step])
+    gen = torch.Generator().manual_seed(cfg.seed + model.step)
+    t_train = time.time()
+    bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps, disable=not progress,
+               desc=f"multicontrast {cfg.name}")
+    for step in bar:
+        x, src, st, bg, pr = sample_batch(data, cfg, rng)
+        dev = model.device
+        losses = model.train_step(x.to(dev), src, st.to(dev), bg.to(dev), gen, pr if cfg.lambda_paired > 0 else None)
+        bar.set_postfix(rec=f"{losses['rec']:.3f}", cyc=f"{losses['cycle']:.3f}", d=f"{losses['d']:.2f}")
+        if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
+            val = model.validate(data.val_images, data.val_background)
+            history["steps"].append({"step": step + 1, "val_mae": round(val, 5),
+                                     "seconds": round(time.time() - t_train, 1),
+                                     **{k: round(v, 5) for k, v in losses.items()}})
+            extra = {"history": history, "best_val_mae": min(best, val)}
+            if val < best:
+                best = val
+                torch.save(model.state(extra), out_dir / "best.pt")
+            torch.save(model.state(extra), out_dir / "latest.pt")
+    history["train_seconds"] = round(time.time() - t_train, 1) + float(history.get("train_seconds", 0.0))
+    history["best_val_mae"] = best
+    history["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Train the seed-002 conditional multi-contrast translator.")
+    p.add_argument("--config", choices=sorted(CONFIGS), default="small")
+    p.add_argument("--out", type=Path, default=Path("runs/brain"))
+    p.add_argument("--resume", type=Path, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    cfg = CONFIGS[a.config]
+    if a.resume is not None:
+        cfg = TrainConfig.from_dict(torch.load(a.resume, map_location="cpu", weights_only=False)["config"])
+    overrides = {k: v for k, v in (("steps", a.steps), ("seed", a.seed), ("threads", a.threads),
+                                   ("device", a.device)) if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress)
+    print(json.dumps({k: v for k, v in hist.items() if k != "steps"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

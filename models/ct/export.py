@@ -1,0 +1,121 @@
+"""Export the CT -> pseudo-MRI generator to ONNX (dynamic batch and spatial axes) and write
+its model card, which `dicom_synth.multicontrast` reads: the HU window in `normalisation`,
+`runtime: pseudo_mri`, MR as the output modality.
+
+    python -m models.ct.export runs/ct_small/latest.pt --out models/weights --name pseudo_mri
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dicom_synth.intensity import default_output_mapping
+from dicom_synth.multicontrast import HU_WINDOW, PSEUDO_MRI
+from dicom_synth.registry import sha256_file
+from models.ct.networks import ResnetGenerator
+from models.ct.train import TrainConfig, load_generator
+from models.dce.export import write_card
+
+OPSET = 17
+OUTPUT_LABEL = "pseudo-MRI (T2-like)"
+INTENDED_USE = (
+    "Research and demonstration only. Synthesizes a T2-weighted-looking pseudo-MRI in the "
+    "frame of reference of a planning CT (head-and-neck or abdomen/pelvis), as seed 004 does "
+    "to help contour soft-tissue organs at risk without registering a real MRI. NOT FOR "
+    "DIAGNOSIS: it cannot show what the CT does not encode, and may invent or miss structure.")
+
+
+def export_onnx(generator: ResnetGenerator, path: Path, opset: int = OPSET) -> Path:
+    """Trace in eval mode (the mode validated) with a 64x64 dummy (reflection padding needs
+    a few pixels at the bottleneck); batch, height and width stay dynamic."""
+    generator.eval()
+    dummy = torch.zeros(1, 1, 64, 64)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(generator, (dummy,), str(path), input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
+                                    "output": {0: "batch", 2: "height", 3: "width"}},
+                      opset_version=opset, dynamo=False)
+    return path
+
+
+def parity(generator: ResnetGenerator, onnx_path: Path, x: np.ndarray) -> float:
+    """max |ONNX Runtime - PyTorch| on the same (N, 1, H, W) input."""
+    import onnxruntime as ort
+
+    generator.eval()
+    with torch.no_grad():
+        ref = generator(torch.from_numpy(x)).numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {"input": x})
+    return float(np.abs(out - ref).max())
+
+
+def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
+               metrics: dict[str, Any] | None = None, training_data: dict[str, Any] | None = None,
+               history: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the runtime needs to run the file as it was validated."""
+    return {
+        "name": name,
+        "task": "pseudo_mri",
+        "version": version,
+        "onnx_file": Path(onnx_file).name,
+        "sha256": sha256_file(onnx_file),
+        "output_label": OUTPUT_LABEL,
+        "output_modality": "MR",
+        "runtime": PSEUDO_MRI,
+        "architecture": (
+            "CycleGAN as in seed 004: ResNet generator with 2 residual blocks, upsample-then-"
+            "convolve with one transposed convolution, 70x70 PatchGAN per domain plus a "
+            "denoising discriminator on the MRI side, LSGAN, L1 cycle and identity losses; "
+            "InstanceNorm without running statistics. Only the CT->MRI generator is exported."),
+        "net": cfg.net.to_dict(),
+        "input": {"name": "input", "layout": "NCHW", "channels": 1, "dtype": "float32",
+                  "spatial_multiple": cfg.net.spatial_multiple,
+                  "padding": "bottom/right with -1 (air after the window), cropped back",
+                  "series": "axial non-contrast CT in Hounsfield units (rescale applied), "
+                            "head-and-neck or abdomen/pelvis"},
+        "normalisation": {"kind": HU_WINDOW, "window_hu": list(cfg.hu_window), "range": [-1.0, 1.0]},
+        "output_mapping": default_output_mapping(),
+        "training": {k: v for k, v in cfg.to_dict().items() if k != "net"},
+        "training_history": {k: v for k, v in (history or {}).items() if k != "subjects"},
+        "training_data": training_data or {},
+        "metrics": metrics or {},
+        "intended_use": INTENDED_USE,
+        "limitations": (
+            "Trained unpaired on a CT/MRI phantom, not on patients; output intensities are "
+            "relative ((o+1)/2*stored_max), T2-like, not a calibrated MR signal. Figures on the "
+            "phantom say nothing about clinical accuracy."),
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "opset": OPSET,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Export a CT->pseudo-MRI checkpoint to ONNX + card.")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, default=Path("models/weights"))
+    p.add_argument("--name", default="pseudo_mri")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--metrics", type=Path, default=None, help="JSON from models.ct.evaluate")
+    a = p.parse_args(argv)
+    g, cfg, ckpt = load_generator(a.checkpoint)
+    onnx_path = export_onnx(g, a.out / f"{a.name}.onnx")
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 128, 96)).astype(np.float32)
+    delta = parity(g, onnx_path, x)
+    metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
+    card = build_card(a.name, onnx_path, cfg, version=a.version, metrics=metrics, history=ckpt.get("history"))
+    card["export_parity_max_abs"] = delta
+    print(write_card(card, a.out, a.name), f"parity max|Δ| = {delta:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

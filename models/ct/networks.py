@@ -1,0 +1,133 @@
+"""CycleGAN networks as seed 004 modified them, for CT -> pseudo-MRI.
+
+- Generator: ResNet-style (Johnson et al.), but with only 2 residual blocks (the seed found
+  2 best) and upsample-then-convolve on the way up against checkerboard artefacts (Odena
+  et al. 2016); at most one transposed convolution is kept (the seed kept one for GPU
+  memory). `transposed` says how many of the up-steps use it (0 or 1).
+- Discriminators: 70x70 PatchGAN for each domain, and the seed's "denoising
+  discriminator" on the MRI side, which learns real MRI from real MRI with Gaussian noise
+  (and from the generator's output), so blurry, noisy-looking pseudo-MRI is penalised. It
+  is a shallower PatchGAN (smaller patches: fine texture, not layout).
+- InstanceNorm without running statistics (and no dropout): train and eval compute the
+  same function, so what is validated is what is exported, at any image size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class CycleNetConfig:
+    """Architecture options, saved with every checkpoint and in the model card."""
+
+    ngf: int = 64
+    ndf: int = 64
+    n_down: int = 2
+    n_blocks: int = 2  # seed 004: 2 residual blocks
+    transposed: int = 1  # up-steps done by transposed conv (seed 004: one kept)
+    d_layers: int = 3  # 70x70 PatchGAN
+    dn_layers: int = 2  # denoising discriminator: 34x34 patches
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.transposed <= 1:
+            raise ValueError("seed 004 keeps at most one transposed convolution")
+        if self.transposed > self.n_down:
+            raise ValueError("more transposed up-steps than up-steps")
+
+    @property
+    def spatial_multiple(self) -> int:
+        return 2**self.n_down
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _norm(ch: int) -> nn.Module:
+    return nn.InstanceNorm2d(ch, affine=False, track_running_stats=False)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=False), _norm(ch), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=False), _norm(ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """c7s1-ngf, n_down stride-2 convs, n_blocks residual blocks, n_down up-steps
+    (the deepest `transposed` of them by transposed conv, the rest nearest-upsample + 3x3
+    conv), c7s1-1 + tanh. Input sides must be multiples of 2^n_down."""
+
+    def __init__(self, cfg: CycleNetConfig, in_ch: int = 1, out_ch: int = 1):
+        super().__init__()
+        ngf = cfg.ngf
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=False),
+                                   _norm(ngf), nn.ReLU(True)]
+        ch = ngf
+        for _ in range(cfg.n_down):
+            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=False), _norm(ch * 2), nn.ReLU(True)]
+            ch *= 2
+        layers += [ResidualBlock(ch) for _ in range(cfg.n_blocks)]
+        for i in range(cfg.n_down):
+            if i < cfg.transposed:
+                layers.append(nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=False))
+            else:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                           nn.Conv2d(ch, ch // 2, 3, bias=False)]
+            layers += [_norm(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        self.multiple = cfg.spatial_multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """Unconditional PatchGAN (LSGAN output, no sigmoid): `layers` stride-2 stages."""
+
+    def __init__(self, ndf: int, layers: int = 3, in_ch: int = 1):
+        super().__init__()
+        seq: list[nn.Module] = [nn.Conv2d(in_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, layers):
+            prev, mult = mult, min(2**n, 8)
+            seq += [nn.Conv2d(ndf * prev, ndf * mult, 4, 2, 1, bias=False), _norm(ndf * mult),
+                    nn.LeakyReLU(0.2, True)]
+        prev, mult = mult, min(2**layers, 8)
+        seq += [nn.Conv2d(ndf * prev, ndf * mult, 4, 1, 1, bias=False), _norm(ndf * mult),
+                nn.LeakyReLU(0.2, True), nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
+        self.model = nn.Sequential(*seq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> None:
+    """CycleGAN's normal(0, 0.02) initialisation."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def count_transposed(net: nn.Module) -> int:
+    return sum(isinstance(m, nn.ConvTranspose2d) for m in net.modules())
+
+
+def receptive_field(layers: int) -> int:
+    """Receptive field in pixels of a PatchGAN with `layers` stride-2 stages (3 -> 70)."""
+    rf = 1
+    for k, s in reversed([(4, 2)] * layers + [(4, 1), (4, 1)]):
+        rf = (rf - 1) * s + k
+    return rf

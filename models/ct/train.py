@@ -1,0 +1,372 @@
+"""Train the seed-004 CycleGAN, CT -> pseudo-MRI, on *unpaired* slices: the CT and the MRI
+come from different phantom subjects (even / odd train seeds), shuffled independently, as
+the seed's 52 CT + 52 MRI patients were. Validation uses the phantom's registered truth,
+which real data would not have.
+
+Losses (seed 004): LSGAN for both domains, the denoising discriminator on the MRI side
+(real MRI vs real MRI + Gaussian noise and vs the generator's output), L1 for cycle and
+identity. Adam lr 2e-4, β1 0.5, linear decay over the second half (pytorch-CycleGAN), an
+image pool of past fakes for the discriminators.
+
+    python -m models.ct.train --config small --out runs/ct_small          # 2 CPU cores
+    python -m models.ct.train --config full --out runs/ct_full            # a GPU
+    python -m models.ct.train --resume runs/ct_small/latest.pt --steps 3000
+
+Checkpoints hold every network, optimiser state, the step, the options and the history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dicom_synth.intensity import normalise_slices
+from dicom_synth.multicontrast import hu_window
+from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, init_weights
+from models.ct.phantom import REGIONS, generate_subject, split_seeds
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a run; saved in each checkpoint and in the model card."""
+
+    name: str = "small"
+    net: CycleNetConfig = field(default_factory=lambda: CycleNetConfig(ngf=12, ndf=8))
+    regions: tuple[str, ...] = REGIONS
+    n_train: int = 8  # subjects per region *per modality* (CT and MRI from different ones)
+    n_val: int = 1  # subjects per region, with registered truth
+    slices_per_subject: int = 24
+    size: int = 128  # phantom matrix: ~3 mm (abdomen) / ~1.9 mm (head-neck) pixels
+    crop: int = 64
+    batch_size: int = 2
+    steps: int = 3000
+    lr: float = 2e-4
+    beta1: float = 0.5
+    decay_from: float = 0.5  # lr decays linearly to 0 from this fraction of the steps
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5  # times lambda_cycle (pytorch-CycleGAN convention)
+    lambda_denoise: float = 1.0
+    denoise_sigma: float = 0.1  # Gaussian noise added to real MRI ([-1, 1] units)
+    pool_size: int = 50
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    mirror: bool = True
+    val_every: int = 250
+    seed: int = 0
+    threads: int = 2
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        m = self.net.spatial_multiple
+        if self.crop % m or self.size % m:
+            raise ValueError(f"crop {self.crop} and size {self.size} must be multiples of {m}")
+        bad = set(self.regions) - set(REGIONS)
+        if bad:
+            raise ValueError(f"unknown regions {sorted(bad)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["net"] = CycleNetConfig(**d["net"])
+        d["regions"] = tuple(d["regions"])
+        d["hu_window"] = tuple(d["hu_window"])
+        return cls(**d)
+
+
+CONFIGS: dict[str, TrainConfig] = {
+    # 2 CPU cores, about 10 minutes: narrow networks, 64-pixel crops of 128-pixel slices.
+    "small": TrainConfig(),
+    # A GPU: the usual CycleGAN widths, whole 256x256 slices, many subjects.
+    "full": TrainConfig(name="full", net=CycleNetConfig(ngf=64, ndf=64), n_train=50, n_val=5,
+                        slices_per_subject=48, size=256, crop=256, batch_size=1, steps=200_000,
+                        val_every=5000, threads=8, device="cuda"),
+    # Seconds, for tests.
+    "tiny": TrainConfig(name="tiny", net=CycleNetConfig(ngf=4, ndf=4, d_layers=2, dn_layers=1),
+                        n_train=1, n_val=1, slices_per_subject=2, size=64, crop=32, batch_size=2,
+                        steps=3, val_every=2, pool_size=2),
+}
+
+
+@dataclass
+class Domains:
+    """Unpaired training slices and registered validation pairs, all in [-1, 1]."""
+
+    ct: np.ndarray  # (N, H, W) windowed CT
+    mr: np.ndarray  # (M, H, W) per-slice min-max MRI (other subjects)
+    val_ct: np.ndarray
+    val_mr: np.ndarray
+    val_body: np.ndarray  # bool, body of the validation CT
+    subjects: dict = field(default_factory=dict)
+
+
+def build_domains(cfg: TrainConfig, progress: bool = True) -> Domains:
+    """CT from even train seeds, MRI from odd ones: no subject is seen in both domains."""
+    cts, mrs, vct, vmr, vbody = [], [], [], [], []
+    used: dict[str, list[int]] = {"ct": [], "mr": [], "val": []}
+    jobs = []
+    for region in cfg.regions:
+        seeds = split_seeds("train", 2 * cfg.n_train)
+        jobs += [("ct", region, s) for s in seeds[0::2]] + [("mr", region, s) for s in seeds[1::2]]
+        jobs += [("val", region, s) for s in split_seeds("val", cfg.n_val)]
+    for kind, region, seed in tqdm(jobs, desc="phantom subjects", disable=not progress, leave=False):
+        s = generate_subject(seed, region, n_slices=cfg.slices_per_subject, size=cfg.size)
+        used[kind].append(seed)
+        if kind == "ct":
+            cts.append(hu_window(s.ct, cfg.hu_window))
+        elif kind == "mr":
+            mrs.append(normalise_slices(s.mr))
+        else:
+            vct.append(hu_window(s.ct, cfg.hu_window))
+            vmr.append(normalise_slices(s.mr))
+            vbody.append(s.ct > -500)
+    return Domains(np.concatenate(cts), np.concatenate(mrs), np.concatenate(vct), np.concatenate(vmr),
+                   np.concatenate(vbody), used)
+
+
+class ImagePool:
+    """Shrivastava et al.'s history of generated images: half of each batch the
+    discriminator sees comes from earlier generators (pytorch-CycleGAN's ImagePool)."""
+
+    def __init__(self, size: int, rng: random.Random):
+        self.size, self.rng, self.images = size, rng, []
+
+    def query(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size <= 0:
+            return batch
+        out = []
+        for img in batch.detach():
+            img = img[None]
+            if len(self.images) < self.size:
+                self.images.append(img)
+                out.append(img)
+            elif self.rng.random() < 0.5:
+                i = self.rng.randrange(self.size)
+                out.append(self.images[i])
+                self.images[i] = img
+            else:
+                out.append(img)
+        return torch.cat(out, 0)
+
+
+def random_crops(pool: np.ndarray, n: int, crop: int, rng: np.random.Generator, mirror: bool,
+                 min_body: float = 0.25) -> torch.Tensor:
+    """n random crops (mostly inside the body: background is -1 in both domains)."""
+    out = np.empty((n, 1, crop, crop), np.float32)
+    h, w = pool.shape[1:]
+    for i in range(n):
+        for _ in range(6):
+            k = int(rng.integers(len(pool)))
+            y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+            patch = pool[k, y:y + crop, x:x + crop]
+            if (patch > -0.8).mean() >= min_body:
+                break
+        out[i, 0] = patch[:, ::-1] if mirror and rng.random() < 0.5 else patch
+    return torch.from_numpy(out)
+
+
+def _lsgan(pred: torch.Tensor, real: bool) -> torch.Tensor:
+    return F.mse_loss(pred, torch.full_like(pred, 1.0 if real else 0.0))
+
+
+class CycleGAN:
+    """Both generators, the three discriminators, their optimisers and one training step."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        want_cuda = cfg.device == "cuda" and torch.cuda.is_available()
+        self.device = torch.device("cuda" if want_cuda else "cpu")
+        n = cfg.net
+        self.G = ResnetGenerator(n).to(self.device)  # CT -> MRI (the exported one)
+        self.F = ResnetGenerator(n).to(self.device)  # MRI -> CT
+        self.D_mr = PatchDiscriminator(n.ndf, n.d_layers).to(self.device)
+        self.D_ct = PatchDiscriminator(n.ndf, n.d_layers).to(self.device)
+        self.D_n = PatchDiscriminator(n.ndf, n.dn_layers).to(self.device)  # denoising D
+        for net in self.nets.values():
+            init_weights(net)
+        betas = (cfg.beta1, 0.999)
+        self.opt_g = torch.optim.Adam([*self.G.parameters(), *self.F.parameters()], lr=cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam([*self.D_mr.parameters(), *self.D_ct.parameters(),
+                                       *self.D_n.parameters()], lr=cfg.lr, betas=betas)
+        rng = random.Random(cfg.seed)
+        self.pool_mr, self.pool_ct = ImagePool(cfg.pool_size, rng), ImagePool(cfg.pool_size, rng)
+        self.step = 0
+
+    @property
+    def nets(self) -> dict[str, torch.nn.Module]:
+        return {"G": self.G, "F": self.F, "D_mr": self.D_mr, "D_ct": self.D_ct, "D_n": self.D_n}
+
+    def _set_lr(self) -> float:
+        c = self.cfg
+        start = int(c.decay_from * c.steps)
+        frac = 1.0 if self.step < start else max(0.0, 1.0 - (self.step - start) / max(1, c.steps - start))
+        for opt in (self.opt_g, self.opt_d):
+            for g in opt.param_groups:
+                g["lr"] = c.lr * frac
+        return c.lr * frac
+
+    def train_step(self, ct: torch.Tensor, mr: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
+        c = self.cfg
+        self._set_lr()
+        fake_mr = self.G(ct)
+        rec_ct = self.F(fake_mr)
+        fake_ct = self.F(mr)
+        rec_mr = self.G(fake_ct)
+        for d in (self.D_mr, self.D_ct, self.D_n):
+            d.requires_grad_(False)
+        loss_gan = _lsgan(self.D_mr(fake_mr), True) + _lsgan(self.D_ct(fake_ct), True)
+        loss_dn = _lsgan(self.D_n(fake_mr), True)
+        loss_cyc = F.l1_loss(rec_ct, ct) + F.l1_loss(rec_mr, mr)
+        loss_g = loss_gan + c.lambda_denoise * loss_dn + c.lambda_cycle * loss_cyc
+        loss_id = torch.zeros(())
+        if c.lambda_identity > 0:
+            loss_id = F.l1_loss(self.G(mr), mr) + F.l1_loss(self.F(ct), ct)
+            loss_g = loss_g + c.lambda_cycle * c.lambda_identity * loss_id
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        for d in (self.D_mr, self.D_ct, self.D_n):
+            d.requires_grad_(True)
+        past_mr = self.pool_mr.query(fake_mr)
+        past_ct = self.pool_ct.query(fake_ct)
+        noisy = mr + c.denoise_sigma * torch.randn(mr.shape, generator=gen).to(mr.device)
+        loss_d_mr = 0.5 * (_lsgan(self.D_mr(mr), True) + _lsgan(self.D_mr(past_mr), False))
+        loss_d_ct = 0.5 * (_lsgan(self.D_ct(ct), True) + _lsgan(self.D_ct(past_ct), False))
+        loss_d_n = 0.5 * (_lsgan(self.D_n(mr), True) + 0.5 * (
+            _lsgan(self.D_n(noisy), False) + _lsgan(self.D_n(fake_mr.detach()), False)))
+        self.opt_d.zero_grad(set_to_none=True)
+        (loss_d_mr + loss_d_ct + loss_d_n).backward()
+        self.opt_d.step()
+        self.step += 1
+        return {"g_gan": loss_gan.item(), "g_dn": loss_dn.item(), "cycle": loss_cyc.item(),
+                "identity": loss_id.item(), "d_mr": loss_d_mr.item(), "d_ct": loss_d_ct.item(),
+                "d_n": loss_d_n.item()}
+
+    @torch.no_grad()
+    def validate(self, ct: np.ndarray, mr: np.ndarray, body: np.ndarray, batch: int = 4) -> float:
+        """MAE on [0, 1] inside the body against the registered truth (whole slices)."""
+        total, n = 0.0, 0
+        for i in range(0, len(ct), batch):
+            x = torch.from_numpy(ct[i:i + batch, None]).to(self.device)
+            pred = self.G(x).cpu().numpy()[:, 0]
+            m = body[i:i + batch]
+            total += float(np.abs(pred - mr[i:i + batch])[m].sum()) / 2.0
+            n += int(m.sum())
+        return total / max(n, 1)
+
+    def state(self, extra: dict | None = None) -> dict:
+        out = {k: v.state_dict() for k, v in self.nets.items()}
+        out.update(opt_g=self.opt_g.state_dict(), opt_d=self.opt_d.state_dict(), step=self.step,
+                   config=self.cfg.to_dict(), **(extra or {}))
+        return out
+
+    def load_state(self, ckpt: dict) -> None:
+        for k, v in self.nets.items():
+            v.load_state_dict(ckpt[k])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.step = int(ckpt["step"])
+
+
+def load_generator(ckpt_path: Path) -> tuple[ResnetGenerator, TrainConfig, dict]:
+    """The CT -> MRI generator of a checkpoint in eval mode, with the run's options."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    g = ResnetGenerator(cfg.net)
+    g.load_state_dict(ckpt["G"])
+    g.eval()
+    return g, cfg, ckpt
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru / (1024.0 * 1024.0) if sys.platform == "darwin" else ru / 1024.0
+
+
+def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress: bool = True,
+          domains: Domains | None = None) -> dict:
+    """Run (or resume) training; writes latest.pt, best.pt, history.json, config.json."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    data = domains or build_domains(cfg, progress)
+    model = CycleGAN(cfg)
+    history: dict = {"steps": [], "data_seconds": round(time.time() - t0, 1), "n_ct_slices": int(len(data.ct)),
+                     "n_mr_slices": int(len(data.mr)), "subjects": data.subjects}
+    best = math.inf
+    if resume is not None:
+        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        model.load_state(ckpt)
+        history = ckpt.get("history", history)
+        best = ckpt.get("best_val_mae", math.inf)
+    rng = np.random.default_rng([cfg.seed, model.step])
+    gen = torch.Generator().manual_seed(cfg.seed + model.step)
+    t_train = time.time()
+    bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps, disable=not progress,
+               desc=f"cyclegan {cfg.name}")
+    for step in bar:
+        ct = random_crops(data.ct, cfg.batch_size, cfg.crop, rng, cfg.mirror).to(model.device)
+        mr = random_crops(data.mr, cfg.batch_size, cfg.crop, rng, cfg.mirror).to(model.device)
+        losses = model.train_step(ct, mr, gen)
+        bar.set_postfix(cyc=f"{losses['cycle']:.3f}", g=f"{losses['g_gan']:.2f}", d=f"{losses['d_mr']:.2f}")
+        if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
+            val = model.validate(data.val_ct, data.val_mr, data.val_body)
+            history["steps"].append({"step": step + 1, "val_mae": round(val, 5),
+                                     "seconds": round(time.time() - t_train, 1),
+                                     **{k: round(v, 5) for k, v in losses.items()}})
+            extra = {"history": history, "best_val_mae": min(best, val)}
+            if val < best:
+                best = val
+                torch.save(model.state(extra), out_dir / "best.pt")
+            torch.save(model.state(extra), out_dir / "latest.pt")
+    history["train_seconds"] = round(time.time() - t_train, 1) + float(history.get("train_seconds", 0.0))
+    history["best_val_mae"] = best
+    history["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if model.device.type == "cuda":
+        history["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Train the seed-004 CycleGAN (CT -> pseudo-MRI).")
+    p.add_argument("--config", choices=sorted(CONFIGS), default="small")
+    p.add_argument("--out", type=Path, default=Path("runs/ct"))
+    p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    cfg = CONFIGS[a.config]
+    if a.resume is not None:
+        cfg = TrainConfig.from_dict(torch.load(a.resume, map_location="cpu", weights_only=False)["config"])
+    overrides = {k: v for k, v in (("steps", a.steps), ("seed", a.seed), ("threads", a.threads),
+                                   ("device", a.device)) if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress)
+    print(json.dumps({k: v for k, v in hist.items() if k not in ("steps", "subjects")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""Seed 004's CycleGAN: the generator's shape constraints, ONNX parity (|Δ| < 1e-4 at
+sizes other than the trace size), a training step that learns, checkpoint resume, and the
+GPU-memory estimate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.ct import memory
+from models.ct.export import build_card, export_onnx, parity
+from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, count_transposed, receptive_field
+from models.ct.train import CONFIGS, CycleGAN, TrainConfig, load_generator, train
+
+torch.set_num_threads(1)
+
+
+def test_generator_is_the_seed_004_design() -> None:
+    g = ResnetGenerator(CycleNetConfig(ngf=8))
+    assert count_transposed(g) == 1
+    assert sum(type(m).__name__ == "ResidualBlock" for m in g.modules()) == 2
+    assert any(isinstance(m, nn.Upsample) for m in g.modules())
+    norms = [m for m in g.modules() if isinstance(m, nn.InstanceNorm2d)]
+    assert norms and all(not m.track_running_stats for m in norms)
+    assert ResnetGenerator(CycleNetConfig(ngf=8, transposed=0)).multiple == 4
+    assert count_transposed(ResnetGenerator(CycleNetConfig(ngf=8, transposed=0))) == 0
+    with pytest.raises(ValueError, match="at most one"):
+        CycleNetConfig(transposed=2)
+    assert receptive_field(3) == 70
+    out = PatchDiscriminator(8, 3)(torch.zeros(1, 1, 64, 64))
+    assert out.shape[1] == 1 and out.shape[-1] > 1  # a map of patch scores
+
+
+def test_train_and_eval_mode_compute_the_same_function() -> None:
+    g = ResnetGenerator(CycleNetConfig(ngf=4))
+    x = torch.randn(2, 1, 32, 48)
+    g.train()
+    a = g(x)
+    g.eval()
+    torch.testing.assert_close(a, g(x))
+
+
+def test_onnx_parity_dynamic_batch_and_size(tmp_path: Path) -> None:
+    g = ResnetGenerator(CycleNetConfig(ngf=4))
+    for p in g.parameters():  # non-trivial weights
+        nn.init.normal_(p, 0, 0.3)
+    path = export_onnx(g, tmp_path / "g.onnx")
+    for shape in ((1, 1, 64, 64), (3, 1, 40, 72)):
+        x = np.random.default_rng(1).uniform(-1, 1, shape).astype(np.float32)
+        assert parity(g, path, x) < 1e-4
+
+
+def test_a_few_steps_reduce_the_cycle_loss() -> None:
+    cfg = dataclasses.replace(CONFIGS["tiny"], net=CycleNetConfig(ngf=8, ndf=4, d_layers=2, dn_layers=1), crop=32,
+                              steps=1000)
+    torch.manual_seed(0)
+    model = CycleGAN(cfg)
+    gen = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    disc = ((xx**2 + yy**2) < 0.4).float()
+    ct = (disc * 0.2 - 0.8)[None, None].repeat(2, 1, 1, 1)
+    mr = (disc * 1.6 - 0.9)[None, None].repeat(2, 1, 1, 1)
+    first = model.train_step(ct, mr, gen)["cycle"]
+    for _ in range(25):
+        last = model.train_step(ct, mr, gen)["cycle"]
+    assert last < 0.6 * first
+
+
+def test_train_checkpoints_resume_and_export_card(tmp_path: Path) -> None:
+    cfg = CONFIGS["tiny"]
+    hist = train(cfg, tmp_path / "run", progress=False)
+    assert {"val_mae", "cycle", "d_n"} <= set(hist["steps"][-1]) and hist["peak_rss_mb"] > 0
+    ckpt = torch.load(tmp_path / "run" / "latest.pt", weights_only=False)
+    assert ckpt["step"] == cfg.steps and TrainConfig.from_dict(ckpt["config"]) == cfg
+    more = dataclasses.replace(cfg, steps=cfg.steps + 2)
+    hist2 = train(more, tmp_path / "run", resume=tmp_path / "run" / "latest.pt", progress=False)
+    assert hist2["steps"][-1]["step"] == cfg.steps + 2
+    g, cfg2, _ = load_generator(tmp_path / "run" / "latest.pt")
+    onnx_path = export_onnx(g, tmp_path / "w" / "pseudo_mri.onnx")
+    card = build_card("pseudo_mri", onnx_path, cfg2, version="0.0.1")
+    assert card["normalisation"]["kind"] == "hu_window" and card["runtime"] == "pseudo_mri"
+    json.dumps(card)
+
+
+def test_memory_estimate_scales_with_pixels_and_full_config_fits_the_seed_budget() -> None:
+    small = memory.estimate(CONFIGS["full"], batch=1, side=128)
+    big = memory.estimate(CONFIGS["full"], batch=1, side=256)
+    assert big["activation_gib"] == pytest.approx(4 * small["activation_gib"], rel=0.01)
+    assert big["total_gib"] < 10  # seed 004: under 10 GB

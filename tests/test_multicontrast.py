@@ -1,0 +1,118 @@
+"""Runtime for pseudo_mri and brain_contrasts (numpy + onnxruntime): each card's
+normalisation is applied exactly, odd sizes are padded and cropped back, the brain model
+makes one series per missing contrast, labels and errors are clear, and any other card
+falls back to SynthesisModel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from dicom_synth import intensity
+from dicom_synth.multicontrast import MultiContrastModel, PseudoMRIModel, hu_window, load_synthesis_model
+from dicom_synth.registry import load_card, sha256_file
+from models.brain.export import build_card as brain_card
+from models.brain.export import export_onnx as brain_export
+from models.brain.networks import BrainNetConfig, ConditionalTranslator
+from models.brain.train import CONFIGS as BRAIN_CONFIGS
+from models.ct.export import build_card as ct_card
+from models.ct.export import export_onnx as ct_export
+from models.ct.networks import CycleNetConfig, ResnetGenerator
+from models.ct.train import CONFIGS as CT_CONFIGS
+
+torch.set_num_threads(1)
+
+
+def _randomise(net: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    for p in net.parameters():
+        nn.init.normal_(p, 0, 0.3)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    d = tmp_path_factory.mktemp("weights")
+    g = _randomise(ResnetGenerator(CycleNetConfig(ngf=4)))
+    p = ct_export(g, d / "pseudo_mri.onnx")
+    (d / "pseudo_mri.card.json").write_text(json.dumps(ct_card("pseudo_mri", p, CT_CONFIGS["tiny"], version="0.0.1")))
+    t = _randomise(ConditionalTranslator(BrainNetConfig(ngf=4, ndf=4, enc_blocks=1, dec_blocks=1)))
+    p = brain_export(t, d / "brain_contrasts.onnx", 4)
+    (d / "brain_contrasts.card.json").write_text(
+        json.dumps(brain_card("brain_contrasts", p, BRAIN_CONFIGS["tiny"], version="0.0.1")))
+    return {"dir": d, "g": g, "t": t}
+
+
+def test_hu_window() -> None:
+    v = np.array([-2000, -1000, 0, 1000, 3000], np.float32)
+    np.testing.assert_allclose(hu_window(v), [-1, -1, 0, 1, 1])
+    with pytest.raises(ValueError):
+        hu_window(v, (10, 10))
+
+
+def test_pseudo_mri_matches_torch_on_odd_sizes(weights: dict) -> None:
+    model = load_synthesis_model(load_card("pseudo_mri", weights["dir"]), threads=1, batch_size=2)
+    assert isinstance(model, PseudoMRIModel)
+    ct = np.random.default_rng(0).uniform(-1100, 1500, (3, 37, 50)).astype(np.float32)
+    seen: list[float] = []
+    (out,) = model.run(ct, progress=seen.append)
+    assert out.label == "pseudo-MRI (T2-like)" and out.pixels.shape == ct.shape
+    assert seen == pytest.approx([2 / 3, 1.0])
+    x = torch.from_numpy(np.pad(hu_window(ct), ((0, 0), (0, 3), (0, 2)), constant_values=-1)[:, None])
+    with torch.no_grad():
+        ref = weights["g"](x).numpy()[:, 0, :37, :50]
+    expected = intensity.to_stored(ref, model.card.output_mapping)
+    assert np.abs(out.pixels - expected).max() < 1e-4 * 4095 / 2 + 1e-3
+
+
+def test_brain_makes_one_series_per_missing_contrast(weights: dict) -> None:
+    model = load_synthesis_model(load_card("brain_contrasts", weights["dir"]), threads=1)
+    assert isinstance(model, MultiContrastModel)
+    vol = np.random.default_rng(1).uniform(0, 3000, (2, 40, 36)).astype(np.float32)
+    seen: list[float] = []
+    outs = model.run(vol, seen.append, source_label="brain_t1")
+    assert [o.label for o in outs] == ["T2", "T1c", "FLAIR"]
+    assert seen[-1] == pytest.approx(1.0) and len(seen) == 3
+    x = torch.from_numpy(np.pad(intensity.normalise_slices(vol), ((0, 0), (0, 0), (0, 0)))[:, None])
+    with torch.no_grad():
+        ref = weights["t"](x, torch.tensor([[0, 0, 0, 1.0]] * 2)).numpy()[:, 0]
+    np.testing.assert_allclose(outs[2].pixels, intensity.to_stored(ref, model.card.output_mapping), atol=0.5)
+    assert [o.label for o in model.run(vol, source_label="flair")] == ["T1", "T2", "T1c"]
+
+
+def test_brain_refuses_without_a_known_source(weights: dict) -> None:
+    model = load_synthesis_model(load_card("brain_contrasts", weights["dir"]), threads=1)
+    vol = np.zeros((1, 16, 16), np.float32)
+    with pytest.raises(ValueError, match="source series' label"):
+        model.run(vol)
+    with pytest.raises(ValueError, match="cannot translate from 'breast_t1_nc'"):
+        model.run(vol, source_label="breast_t1_nc")
+    with pytest.raises(ValueError, match="NaN"):
+        model.run(np.full((1, 8, 8), np.nan, np.float32), source_label="brain_t2")
+
+
+def test_other_cards_fall_back_to_synthesis_model(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 1, "h", "w"])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", 1, "h", "w"])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "id", [x], [y])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "id.onnx")
+    card = {"name": "id", "task": "dce_phase1", "version": "0.0.1", "onnx_file": "id.onnx",
+            "sha256": sha256_file(tmp_path / "id.onnx"), "output_label": "DCE phase 1", "input": {},
+            "normalisation": {"kind": "per_slice_minmax", "range": [-1.0, 1.0]},
+            "output_mapping": intensity.default_output_mapping(), "intended_use": "tests"}
+    (tmp_path / "id.card.json").write_text(json.dumps(card))
+    model = load_synthesis_model(load_card("dce_phase1", tmp_path), threads=1)
+    vol = np.random.default_rng(2).uniform(0, 100, (2, 8, 8)).astype(np.float32)
+    (out,) = model.run(vol, source_label="breast_t1_nc")
+    assert out.label == "DCE phase 1"
+    np.testing.assert_allclose(out.pixels, intensity.to_stored(intensity.normalise_slices(vol),
+                                                                card["output_mapping"]), atol=1e-3)
