@@ -19,7 +19,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 def _synthesize(args: argparse.Namespace) -> int:
     """The same steps as a job, without servers: one line of JSON per series found."""
-    from dicom_synth.inference import SynthesisModel
+    from dicom_synth.multicontrast import load_synthesis_model
     from dicom_synth.pipeline import (
         UnknownTaskError,
         check_task_name,
@@ -51,9 +51,11 @@ def _synthesize(args: argparse.Namespace) -> int:
                 record.update(status="skipped", reason=decision.reason)
             else:
                 card = load_card(decision.task, Path(args.models_dir) if args.models_dir else None)
-                model = SynthesisModel.from_card(card)
+                model = load_synthesis_model(card)
                 job_id = uuid.uuid5(uuid.NAMESPACE_OID, f"offline:{group.series_instance_uid}:{card.sha256}").hex
-                series = synthesize_series(loaded, model, card, job_id)
+                series = synthesize_series(
+                    loaded, model, card, job_id, source_label=decision.classification.label
+                )
                 out_dir = out_root / group.series_instance_uid
                 uids = write_outputs(series, out_dir)
                 record.update(status="done", output_series_uids=uids, out_dir=str(out_dir))

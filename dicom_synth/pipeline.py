@@ -15,7 +15,7 @@ from pydicom import Dataset
 from dicom_synth.classify import Classification, classify_series
 from dicom_synth.derived import build_derived_series, write_series
 from dicom_synth.domain import Task
-from dicom_synth.inference import SynthesisModel
+from dicom_synth.multicontrast import Synthesizer
 from dicom_synth.registry import ModelCard
 from dicom_synth.series import LoadedSeries
 
@@ -61,15 +61,17 @@ def decide(loaded: LoadedSeries, requested_task: str = "auto") -> Decision:
 
 def synthesize_series(
     loaded: LoadedSeries,
-    model: SynthesisModel,
+    model: Synthesizer,
     card: ModelCard,
     job_id: str,
     progress: Callable[[float], None] | None = None,
+    source_label: str | None = None,
 ) -> list[list[Dataset]]:
-    """Run the model on the series and build one new DICOM series per model output."""
+    """Run the model on the series and build one new DICOM series per model output
+    (the brain model makes one per contrast the source is not: it needs the source's class)."""
     if loaded.volume is None:
         raise ValueError("series was loaded without pixels")
-    outputs = model.run(loaded.volume, progress=progress)
+    outputs = model.run(loaded.volume, progress=progress, source_label=source_label)
     frame_numbers = loaded.frame_numbers if any(f is not None for f in loaded.frame_numbers) else None
     return [
         build_derived_series(

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     dicom_host: str = Field("0.0.0.0", description="listener bind address")
     data_dir: Path = Field(Path("./var"), description="series store, job records, outputs")
     broker_url: str | None = Field(None, description="e.g. redis://localhost:6379/0; unset = embedded")
-    pacs: Annotated[PacsAddress | None, NoDecode] = Field(None, description="where results go: AE@host:port; unset = keep locally")
+    pacs: Annotated[PacsAddress | None, NoDecode] = Field(
+        None, description="where results go: AE@host:port; unset = keep locally"
+    )
     allowed_calling_aets: Annotated[list[str] | None, NoDecode] = Field(
         None, description="comma-separated calling AE titles allowed to store; unset = any"
     )

@@ -12,8 +12,8 @@ from celery import Task as CeleryTask
 from celery.signals import worker_ready
 
 from dicom_synth.domain import JobStatus
-from dicom_synth.inference import SynthesisModel
 from dicom_synth.jobstore import JobStore
+from dicom_synth.multicontrast import Synthesizer, load_synthesis_model
 from dicom_synth.pipeline import decide, synthesize_series, write_outputs
 from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, TASK_SYNTHESIZE, task_for_status
 from dicom_synth.registry import ModelCard, load_card
@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 
 
 @cache
-def _model(task: str) -> tuple[ModelCard, SynthesisModel]:
+def _model(task: str) -> tuple[ModelCard, Synthesizer]:
     """Loaded lazily, once per worker process, on the first job that needs it."""
     card = load_card(task, get_settings().models_dir)
-    return card, SynthesisModel.from_card(card)
+    return card, load_synthesis_model(card)
 
 
 def _store() -> JobStore:
@@ -106,7 +106,7 @@ def synthesize(self, job_id: str) -> str:
             last[0] = now
             store.update(job_id, progress=0.05 + 0.85 * fraction)
 
-    series = synthesize_series(loaded, model, card, job_id, progress=progress)
+    series = synthesize_series(loaded, model, card, job_id, progress=progress, source_label=job.series_class)
     uids = write_outputs(series, job_output_dir(settings, job_id))
     if settings.pacs is None:
         store.update(job_id, status=JobStatus.DONE, progress=1.0, output_series_uids=uids)
