@@ -139,9 +139,17 @@ class Canvas:
         return self._blocks(np.isin(self.labels, labels).astype(np.float32))
 
     def majority(self) -> np.ndarray:
-        """The label at each output pixel's centre-most subsample (for label maps)."""
-        k = self.ss // 2
-        return self.labels[k::self.ss, k::self.ss].copy()
+        """The label covering most of each output pixel (ties: the lower label index)."""
+        s = self.ss
+        subs = [self.labels[i::s, j::s] for i in range(s) for j in range(s)]
+        best = subs[0].copy()
+        best_n = np.zeros(best.shape, np.int8)
+        for cand in np.unique(self.labels):
+            n = sum((sub == cand).astype(np.int8) for sub in subs)
+            better = n > best_n
+            best[better] = cand
+            best_n[better] = n[better]
+        return best
 
 
 def smooth_field(rng: np.random.Generator, size: int, amplitude: float, cells: int = 4) -> np.ndarray:

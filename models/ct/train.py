@@ -318,7 +318,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
         best = ckpt.get("best_val_mae", math.inf)
     rng = np.random.default_rng([cfg.seed, model.step])
     gen = torch.Generator().manual_seed(cfg.seed + model.step)
-    t_train = time.time()
+    t_train, cpu_train = time.time(), time.process_time()
     bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps, disable=not progress,
                desc=f"cyclegan {cfg.name}")
     for step in bar:
@@ -337,6 +337,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
                 torch.save(model.state(extra), out_dir / "best.pt")
             torch.save(model.state(extra), out_dir / "latest.pt")
     history["train_seconds"] = round(time.time() - t_train, 1) + float(history.get("train_seconds", 0.0))
+    history["train_cpu_seconds"] = round(time.process_time() - cpu_train, 1) + float(
+        history.get("train_cpu_seconds", 0.0))
     history["best_val_mae"] = best
     history["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if model.device.type == "cuda":
