@@ -8,8 +8,9 @@ Hounsfield units by region, and out-of-scope anatomy (knee, spine, abdomen MR, p
 for `unknown`. Anatomy is drawn at twice the output resolution as a tissue map, then
 area-averaged (partial volume), with per-subject signal jitter, texture, coil bias and
 Rician noise. The DCE helper's physics phantom (`models.dce.phantom`) supplies part of the
-non-fat-suppressed T1 and early post-contrast breast series, so both models agree on the
-series the demo sends.
+non-fat-suppressed T1 and early post-contrast breast series, and the brain and CT
+helpers' phantoms part of the brain and CT series, so every model agrees on the series
+the demos send.
 
 Each series also gets vendor-styled headers (Siemens, GE, Philips), degraded the way real
 archives are (missing descriptions and body parts, absent contrast and timing fields, a
@@ -538,6 +539,34 @@ def _from_dce_phantom(label: str, seed: int, split: str, n: int) -> PhantomSerie
     return PhantomSeries(label, volume, series_headers(subject, which=which), seed, {"source": "models.dce.phantom"})
 
 
+def _from_sibling_phantom(label: str, seed: int, split: str, n: int) -> PhantomSeries | None:
+    """A subject of the brain (seed 002) or CT (seed 004) helpers' phantoms, with their
+    headers: the series their end-to-end tests and demos send."""
+    try:
+        if label.startswith("brain_"):
+            from models.brain.phantom import SPLIT_BASE as BRAIN_SPLITS
+            from models.brain.phantom import generate_subject
+            from models.brain.phantom_dicom import brain_headers
+
+            contrast = label[len("brain_"):]
+            subject = generate_subject(BRAIN_SPLITS[split] + seed % 1000, n_slices=n, size=128)
+            return PhantomSeries(label, subject.images[contrast].astype(np.float32),
+                                 brain_headers(subject, contrast), seed, {"source": "models.brain.phantom"})
+        from models.ct.phantom import SPLIT_BASE as CT_SPLITS
+        from models.ct.phantom import generate_subject as generate_ct
+        from models.ct.phantom_dicom import ct_headers
+
+        region = "head_neck" if label == "ct_head_neck" else "abdomen"
+        subject = generate_ct(CT_SPLITS[split] + seed % 1000, region=region, n_slices=n, size=128)
+        return PhantomSeries(label, subject.ct.astype(np.float32), ct_headers(subject), seed,
+                             {"source": "models.ct.phantom"})
+    except ImportError:
+        return None
+
+
+SIBLINGS = ("brain_t1", "brain_t2", "brain_t1c", "brain_flair", "ct_head_neck", "ct_abdomen_pelvis")
+
+
 def make_series(label: str, seed: int, *, n_slices: int = 5, degrade: bool = True,
                 split: str = "train") -> PhantomSeries:
     """One phantom series of the class, deterministic in (label, seed)."""
@@ -546,6 +575,10 @@ def make_series(label: str, seed: int, *, n_slices: int = 5, degrade: bool = Tru
     rng = np.random.default_rng([seed, LABELS.index(label)])
     if label in ("breast_t1_nc", "breast_dce_early") and rng.random() < 0.3:
         series = _from_dce_phantom(label, seed, split, n_slices)
+        if series is not None:
+            return series
+    if label in SIBLINGS and rng.random() < 0.25:
+        series = _from_sibling_phantom(label, seed, split, n_slices)
         if series is not None:
             return series
     size = int(rng.choice([96, 128, 160]))

@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, out_dir: Path, run_dir: Path) -> dict:
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         logp, ids = series_logp(model, xva, sva)
         yv = np.array([yva[sva == s][0] for s in ids])
@@ -181,8 +181,9 @@ def build_card(onnx_path: Path, cfg: TrainConfig, net: NetConfig, temperature: f
                            "aggregation": "mean slice log-softmax over the series, divided by temperature"},
         "training": asdict(cfg),
         "training_history": history,
-        "training_data": {"source": "models.classifier.phantom (numpy phantom of every class, "
-                                    "part of the breast T1/early DCE from models.dce.phantom)",
+        "training_data": {"source": "models.classifier.phantom (numpy phantom of every class; part of "
+                                    "the breast T1 and early DCE from models.dce.phantom, of the brain "
+                                    "from models.brain.phantom, of the CT from models.ct.phantom)",
                           "train_series": cfg.per_class * len(LABELS),
                           "val_series": cfg.val_per_class * len(LABELS), "seconds": round(seconds)},
         "metrics": {"val_series_accuracy": round(val_acc, 4)},
