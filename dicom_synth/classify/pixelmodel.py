@@ -9,6 +9,7 @@ are averaged over the series, then divided by the temperature stored in the mode
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,9 @@ import numpy as np
 
 from dicom_synth.classify.labels import LABELS
 
+log = logging.getLogger(__name__)
+
+TASK = "series_classification"  # the registry key of the model card
 SIZE = 128
 N_SLICES = 3
 WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights" / "series_classifier.onnx"
@@ -68,10 +72,10 @@ def preprocess(volume: np.ndarray, is_ct: bool) -> np.ndarray:
     vol = np.asarray(volume, dtype=np.float32)
     if vol.ndim == 2:
         vol = vol[None]
-    vol = np.nan_to_num(vol)
-    lo, hi = np.percentile(vol, [1.0, 99.5])
+    planes = np.nan_to_num(representative_slices(vol))
+    lo, hi = np.percentile(planes, [1.0, 99.5])  # over the slices the network sees
     out = []
-    for plane in representative_slices(vol):
+    for plane in planes:
         small = resize_square(plane)
         norm = np.clip((small - lo) / max(hi - lo, 1e-6), 0, 1.5)
         hu = np.clip((small + 1000.0) / 3000.0, 0, 1) if is_ct else np.zeros_like(small)
@@ -114,8 +118,24 @@ class PixelModel:
 
 @lru_cache(maxsize=4)
 def load_pixel_model(path: Path | None = None) -> PixelModel | None:
-    """The model at `path` (default: the packaged weights), or None when there is none."""
-    path = Path(path or WEIGHTS)
+    """The model at `path`, else the registry's `series_classification` card (in
+    SYNTH_MODELS_DIR when set, else the packaged weights; sha256 checked). None when there
+    is no usable model: classification then runs on headers alone."""
+    if path is None:
+        from dicom_synth.registry import load_card
+
+        try:
+            from dicom_synth.settings import get_settings
+
+            models_dir = get_settings().models_dir
+        except Exception:
+            models_dir = None
+        try:
+            path = load_card(TASK, models_dir).onnx_path
+        except Exception as exc:  # no card, missing file, checksum mismatch
+            log.warning("series classifier pixel model unavailable: %s", exc)
+            return None
+    path = Path(path)
     if not path.exists():
         return None
     return PixelModel(path)
