@@ -85,7 +85,10 @@ def build(out_dir: Path, run_dir: Path, config: str = "demo", n_test: int = 4,
     card = build_card(NAME, onnx_path, cfg, version=version, metrics=metrics,
                       training_data=training_data, history=history)
     card["export_parity_max_abs"] = delta
-    card["build"] = {"command": f"python -m models.dce.build_demo --config {config}",
+    cmd = f"python -m models.dce.build_demo --config {config}"
+    cmd += f" --steps {steps}" if steps is not None else ""
+    cmd += f" --threads {threads}" if threads is not None else ""
+    card["build"] = {"command": cmd,
                      "total_seconds": round(time.time() - t0, 1),
                      "total_cpu_seconds": round(time.process_time() - cpu0, 1),
                      "train_seconds": history.get("train_seconds"),
