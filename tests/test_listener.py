@@ -333,18 +333,14 @@ def test_tcp_nodelay_set_on_accepted_sockets(start_listener) -> None:
 
     run = start_listener()
     seen: list[int] = []
-    original = run.listener._handlers.conn_open
+    handlers = run.listener._handlers
+    original = handlers.opened
 
-    def spy(event) -> None:
-        original(event)
-        sock = event.assoc.dul.socket.socket
-        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    def spy(peer) -> None:
+        original(peer)
+        seen.append(peer.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    run.listener._handlers.conn_open = spy  # bound handlers were captured at start
-    from pynetdicom import evt
-
-    run.listener._server.unbind(evt.EVT_CONN_OPEN, original)
-    run.listener._server.bind(evt.EVT_CONN_OPEN, spy)
+    handlers.opened = spy  # the acceptor looks the handler up per association
     subprocess.run(["echoscu", "-aec", "SYNTH", HOST, str(run.port)], env=PEER_ENV, timeout=30,
                    check=True, capture_output=True)
     assert seen and all(seen)
