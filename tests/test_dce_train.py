@@ -55,3 +55,25 @@ def test_demo_schedule_ends_on_whole_slices_with_decayed_lr() -> None:
     assert cfg.lr_at(0) == cfg.lr == 2e-4 and cfg.lr_at(cfg.steps - 1) < 1e-5
     assert (cfg.lambda_l1, cfg.beta1) == (100.0, 0.5)  # seed 000 / pix2pix settings
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_focus_crops_centre_on_small_bright_structures() -> None:
+    import numpy as np
+
+    from models.dce.train import focus_points
+
+    y = np.full((1, 64, 64), -1.0, np.float32)
+    y[0, 10:12, 40:42] = 1.0  # a small bright "vessel"
+    (pts,) = focus_points(y, 0.4)
+    assert len(pts) > 0
+    cols = ((pts[:, 0] + 1) * 64 - 1) / 2
+    rows = ((pts[:, 1] + 1) * 64 - 1) / 2
+    assert np.all(np.abs(rows - 10.5) <= 1.5) and np.all(np.abs(cols - 40.5) <= 1.5)
+    cfg = CONFIGS["tiny"]
+    x = torch.zeros(1, 1, 64, 64)
+    x[0, 0, 10:12, 40:42] = 1.0
+    centre = torch.from_numpy(pts[:1])
+    ax, _ = augment(x, x.clone(), 32, dataclasses.replace(cfg, rotate_deg=0.0, scale_range=(1.0, 1.0),
+                                                          mirror=False),
+                    torch.Generator().manual_seed(0), centre)
+    assert float(ax.max()) > 0.5  # the bright spot is inside the crop

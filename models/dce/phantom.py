@@ -322,7 +322,7 @@ def generate_subject(seed: int, n_slices: int = 48, size: int = 384,
             np.maximum(vessel_alpha, _alpha(m, pv), out=vessel_alpha)
 
     # --- breast vessels: meandering tubes from the chest wall towards the nipple -------
-    n_vessels = int(rng.integers(8, 17))
+    n_vessels = int(rng.integers(12, 25))
     for b in breasts:
         (cx, by, _), (rx, depth, rz) = b["c"], b["r"]
         for _ in range(n_vessels):
@@ -330,7 +330,7 @@ def generate_subject(seed: int, n_slices: int = 48, size: int = 384,
                               z0 + rng.uniform(-0.6, 0.6) * n_slices * slice_spacing_mm])
             target = np.array([cx + rng.uniform(-0.3, 0.3) * rx, by - depth * rng.uniform(0.6, 0.95),
                                start[2] + rng.uniform(-8, 8)])
-            _stamp_vessel(vessel_alpha, grid, rng, start, target, float(rng.uniform(0.8, 2.0)))
+            _stamp_vessel(vessel_alpha, grid, rng, start, target, float(rng.uniform(1.0, 2.2)))
         # the lateral thoracic vessel along the breast's outer edge
         side = np.sign(cx)
         start = np.array([cx + side * rx * 0.9, by + 5, z0 + rng.uniform(-10, 10)])
@@ -418,7 +418,9 @@ def _add_lesion(ctx: _Context, comp: _Composer, breasts: list[dict], fgt_alpha: 
     b = breasts[int(rng.integers(0, 2))]
     (cx, by, _), (rx, depth, _rz) = b["c"], b["r"]
     r0 = float(rng.uniform(3.0, 6.0) if kind == "cyst" else rng.uniform(3.5, 12.0))
-    centre = np.array([cx + rng.uniform(-0.45, 0.45) * rx, by - depth * rng.uniform(0.2, 0.6),
+    # Half in the central glandular cone, half anywhere in the breast (fat included).
+    spread, (d_lo, d_hi) = (0.45, (0.2, 0.6)) if rng.random() < 0.5 else (0.7, (0.15, 0.75))
+    centre = np.array([cx + rng.uniform(-spread, spread) * rx, by - depth * rng.uniform(d_lo, d_hi),
                        z0 + rng.uniform(-0.35, 0.35) * slab_mm])
     reach = r0 * 1.6 + 4.0
     z_axis, y_axis, x_axis = grid.z.ravel(), grid.y.ravel(), grid.x.ravel()

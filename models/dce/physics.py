@@ -73,9 +73,9 @@ MYOCARDIUM = Tissue("myocardium", 1471.0, 0.78, 25.0, ktrans=0.50, ve=0.25, vp=0
 BLOOD = Tissue("blood", 1932.0, 0.85, 40.0, vp=1.0)
 LUNG = Tissue("lung", 1200.0, 0.15, 1.0, ktrans=0.05, ve=0.05, vp=0.05)
 MARROW = Tissue("marrow", 380.0, 0.85, 15.0, ktrans=0.05, ve=0.10, vp=0.02, is_fat=True)
-# Lesions: invasive carcinoma pre-contrast T1 ~1.5-1.8 s at 3 T (similar to or above
+# Lesions: invasive carcinoma pre-contrast T1 ~1.6-2.0 s at 3 T (at or above
 # fibroglandular tissue, Rakow-Penner 2006 range); kinetics by curve type below.
-LESION = Tissue("lesion", 1650.0, 0.85, 25.0)
+LESION = Tissue("lesion", 1900.0, 0.85, 25.0)
 # Simple cysts: fluid, long T1 (~3 s at 3 T, like CSF/urine) and no enhancement.
 CYST = Tissue("cyst", 3000.0, 0.95, 60.0)
 
