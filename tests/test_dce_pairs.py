@@ -183,3 +183,24 @@ def test_classifier_roles_pair_the_phantom_study_too(tmp_path: Path) -> None:
     assert res.refused is None, (res.refused, res.notes)
     assert res.source_description == "t1_fl3d_tra_nonfs" and "spair" in res.target_description
     assert any("classifier: breast_t1_nc" in n for n in res.notes)
+
+
+def test_separate_mask_series_is_not_taken_for_phase_one(tmp_path: Path, subject) -> None:
+    """DCE stored as one series per phase, the mask already carrying the agent's name."""
+    _write(tmp_path / "in", series_headers(subject, which="t1"), subject.t1, "a")
+    for n, (desc, minute) in enumerate([("t1_fl3d_dyn_spair_pre", 0), ("t1_fl3d_dyn_spair_ph1", 2),
+                                        ("t1_fl3d_dyn_spair_ph2", 4)]):
+        hdrs = series_headers(subject, which="dce1")
+        uid = pydicom.uid.generate_uid()
+        for ds in hdrs:
+            ds.SeriesDescription = desc
+            ds.SeriesInstanceUID = uid
+            ds.SeriesNumber = 10 + n
+            ds.AcquisitionTime = f"0910{minute:02d}.000000"
+            ds.SOPInstanceUID = pydicom.uid.generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        _write(tmp_path / "in", hdrs, np.full_like(subject.dce1, 100.0 * (n + 1)), f"s{n}_")
+    (res,) = build_pairs([tmp_path / "in"], tmp_path / "out")
+    assert res.refused is None and res.target_description == "t1_fl3d_dyn_spair_ph1"
+    with np.load(res.npz) as z:
+        assert np.all(z["target"] == 200.0)

@@ -35,6 +35,8 @@ _FS_WORDS = re.compile(r"(^|[^a-z])(fs|spair|fatsat|fat[ _-]?sat|spir|stir|dixon
 _POST_WORDS = re.compile(r"(post|\+c|gad|kontrast|contrast|dyn|dce|phase|ph\d|_\d+ph)",
                          re.IGNORECASE)
 _T1_WORDS = re.compile(r"(t1|fl3d|flash|vibe|gre|thrive|lava|e-thrive)", re.IGNORECASE)
+_PRE_WORDS = re.compile(r"(^|[^a-z])(pre|mask|nativ|native|precontrast|pre-contrast)([^a-z]|$)",
+                        re.IGNORECASE)
 _EXCLUDE_WORDS = re.compile(r"(sub|mip|mpr|t2|dwi|diff|adc|loc|scout|survey|cad|map)",
                             re.IGNORECASE)
 
@@ -214,6 +216,8 @@ def first_post_contrast(candidates: list[tuple[SeriesFiles, list[Dataset], Role]
             t = min(_acq_seconds(slices[i]) for i in phases[k])
             options.append((t, sf, phases[k], f"phase {k} of {len(keys)} in one series "
                                                "(first taken as the mask)"))
+        elif _PRE_WORDS.search(str(slices[0].get("SeriesDescription", ""))):
+            continue  # a separately stored DCE mask, even if the agent was already entered
         elif role.post or (role.post is None and any(has_contrast(s) for s in slices)):
             t = min(_acq_seconds(s) for s in slices)
             options.append((t, sf, phases[keys[0]], "earliest post-contrast series"))
