@@ -109,3 +109,15 @@ def test_cli_on_pairs_from_phantom_dicom(tmp_path) -> None:
         assert -1 <= row["body"]["r"][0] <= 1 and row["body"]["ssim"][0] <= 1
     assert (out / "table.md").read_text().count("|") > 20
     assert (out / "panels" / f"{res.study_uid}.png").is_file()
+
+
+def test_cli_on_a_dicom_folder_pairs_first(tmp_path) -> None:
+    import json
+
+    from models.dce.phantom_dicom import write_phantom_study
+
+    write_phantom_study(tmp_path / "dicom", 3006, n_slices=2, size=128)
+    out = tmp_path / "eval"
+    assert ev.main(["--dicom", str(tmp_path / "dicom"), "--fit-pairs", str(out / "pairs"),
+                    "--out", str(out), "--threads", "1"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["n_slices"] == 2

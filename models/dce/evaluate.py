@@ -7,7 +7,8 @@ linear intensity map fitted on training data), under two stated conventions:
             air is easy and inflates SSIM/PSNR, which moves PSNR by several dB).
 
     python -m models.dce.evaluate --phantom-test 4 --out runs/eval
-    python -m models.dce.evaluate --pairs pairs/ --out runs/eval_real   # npz from pairs.py
+    python -m models.dce.evaluate --pairs pairs/ --fit-pairs train_pairs/ --out runs/eval_real
+    python -m models.dce.evaluate --dicom studies/ --fit-pairs train_pairs/ --out runs/eval
 
 Pure numpy/scipy plus ONNX Runtime through `dicom_synth.inference`: it scores the file the
 service runs, not a PyTorch twin of it.
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--phantom-test", type=int, metavar="N", help="first N phantom test subjects")
     src.add_argument("--pairs", type=Path, help="folder of .npz pairs from models.dce.pairs")
+    src.add_argument("--dicom", type=Path, help="folder of DICOM studies: paired first")
     p.add_argument("--fit-pairs", type=Path, default=None,
                    help="training pairs for the linear baseline (default: phantom train split)")
     p.add_argument("--models-dir", type=Path, default=None)
@@ -267,6 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     model = SynthesisModel.from_card(load_card(a.task, a.models_dir), threads=a.threads)
+    if a.dicom:
+        from models.dce.pairs import build_pairs
+
+        results = build_pairs([a.dicom], a.out / "pairs")
+        for r in results:
+            if r.refused:
+                print(f"{r.study_uid}: not evaluated: {r.refused}")
+        a.pairs = a.out / "pairs"
+        if not any(r.refused is None for r in results):
+            p.error("no study under --dicom could be paired")
     if a.fit_pairs:
         linear = fit_linear_on_npz(a.fit_pairs)
     elif a.phantom_test:
