@@ -11,7 +11,7 @@ CSF and vitreous are near water on CT and brightest on T2; liver, spleen, kidney
 rectal wall, grey matter and blood are all 30-60 HU on CT but differ on T2 (flowing blood
 is a flow void). That soft-tissue contrast is why seed 004 wants a pseudo-MRI.
 
-CT: partial volume, per-subject HU jitter, correlated quantum noise (8-16 HU). MRI:
+CT: partial volume, per-subject HU jitter, correlated quantum noise (4-10 HU). MRI:
 partial volume, coil bias (±8 %), slight blur, Rician noise. Pure numpy.
 """
 
@@ -262,7 +262,7 @@ def generate_subject(seed: int, region: str = "abdomen", n_slices: int = 24, siz
     hu, t2 = _tables(rng)
     lo, hi = z_range if z_range is not None else (Z_EXTENT[region][0] + 10, Z_EXTENT[region][1] - 10)
     z = np.linspace(lo, hi, n_slices).astype(np.float32) if n_slices > 1 else np.array([(lo + hi) / 2], np.float32)
-    ct_sigma = rng.uniform(8, 16)
+    ct_sigma = rng.uniform(4, 10)  # quantum noise at 2-3 mm pixels, soft kernel
     mr_sigma = rng.uniform(0.01, 0.025)
     bias = smooth_field(rng, size, 0.08)
     cts, mrs, labs = [], [], []

@@ -44,7 +44,7 @@ class TrainConfig:
     """Every option of a run; saved in each checkpoint and in the model card."""
 
     name: str = "small"
-    net: CycleNetConfig = field(default_factory=lambda: CycleNetConfig(ngf=12, ndf=8))
+    net: CycleNetConfig = field(default_factory=lambda: CycleNetConfig(ngf=12, ndf=16))
     regions: tuple[str, ...] = REGIONS
     n_train: int = 8  # subjects per region *per modality* (CT and MRI from different ones)
     n_val: int = 1  # subjects per region, with registered truth
@@ -57,11 +57,11 @@ class TrainConfig:
     beta1: float = 0.5
     decay_from: float = 0.5  # lr decays linearly to 0 from this fraction of the steps
     lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5  # times lambda_cycle (pytorch-CycleGAN convention)
+    lambda_identity: float = 0.1  # times lambda_cycle; pytorch-CycleGAN's 0.5 holds G near the identity
     lambda_denoise: float = 1.0
     denoise_sigma: float = 0.1  # Gaussian noise added to real MRI ([-1, 1] units)
     pool_size: int = 50
-    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    hu_window: tuple[float, float] = (-300.0, 300.0)  # fat..marrow spread over [-1, 1]; air and bone clip
     mirror: bool = True
     val_every: int = 250
     seed: int = 0
