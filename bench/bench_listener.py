@@ -5,15 +5,18 @@
 Generates N MR slices (size x size, uint16) with pydicom, then per round sends all of them
 with one `storescu` association (TCP_NODELAY=1) to: DCMTK `storescp` (writes, no fsync),
 our `Listener` (check, fsync file and directory, atomic link, completion tracking), and
-our Listener with fsync disabled (to show what durability costs; not a real mode). Prints
-the median instances/s per server, the ratio to storescp, and the time from the end of
-storescu to the series' announcement.
+our Listener with fsync disabled (to show what durability costs; not a real mode). Rounds
+alternate the servers, so load from other processes hits all alike. Prints per server the
+median instances/s, the ratio to storescp, the server's CPU time per instance (user+sys,
+all its threads: what it costs, whatever else runs on the machine) and the time from the
+end of storescu to the series' announcement.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -98,13 +101,26 @@ def run_storescp(files: list[Path], work: Path) -> dict[str, Any]:
                 break
             except OSError:
                 time.sleep(0.05)
+        cpu0 = _proc_cpu(proc.pid)
         dt = send(port, files, "ANY-SCP")
+        cpu = _proc_cpu(proc.pid) - cpu0
     finally:
         proc.terminate()
         proc.wait(10)
     stored = len(list(out.iterdir()))
     shutil.rmtree(out)
-    return {"seconds": dt, "stored": stored, "announce": None}
+    return {"seconds": dt, "stored": stored, "announce": None, "cpu": cpu}
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)  # this process: the listener's threads
+    return r.ru_utime + r.ru_stime
 
 
 @contextmanager
@@ -133,14 +149,16 @@ def run_listener(files: list[Path], work: Path, *, no_fsync: bool = False) -> di
     with fsync_disabled(no_fsync):
         listener.start()
         try:
+            cpu0 = _self_cpu()
             dt = send(listener.port, files, settings.ae_title)
             t_end = time.perf_counter()
+            cpu = _self_cpu() - cpu0
             done.wait(30)
         finally:
             listener.stop()
     stored = len(list((data / "store").glob("*/*/*.dcm")))
     shutil.rmtree(data)
-    return {"seconds": dt, "stored": stored,
+    return {"seconds": dt, "stored": stored, "cpu": cpu,
             "announce": (announced[0] - t_end) if announced else None}
 
 
@@ -176,14 +194,18 @@ def main() -> None:
     print(f"\n{args.files} MR slices {args.size}x{args.size} uint16 ({mb:.1f} MB), one storescu "
           f"association each, median of {args.repeat}, {os.cpu_count()} CPUs\n")
     print(f"{'server':34} {'stored':>7} {'seconds':>8} {'inst/s':>8} {'vs storescp':>12} "
-          f"{'announce after end':>19}")
+          f"{'CPU ms/inst':>12} {'announce after end':>19}")
     for name, runs in results.items():
         rate = statistics.median(len(files) / r["seconds"] for r in runs)
         secs = statistics.median(r["seconds"] for r in runs)
         stored = min(r["stored"] for r in runs)
         ann = [r["announce"] for r in runs if r["announce"] is not None]
         ann_s = f"{statistics.median(ann):.3f} s" if ann else "-"
-        print(f"{name:34} {stored:7d} {secs:8.2f} {rate:8.1f} {rate / base:11.2f}x {ann_s:>19}")
+        cpu_ms = statistics.median(r["cpu"] for r in runs) / len(files) * 1e3
+        print(f"{name:34} {stored:7d} {secs:8.2f} {rate:8.1f} {rate / base:11.2f}x "
+              f"{cpu_ms:12.2f} {ann_s:>19}")
+        print(f"{'':34} {'rounds:':>7} " + ", ".join(
+            f"{len(files) / r['seconds']:.0f}" for r in runs) + " inst/s")
 
 
 if __name__ == "__main__":

@@ -22,14 +22,14 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
 
-from service.store import SeriesStore, StoredInstance
+from service.store import SeriesStore, StoredInstance, check_part10
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class SliceInfo:
     frames: int = 1
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: Dataset | Mapping[str, Any], keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
@@ -70,12 +70,13 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def slice_info(header: Dataset) -> SliceInfo:
-    """Extract a `SliceInfo`; missing or malformed fields become None."""
+def slice_info(header: Dataset | Mapping[str, Any]) -> SliceInfo:
+    """Extract a `SliceInfo` from a header, or from `StoredInstance.values`; missing or
+    malformed fields become None."""
     position = orientation = None
     try:
-        ipp = [float(v) for v in header.ImagePositionPatient]
-        iop = [float(v) for v in header.ImageOrientationPatient]
+        ipp = [float(v) for v in header.get("ImagePositionPatient")]
+        iop = [float(v) for v in header.get("ImageOrientationPatient")]
         if len(ipp) == 3 and len(iop) == 6:
             r, c = iop[:3], iop[3:]
             normal = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2],
@@ -248,7 +249,7 @@ class CompletionTracker:
 
     def instance_stored(self, inst: StoredInstance, calling_ae: str,
                         assoc_key: Hashable | None = None) -> None:
-        info = slice_info(inst.header)
+        info = slice_info(inst.values)
         key = (inst.study_instance_uid, inst.series_instance_uid)
         with self._lock:
             known = key in self._pending
@@ -276,7 +277,7 @@ class CompletionTracker:
             if f.stem == inst.sop_instance_uid:
                 continue
             try:
-                infos[f.stem] = slice_info(pydicom.dcmread(f, stop_before_pixels=True))
+                infos[f.stem] = slice_info(check_part10(f).values)
             except Exception:  # a stored file was whole when stored; be safe anyway
                 infos[f.stem] = SliceInfo()
         return infos

@@ -151,8 +151,11 @@ class StorageAcceptor:
         allowed_calling_aets: Iterable[str] | None = None,
         acse_timeout: float = 30.0,
         network_timeout: float | None = 60.0,
+        spool_dir: Path | None = None,
     ) -> None:
         self.ae_title = ae_title
+        self.spool_dir = spool_dir
+        """Where received data sets are written (default: the temporary directory)."""
         self.handler = handler
         self.max_pdu = max_pdu
         self.max_associations = max_associations
@@ -409,7 +412,8 @@ class StorageAcceptor:
             syntax = peer.contexts[ctx]
             request = StoreRequest(message_id, sop_class, sop_instance, syntax,
                                    _us(cmd, _PRIORITY) if _PRIORITY in cmd else 0, None, None)
-            return _Incoming(ctx, request, _Spool.open(sop_class, sop_instance, syntax))
+            spool = _Spool.open(self.spool_dir, sop_class, sop_instance, syntax)
+            return _Incoming(ctx, request, spool)
         if field_ == C_CANCEL_RQ:
             return None
         if has_data:  # an operation we do not perform: read its data set, then refuse
@@ -555,10 +559,13 @@ class _Incoming:
             self.spool.discard()
 
 
+SPOOL_PREFIX = "rx-"
+
+
 class _Spool:
-    """A received data set written as a Part 10 file in the temporary directory. Writes never
-    raise: the first error is kept and the handler answers from it (e.g. 0xA700 for ENOSPC)
-    instead of the association aborting."""
+    """A received data set written as a Part 10 file `rx-*.dcm`. Writes never raise: the
+    first error is kept and the handler answers from it (e.g. 0xA700 for ENOSPC) instead of
+    the association aborting."""
 
     def __init__(self) -> None:
         self.fd = -1
@@ -566,10 +573,11 @@ class _Spool:
         self.error: OSError | None = None
 
     @classmethod
-    def open(cls, sop_class: str, sop_instance: str, transfer_syntax: str) -> _Spool:
+    def open(cls, directory: Path | None, sop_class: str, sop_instance: str,
+             transfer_syntax: str) -> _Spool:
         spool = cls()
         try:
-            spool.fd, name = tempfile.mkstemp(prefix="rx-", suffix=".dcm")
+            spool.fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=".dcm", dir=directory)
             spool.path = Path(name)
         except OSError as exc:
             spool.error = exc

@@ -1,7 +1,8 @@
 """The DICOM listener: a C-STORE / C-ECHO SCP writing into the series store.
 
-Each received data set is spooled to disk as it arrives (`service.dicom_scp`), checked and
-moved durably into the store, and only then answered 0x0000. Failures answer a failure
+Each received data set is spooled as it arrives (`service.dicom_scp`) into the store's
+`.incoming` directory (same file system: no copy), checked and moved durably into the
+store, and only then answered 0x0000. Failures answer a failure
 status with an ErrorComment: 0xA700 when the store cannot write (full disk), 0xC000 for
 unreadable or truncated data, 0xA900 when the data set's SOPInstanceUID contradicts the
 request. Completed series go to `on_complete`.
@@ -12,12 +13,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from dicom_synth.settings import Settings
 from service import dicom_net
 from service.completion import CompletedSeries, CompletionTracker
-from service.dicom_scp import Peer, StorageAcceptor, StoreRequest
+from service.dicom_scp import SPOOL_PREFIX, Peer, StorageAcceptor, StoreRequest
 from service.store import InvalidInstance, SeriesStore, is_out_of_space
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,7 @@ class _Handlers:
         return dicom_net.SUCCESS, ""
 
 
-def build_acceptor(settings: Settings, handlers: _Handlers) -> StorageAcceptor:
+def build_acceptor(settings: Settings, handlers: _Handlers, spool_dir: Path) -> StorageAcceptor:
     """The storage SCP with our contexts and limits."""
     contexts = {sop_class: dicom_net.TRANSFER_SYNTAXES
                 for sop_class in dicom_net.STORAGE_SOP_CLASSES}
@@ -81,6 +84,7 @@ def build_acceptor(settings: Settings, handlers: _Handlers) -> StorageAcceptor:
         max_pdu=MAX_PDU,
         max_associations=32,
         allowed_calling_aets=settings.allowed_calling_aets or None,
+        spool_dir=spool_dir,
     )
 
 
@@ -112,7 +116,9 @@ class Listener:
             return
         self.tracker.recover()
         self.tracker.start()
-        acceptor = build_acceptor(self.settings, self._handlers)
+        spool_dir = self.store.incoming_dir
+        _remove_stale_spools(spool_dir)
+        acceptor = build_acceptor(self.settings, self._handlers, spool_dir)
         acceptor.start(self.settings.dicom_host, self.settings.dicom_port)
         self._acceptor = acceptor
         log.info("DICOM listener %s on %s:%d, store %s", self.settings.ae_title,
@@ -125,6 +131,19 @@ class Listener:
             self._acceptor.stop()
             self._acceptor = None
         self.tracker.stop()
+
+
+def _remove_stale_spools(spool_dir: Path, older_than: float = 600.0) -> None:
+    """Spool files a crashed listener left behind. One being received is written to at
+    least every network timeout (60 s), so one untouched for 10 minutes is nobody's."""
+    cutoff = time.time() - older_than
+    for p in spool_dir.glob(f"{SPOOL_PREFIX}*.dcm"):
+        try:
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
+                log.info("removed stale spool file %s", p.name)
+        except FileNotFoundError:
+            pass
 
 
 def serve_forever(settings: Settings, on_complete: Callable[[CompletedSeries], None]) -> None:

@@ -15,11 +15,12 @@ import shutil
 import struct
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -49,8 +50,15 @@ class StoredInstance:
     sop_instance_uid: str
     path: Path
     is_new: bool
-    header: Dataset = field(compare=False, repr=False)
-    """The instance's header without pixel data, read once while storing."""
+    values: Mapping[str, Any] = field(compare=False, repr=False)
+    """The header attributes read while storing (`HEADER_ATTRIBUTES`, those present), by
+    keyword: UIDs and code strings as str, US and IS as int, DS as float, several values
+    as a list; an empty value is None."""
+
+    @cached_property
+    def header(self) -> Dataset:
+        """The whole header without pixel data (read from the stored file when first used)."""
+        return pydicom.dcmread(self.path, stop_before_pixels=True)
 
 
 class SeriesStore:
@@ -59,7 +67,9 @@ class SeriesStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / _INCOMING).mkdir(exist_ok=True)
+        self.incoming_dir = self.root / _INCOMING
+        """Scratch space on the store's file system (files here are never instances)."""
+        self.incoming_dir.mkdir(exist_ok=True)
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         for uid in (study_uid, series_uid):
@@ -78,14 +88,10 @@ class SeriesStore:
         """
         src = Path(src_path)
         info = check_part10(src)
-        try:
-            header = pydicom.dcmread(src, stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises many types on malformed input
-            raise InvalidInstance(f"unreadable DICOM header: {exc}") from exc
-        _check_pixel_data(header, info)
-        study = str(header.get("StudyInstanceUID", "")).strip()
-        series = str(header.get("SeriesInstanceUID", "")).strip()
-        sop = str(header.get("SOPInstanceUID", "")).strip()
+        values = info.values
+        _check_pixel_data(values, info)
+        study, series, sop = (str(values.get(k) or "").strip() for k in (
+            "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
         for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series),
                           ("SOPInstanceUID", sop)):
             if not is_valid_uid(uid):
@@ -109,7 +115,7 @@ class SeriesStore:
         _fsync_dir(series_dir)
         if copied:
             _unlink_quietly(src)
-        return StoredInstance(study, series, sop, final, is_new, header)
+        return StoredInstance(study, series, sop, final, is_new, values)
 
     def series_files(self, study_uid: str, series_uid: str) -> list[Path]:
         """The stored instance files of a series, sorted by name (not slice order)."""
@@ -169,23 +175,23 @@ class SeriesStore:
         return staged, True
 
 
-def _check_pixel_data(header: Dataset, info: Part10Info) -> None:
+def _check_pixel_data(values: Mapping[str, Any], info: Part10Info) -> None:
     """An image must carry its pixels, all of them (a file cut between elements parses)."""
-    sop_class = pydicom.uid.UID(str(header.get("SOPClassUID", "")))
-    is_image = "Rows" in header or "Image Storage" in sop_class.name
-    if not is_image or "FloatPixelData" in header or "DoubleFloatPixelData" in header:
+    is_image = "Rows" in values or "Image Storage" in pydicom.uid.UID(
+        str(values.get("SOPClassUID") or "")).name
+    if not is_image or "FloatPixelData" in values or "DoubleFloatPixelData" in values:
         return
     if info.pixel_data_length is None:
         raise InvalidInstance("image has no PixelData (truncated?)")
     if info.pixel_data_length < 0:
         return  # encapsulated: the walker found its sequence delimiter
     try:
-        bits = int(header.BitsAllocated)
-        n = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1) or 1)
-        n *= int(header.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InvalidInstance(f"image pixel description unreadable: {exc}") from exc
-    if str(header.get("PhotometricInterpretation", "")).endswith("_422"):
+        bits = int(values["BitsAllocated"])
+        n = int(values["Rows"]) * int(values["Columns"]) * int(values.get("SamplesPerPixel") or 1)
+        n *= int(values.get("NumberOfFrames") or 1)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInstance(f"image pixel description unreadable: {exc!r}") from exc
+    if str(values.get("PhotometricInterpretation") or "").endswith("_422"):
         n = n * 2 // 3  # chroma subsampled: 2 samples per pixel on the wire
     expected = (n * bits + 7) // 8
     if info.pixel_data_length < expected:
@@ -230,7 +236,31 @@ def is_out_of_space(exc: OSError) -> bool:
 # --- Part 10 structure check -------------------------------------------------------------
 # pydicom reads truncated files without complaint, so walk the element structure ourselves:
 # every element must end inside the file and the last one exactly at its end. Values are
-# skipped by seeking, so this costs microseconds per element and never decodes pixels.
+# skipped by seeking, so this costs microseconds per element and never decodes pixels. The
+# few top-level attributes the store and series completion need are decoded on the way
+# (reading the header again with pydicom cost more than the rest of `put` together).
+
+HEADER_ATTRIBUTES: dict[tuple[int, int], tuple[str, str]] = {
+    (0x0008, 0x0016): ("SOPClassUID", "UI"),
+    (0x0008, 0x0018): ("SOPInstanceUID", "UI"),
+    (0x0020, 0x000D): ("StudyInstanceUID", "UI"),
+    (0x0020, 0x000E): ("SeriesInstanceUID", "UI"),
+    (0x0020, 0x0012): ("AcquisitionNumber", "IS"),
+    (0x0020, 0x0013): ("InstanceNumber", "IS"),
+    (0x0020, 0x0032): ("ImagePositionPatient", "DS"),
+    (0x0020, 0x0037): ("ImageOrientationPatient", "DS"),
+    (0x0020, 0x0105): ("NumberOfTemporalPositions", "IS"),
+    (0x0020, 0x1002): ("ImagesInAcquisition", "IS"),
+    (0x0028, 0x0002): ("SamplesPerPixel", "US"),
+    (0x0028, 0x0004): ("PhotometricInterpretation", "CS"),
+    (0x0028, 0x0008): ("NumberOfFrames", "IS"),
+    (0x0028, 0x0010): ("Rows", "US"),
+    (0x0028, 0x0011): ("Columns", "US"),
+    (0x0028, 0x0100): ("BitsAllocated", "US"),
+}
+"""(group, element) -> (keyword, VR) of what `check_part10` decodes from the top level."""
+_PRESENCE_ONLY = {(0x7FE0, 0x0008): "FloatPixelData", (0x7FE0, 0x0009): "DoubleFloatPixelData"}
+_MAX_ATTRIBUTE = 1024
 
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset(
@@ -247,6 +277,8 @@ class Part10Info:
     transfer_syntax_uid: str
     pixel_data_length: int | None
     """Value length of top-level (7FE0,0010); None when absent, -1 when encapsulated."""
+    values: dict[str, Any] = field(default_factory=dict)
+    """The `HEADER_ATTRIBUTES` present, decoded (see `StoredInstance.values`)."""
 
 
 def check_part10(path: Path) -> Part10Info:
@@ -274,7 +306,7 @@ def check_part10(path: Path) -> Part10Info:
                 walker.dataset(size)
     except struct.error as exc:
         raise InvalidInstance(f"truncated element: {exc}") from exc
-    return Part10Info(ts, walker.pixel_data_length)
+    return Part10Info(ts, walker.pixel_data_length, walker.values)
 
 
 def _read_meta(f: BinaryIO, size: int) -> str:
@@ -309,6 +341,7 @@ class _Walker:
         self.f, self.size, self.explicit = f, size, explicit
         self.e = "<" if little else ">"
         self.pixel_data_length: int | None = None
+        self.values: dict[str, Any] = {}
         self._depth = 0
 
     def _tag(self) -> tuple[int, int, bytes]:
@@ -338,8 +371,14 @@ class _Walker:
             else:
                 vr = None
                 (length,) = struct.unpack(self.e + "I", raw[4:8])
-            if self._depth == 0 and (group, elem) == (0x7FE0, 0x0010):
-                self.pixel_data_length = -1 if length == _UNDEFINED else length
+            if self._depth == 0:
+                if (group, elem) == (0x7FE0, 0x0010):
+                    self.pixel_data_length = -1 if length == _UNDEFINED else length
+                elif (group, elem) in HEADER_ATTRIBUTES and length <= _MAX_ATTRIBUTE:
+                    self._decode((group, elem), vr, length, end)
+                    continue
+                elif (group, elem) in _PRESENCE_ONLY:
+                    self.values[_PRESENCE_ONLY[(group, elem)]] = True
             if length == _UNDEFINED:
                 # SQ, encapsulated pixel data, or UN holding an implicit-VR sequence.
                 self._depth += 1
@@ -363,8 +402,44 @@ class _Walker:
             else:
                 self._skip(length, None)
 
+    def _decode(self, tag: tuple[int, int], vr: bytes | None, length: int,
+                end: int | None) -> None:
+        if self.f.tell() + length > (end if end is not None else self.size):
+            raise InvalidInstance("truncated: element value runs past the end of the file")
+        raw = self.f.read(length)
+        keyword, expected_vr = HEADER_ATTRIBUTES[tag]
+        self.values[keyword] = _attribute_value(raw, expected_vr, vr, self.e)
+
     def _skip(self, length: int, end: int | None) -> None:
         target = self.f.tell() + length
         if target > (end if end is not None else self.size):
             raise InvalidInstance("truncated: element value runs past the end of the file")
         self.f.seek(target)
+
+
+def _attribute_value(raw: bytes, vr: str, file_vr: bytes | None, endian: str) -> Any:
+    """Decode one of the `HEADER_ATTRIBUTES` as pydicom would (None when empty or
+    malformed; several values as a list)."""
+    if not raw:
+        return None
+    if vr == "US" and file_vr in (None, b"US", b"UN", b"OW", b"OB"):
+        if len(raw) % 2:
+            return None
+        numbers = list(struct.unpack(f"{endian}{len(raw) // 2}H", raw))
+        return numbers[0] if len(numbers) == 1 else numbers
+    text = raw.decode("ascii", "replace").strip("\0 ")
+    if not text:
+        return None
+    parts = [p.strip("\0 ") for p in text.split("\\")]
+    try:
+        if vr == "IS":
+            nums: list[Any] = [int(float(p)) if float(p).is_integer() else None for p in parts]
+        elif vr == "DS":
+            nums = [float(p) for p in parts]
+        else:
+            return parts[0] if len(parts) == 1 else parts
+    except ValueError:
+        return None
+    if any(n is None for n in nums):
+        return None
+    return nums[0] if len(nums) == 1 else nums

@@ -311,12 +311,13 @@ def test_full_disk_answers_a700_and_never_half_writes(start_listener, tiny_fs: P
 
 def test_full_disk_while_spooling_answers_a700(start_listener, tiny_fs: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """pynetdicom's receive spool on the same full disk as the store (the usual layout):
-    still a 0xA700 answer, not an aborted association."""
+    """The receive spool (the store's `.incoming`) fills up mid data set: still a 0xA700
+    answer, not an aborted association, and no spool file left behind."""
     spool = tiny_fs / "tmp"
     spool.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))  # nothing may spool here either
     run = start_listener(data_dir=tiny_fs / "data")
+    (tiny_fs / "filler").write_bytes(b"\0" * (512 * 1024 - 150 * 1024))  # room for one
     files = make_series(tmp_path / "s", 8, size=256)
     statuses = [int(scu_send(run.port, f).Status) for f in files]
     assert 0x0000 in statuses and 0xA700 in statuses, statuses
@@ -325,7 +326,20 @@ def test_full_disk_while_spooling_answers_a700(start_listener, tiny_fs: Path, tm
     assert len(stored) == statuses.count(0)
     for f in stored:
         check_part10(f)
-    assert list(spool.iterdir()) == []  # no spool file left behind
+    assert list(spool.iterdir()) == []
+    assert list((tiny_fs / "data" / "store" / ".incoming").iterdir()) == []
+
+
+def test_stale_spool_files_removed_at_start(start_listener, tmp_path: Path) -> None:
+    incoming = tmp_path / "data" / "store" / ".incoming"
+    incoming.mkdir(parents=True)
+    stale, fresh, other = incoming / "rx-old.dcm", incoming / "rx-new.dcm", incoming / "x.part"
+    for p in (stale, fresh, other):
+        p.write_bytes(b"x")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    os.utime(other, (time.time() - 3600, time.time() - 3600))
+    start_listener(data_dir=tmp_path / "data")
+    assert not stale.exists() and fresh.exists() and other.exists()
 
 
 def test_tcp_nodelay_set_on_accepted_sockets(start_listener) -> None:

@@ -19,17 +19,9 @@ from pynetdicom.dsutils import split_dataset
 from dicom_synth.settings import Settings
 from service.listener import Listener
 from tests.test_listener import HOST, PEER_ENV, VERIFICATION, make_series
+from tests.test_store import corpus
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
-
-# pydicom's own test files worth sending: MR/CT in several syntaxes, plus classes we refuse.
-PYDICOM_FILES = [
-    "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_padded.dcm", "MR_small_RLE.dcm",
-    "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm",
-    "MR_truncated.dcm", "CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm",
-    "emri_small_jpeg_2k_lossless.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "image_dfl.dcm",
-    "rtdose_rle.dcm", "UN_sequence.dcm", "examples_overlay.dcm",
-]
 
 # Files that are not stored, and the stated reason. Every other file must be stored.
 REFUSED = {
@@ -46,15 +38,6 @@ REFUSED = {
     "image_dfl.dcm": ("negotiation", 3),
     "rtdose_rle.dcm": ("negotiation", 3),
 }
-
-
-def corpus() -> list[Path]:
-    files = sorted(REALDATA.rglob("*.dcm"))
-    for name in PYDICOM_FILES:
-        p = get_testdata_file(name, download=False)
-        if p is not None:
-            files.append(Path(p))
-    return files
 
 
 def _serve(root: Path) -> Iterator[Listener]:

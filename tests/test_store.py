@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -205,3 +206,53 @@ def test_series_files_ignores_markers_and_temp(store: SeriesStore, tmp_path: Pat
     assert len(store.series_files(study, series)) == 1
     shutil.rmtree(store.root / study)
     assert store.series_files(study, series) == []
+
+
+# pydicom's own test files worth sending: MR/CT in several syntaxes, plus classes we refuse.
+PYDICOM_FILES = [
+    "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_padded.dcm", "MR_small_RLE.dcm",
+    "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm",
+    "MR_truncated.dcm", "CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm",
+    "emri_small_jpeg_2k_lossless.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "image_dfl.dcm",
+    "rtdose_rle.dcm", "UN_sequence.dcm", "examples_overlay.dcm",
+]
+
+def corpus() -> list[Path]:
+    files = sorted(REALDATA.rglob("*.dcm"))
+    for name in PYDICOM_FILES:
+        p = get_testdata_file(name, download=False)
+        if p is not None:
+            files.append(Path(p))
+    return files
+
+
+@pytest.mark.parametrize("path", corpus(), ids=lambda p: p.name)
+def test_header_values_agree_with_pydicom(path: Path) -> None:
+    """The attributes `check_part10` decodes on its walk equal pydicom's reading."""
+    from service.completion import slice_info
+    from service.store import HEADER_ATTRIBUTES
+
+    try:
+        values = check_part10(path).values
+    except InvalidInstance:
+        pytest.skip("refused by the structure check")
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    for keyword, vr in HEADER_ATTRIBUTES.values():
+        if keyword not in ds:
+            assert keyword not in values
+            continue
+        theirs = ds[keyword].value
+        if theirs in (None, "") or (vr in ("IS", "DS") and not str(theirs).strip()):
+            assert values[keyword] is None, keyword
+        elif vr in ("US", "IS"):
+            want = [int(v) for v in theirs] if ds[keyword].VM > 1 else int(theirs)
+            assert values[keyword] == want, keyword
+        elif vr == "DS":
+            want = [float(v) for v in theirs] if ds[keyword].VM > 1 else float(theirs)
+            assert values[keyword] == pytest.approx(want), keyword
+        else:
+            want = [str(v) for v in theirs] if ds[keyword].VM > 1 else str(theirs).strip()
+            assert values[keyword] == want, keyword
+    assert slice_info(values) == slice_info(ds)
+    for keyword in ("FloatPixelData", "DoubleFloatPixelData"):
+        assert (keyword in values) == (keyword in pydicom.dcmread(path, force=True))
