@@ -1,6 +1,6 @@
 """Listener throughput next to DCMTK storescp, on the same files sent by the same storescu.
 
-    .venv/bin/python bench/bench_listener.py [--files 500] [--size 256] [--repeat 3]
+    .venv/bin/python bench/bench_listener.py [--files 500] [--size 256] [--repeat 3] [--dir D]
 
 Generates N MR slices (size x size, uint16) with pydicom, then per round sends all of them
 with one `storescu` association (TCP_NODELAY=1) to: DCMTK `storescp` (writes, no fsync),
@@ -167,6 +167,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=500)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="where to put the files and both servers' output (default: the "
+                         "temporary directory)")
     args = ap.parse_args()
     if shutil.which("storescu") is None or shutil.which("storescp") is None:
         sys.exit("needs DCMTK (apt-get install dcmtk)")
@@ -174,7 +177,7 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="bench-listener-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-listener-", dir=args.dir) as tmp:
         work = Path(tmp)
         src = work / "src"
         src.mkdir()
@@ -192,7 +195,8 @@ def main() -> None:
 
     base = statistics.median(len(files) / r["seconds"] for r in results[next(iter(servers))])
     print(f"\n{args.files} MR slices {args.size}x{args.size} uint16 ({mb:.1f} MB), one storescu "
-          f"association each, median of {args.repeat}, {os.cpu_count()} CPUs\n")
+          f"association each, median of {args.repeat}, {os.cpu_count()} CPUs, "
+          f"under {args.dir or tempfile.gettempdir()}\n")
     print(f"{'server':34} {'stored':>7} {'seconds':>8} {'inst/s':>8} {'vs storescp':>12} "
           f"{'CPU ms/inst':>12} {'announce after end':>19}")
     for name, runs in results.items():

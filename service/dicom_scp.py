@@ -311,17 +311,22 @@ class StorageAcceptor:
             _await_close(conn, self.acse_timeout)
             return None
 
-        roles = {
-            item.sop_class_uid: (item.scu_role, item.scp_role)
-            for item in rq.user_information
-            if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
-        }
-        results, role_items = negotiate_as_acceptor(
-            rq.presentation_context_definition_list, self._contexts, roles)
-        peer.contexts = {int(cx.context_id): str(cx.transfer_syntax[0])  # type: ignore[arg-type]
-                         for cx in results if cx.result == 0x00}
-        peer.peer_max_pdu = int(rq.maximum_length_received or 0)
-        conn.sendall(self._accept_pdu(rq, results, role_items))
+        try:
+            roles = {
+                item.sop_class_uid: (item.scu_role, item.scp_role)
+                for item in rq.user_information
+                if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+            }
+            results, role_items = negotiate_as_acceptor(
+                rq.presentation_context_definition_list, self._contexts, roles)
+            peer.contexts = {int(cx.context_id): str(cx.transfer_syntax[0])  # type: ignore[arg-type]
+                             for cx in results if cx.result == 0x00}
+            peer.peer_max_pdu = int(rq.maximum_length_received or 0)
+            conn.sendall(self._accept_pdu(rq, results, role_items))
+        except BaseException:
+            with self._lock:  # not established: free its slot
+                self._active.pop(peer.key, None)
+            raise
         log.info("association %d from %s@%s:%d accepted: %d of %d contexts", peer.key, calling,
                  address[0], address[1], len(peer.contexts), len(results))
         try:

@@ -278,3 +278,30 @@ def test_stop_aborts_open_associations_promptly(make_acceptor, tmp_path: Path) -
     assert assoc.is_aborted
     with pytest.raises(OSError):
         socket.create_connection((HOST, port), timeout=1).close()
+
+
+def test_extended_negotiation_items_are_tolerated(make_acceptor, tmp_path: Path) -> None:
+    """Role selection is answered; user identity and asynchronous operations proposals are
+    left unanswered (the defaults apply), as by a pynetdicom AE without handlers."""
+    from pynetdicom.pdu_primitives import (
+        AsynchronousOperationsWindowNegotiation,
+        SCP_SCU_RoleSelectionNegotiation,
+        UserIdentityNegotiation,
+    )
+
+    acc, rec = make_acceptor()
+    role = SCP_SCU_RoleSelectionNegotiation()
+    role.sop_class_uid, role.scu_role, role.scp_role = MR, True, False
+    user = UserIdentityNegotiation()
+    user.user_identity_type, user.primary_field = 1, b"radiographer"
+    window = AsynchronousOperationsWindowNegotiation()
+    window.maximum_number_operations_invoked = 4
+    window.maximum_number_operations_performed = 4
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(MR, ExplicitVRLittleEndian)
+    assoc = ae.associate(HOST, acc.port, ae_title="SYNTH", ext_neg=[role, user, window])
+    assert assoc.is_established
+    src = make_mr(tmp_path / "a.dcm", study=generate_uid(), series=generate_uid())
+    assert assoc.send_c_store(src).Status == 0
+    assoc.release()
+    assert len(rec.stored) == 1
