@@ -52,7 +52,16 @@ def one_run(work: Path, seed: int, slices: int, size: int) -> dict:
         t_done = time.monotonic()
         (job,) = stack.jobs()
         timeline = _timeline(stack.log)
+        t = job["timeline"]
+        stages = {
+            "classify (received→queued)": t["queued"] - t["received"],
+            "wait for worker (queued→running)": t["running"] - t["queued"],
+            "synthesize: load, model, build, write (running→exporting)": t["exporting"] - t["running"],
+            "export to Orthanc (exporting→done)": t["done"] - t["exporting"],
+        }
         return {
+            "stages": stages,
+            "seconds_per_slice": stages["synthesize: load, model, build, write (running→exporting)"] / slices,
             "storescu_s": t_sent - t0,
             "end_to_end_s": t_done - t_sent,
             "job": job,
@@ -82,8 +91,9 @@ def main() -> int:
             results.append(r)
             print(f"run {i + 1}: storescu {r['storescu_s']:.2f} s; end of storescu → synthetic series complete "
                   f"in Orthanc {r['end_to_end_s']:.1f} s")
-            for line in r["timeline"]:
-                print("   ", line[:160])
+            for name, secs in r["stages"].items():
+                print(f"    {name:60s} {secs:6.2f} s")
+            print(f"    worker seconds per slice (whole synthesize task)            {r['seconds_per_slice']:6.3f} s")
     e2e = np.array([r["end_to_end_s"] for r in results])
     print(f"\n{args.slices} slices of {args.size}x{args.size}: end to end {e2e.mean():.1f} s "
           f"(min {e2e.min():.1f}, max {e2e.max():.1f}) over {len(e2e)} run(s)")
