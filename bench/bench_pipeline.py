@@ -38,7 +38,7 @@ def one_run(work: Path, seed: int, slices: int, size: int) -> dict:
         study = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
         t0 = time.monotonic()
         storescu(files, "127.0.0.1", orthanc.dicom_port, orthanc.aet)
-        t_sent = time.monotonic()
+        t_sent, wall_sent = time.monotonic(), time.time()
 
         def done():
             for s in orthanc.series_in_study(study):
@@ -54,6 +54,7 @@ def one_run(work: Path, seed: int, slices: int, size: int) -> dict:
         timeline = _timeline(stack.log)
         t = job["timeline"]
         stages = {
+            "PACS: Orthanc StableAge 1 s + forward + our completion": t["received"] - wall_sent,
             "classify (received→queued)": t["queued"] - t["received"],
             "wait for worker (queued→running)": t["running"] - t["queued"],
             "synthesize: load, model, build, write (running→exporting)": t["exporting"] - t["running"],
