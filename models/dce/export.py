@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,16 @@ def export_onnx(generator: UnetGenerator, path: Path, opset: int = OPSET) -> Pat
     dummy = torch.zeros(1, 1, m, m)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        generator, (dummy,), str(path), input_names=["input"], output_names=["output"],
-        dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
-                      "output": {0: "batch", 2: "height", 3: "width"}},
-        opset_version=opset, dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # InstanceNorm without running statistics always normalises by the input's own
+        # statistics; the exporter's "train=True" warning describes exactly that.
+        warnings.filterwarnings("ignore", message=".*instance_norm.*")
+        torch.onnx.export(
+            generator, (dummy,), str(path), input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
+                          "output": {0: "batch", 2: "height", 3: "width"}},
+            opset_version=opset, dynamo=False,
+        )
     return path
 
 
