@@ -40,7 +40,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("contrast", "expected"), [("t1", ["T2", "T1c", "FLAIR"]), ("flair", ["T1", "T2", "T1c"])])
 def test_one_series_per_missing_contrast(tmp_path: Path, models_dir: Path, contrast: str, expected: list[str]) -> None:
-    src = load_series(write_brain_series(tmp_path / "src", 53005, n_slices=4, size=64, contrast=contrast))
+    src = load_series(write_brain_series(tmp_path / "src", 53005, n_slices=8, size=128, contrast=contrast))
     label = classify_series(src.slices, src.volume).label
     card = load_card("brain_contrasts", models_dir)
     outputs = load_synthesis_model(card, threads=1).run(src.volume, source_label=label)

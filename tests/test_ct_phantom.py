@@ -62,7 +62,7 @@ def test_soft_tissues_alike_on_ct_differ_on_mri() -> None:
 
 @pytest.mark.parametrize(("region", "label"), [("abdomen", "ct_abdomen_pelvis"), ("head_neck", "ct_head_neck")])
 def test_ct_dicom_is_classified_and_routed(tmp_path: Path, region: str, label: str) -> None:
-    paths = write_ct_series(tmp_path, 43004, n_slices=6, size=128, region=region)
+    paths = write_ct_series(tmp_path, 43004, n_slices=8, size=128, region=region)
     ds = dcmread(paths[0])
     assert ds.Modality == "CT" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
     assert float(ds.RescaleIntercept) == -1024 and ds.BodyPartExamined

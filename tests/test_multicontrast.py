@@ -65,7 +65,8 @@ def test_pseudo_mri_matches_torch_on_odd_sizes(weights: dict) -> None:
     (out,) = model.run(ct, progress=seen.append)
     assert out.label == "pseudo-MRI (T2-like)" and out.pixels.shape == ct.shape
     assert seen == pytest.approx([2 / 3, 1.0])
-    x = torch.from_numpy(np.pad(hu_window(ct), ((0, 0), (0, 3), (0, 2)), constant_values=-1)[:, None])
+    window = tuple(model.card.normalisation["window_hu"])
+    x = torch.from_numpy(np.pad(hu_window(ct, window), ((0, 0), (0, 3), (0, 2)), constant_values=-1)[:, None])
     with torch.no_grad():
         ref = weights["g"](x).numpy()[:, 0, :37, :50]
     expected = intensity.to_stored(ref, model.card.output_mapping)

@@ -1,8 +1,9 @@
 """Seed 002's conditional multi-contrast networks: one encoder that maps any contrast to a
 contrast-independent semantic code, one decoder that renders the code in the contrast a
 one-hot condition asks for (the condition is tiled over the code and stacked with it, as
-the seed stacks the code with the condition vector), and a PatchGAN discriminator with an
-adversarial head and a contrast-class head (the seed's d and c outputs).
+the seed stacks the code with the condition vector, and it also scales and shifts every
+normalisation of the decoder, see `ConditionalNorm`), and a PatchGAN discriminator with
+an adversarial head and a contrast-class head (the seed's d and c outputs).
 
 Translation from any contrast to any other is decode(encode(x), onehot(target)).
 `ConditionalTranslator` wraps both halves into the one graph that is exported, with two
@@ -69,25 +70,67 @@ class Encoder(nn.Module):
         return self.model(x)
 
 
+class ConditionalNorm(nn.Module):
+    """Instance norm followed by a scale and shift chosen by the condition (Dumoulin et al.
+    2017). Needed because a condition stacked as constant channels is a per-channel offset
+    after the next convolution, which instance norm subtracts again: without this the
+    decoder cannot see which contrast it is asked for."""
+
+    def __init__(self, ch: int, n_cond: int):
+        super().__init__()
+        self.norm = _norm(ch)
+        self.gamma = nn.Linear(n_cond, ch)
+        self.beta = nn.Linear(n_cond, ch)
+        nn.init.zeros_(self.gamma.weight)
+        nn.init.zeros_(self.gamma.bias)
+        nn.init.zeros_(self.beta.weight)
+        nn.init.zeros_(self.beta.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) * (1 + self.gamma(cond)[:, :, None, None]) + self.beta(cond)[:, :, None, None]
+
+
+class CondResidualBlock(nn.Module):
+    def __init__(self, ch: int, n_cond: int):
+        super().__init__()
+        self.pad1, self.conv1 = nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=False)
+        self.norm1 = ConditionalNorm(ch, n_cond)
+        self.pad2, self.conv2 = nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=False)
+        self.norm2 = ConditionalNorm(ch, n_cond)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.norm1(self.conv1(self.pad1(x)), cond))
+        return x + self.norm2(self.conv2(self.pad2(h)), cond)
+
+
 class Decoder(nn.Module):
-    """Code + one-hot condition (tiled) -> image in [-1, 1] of the conditioned contrast."""
+    """Code + condition -> image in [-1, 1] of the conditioned contrast. The condition is
+    stacked with the code as tiled channels (the seed) and also sets the scale and shift of
+    every normalisation (`ConditionalNorm`)."""
 
     def __init__(self, cfg: BrainNetConfig):
         super().__init__()
-        ch = cfg.code_channels
-        layers: list[nn.Module] = [nn.Conv2d(ch + cfg.n_contrasts, ch, 3, padding=1, bias=False), _norm(ch),
-                                   nn.ReLU(True)]
-        layers += [ResidualBlock(ch) for _ in range(cfg.dec_blocks)]
+        ch, n = cfg.code_channels, cfg.n_contrasts
+        self.inp = nn.Conv2d(ch + n, ch, 3, padding=1, bias=False)
+        self.inp_norm = ConditionalNorm(ch, n)
+        self.blocks = nn.ModuleList([CondResidualBlock(ch, n) for _ in range(cfg.dec_blocks)])
+        ups, norms = [], []
         for _ in range(cfg.n_down):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
-                       nn.Conv2d(ch, ch // 2, 3, bias=False), _norm(ch // 2), nn.ReLU(True)]
+            ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                                     nn.Conv2d(ch, ch // 2, 3, bias=False)))
+            norms.append(ConditionalNorm(ch // 2, n))
             ch //= 2
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, 1, 7), nn.Tanh()]
-        self.model = nn.Sequential(*layers)
+        self.ups, self.up_norms = nn.ModuleList(ups), nn.ModuleList(norms)
+        self.out = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ch, 1, 7), nn.Tanh())
 
     def forward(self, code: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         tiled = condition[:, :, None, None].expand(-1, -1, code.shape[2], code.shape[3])
-        return self.model(torch.cat([code, tiled], 1))
+        h = torch.relu(self.inp_norm(self.inp(torch.cat([code, tiled], 1)), condition))
+        for block in self.blocks:
+            h = block(h, condition)
+        for up, norm in zip(self.ups, self.up_norms, strict=True):
+            h = torch.relu(norm(up(h), condition))
+        return self.out(h)
 
 
 class ConditionalTranslator(nn.Module):

@@ -9,7 +9,9 @@
   (and from the generator's output), so blurry, noisy-looking pseudo-MRI is penalised. It
   is a shallower PatchGAN (smaller patches: fine texture, not layout).
 - InstanceNorm without running statistics (and no dropout): train and eval compute the
-  same function, so what is validated is what is exported, at any image size.
+  same function, so what is validated is what is exported, at any image size. Not after
+  the generators' first convolution (`absolute_input`): there it would subtract each
+  slice's mean HU, and absolute HU are what identify tissue on CT.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class CycleNetConfig:
     transposed: int = 1  # up-steps done by transposed conv (seed 004: one kept)
     d_layers: int = 3  # 70x70 PatchGAN
     dn_layers: int = 2  # denoising discriminator: 34x34 patches
+    absolute_input: bool = True  # no norm after the generators' first conv (HU are absolute)
 
     def __post_init__(self) -> None:
         if not 0 <= self.transposed <= 1:
@@ -69,8 +72,12 @@ class ResnetGenerator(nn.Module):
     def __init__(self, cfg: CycleNetConfig, in_ch: int = 1, out_ch: int = 1):
         super().__init__()
         ngf = cfg.ngf
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=False),
-                                   _norm(ngf), nn.ReLU(True)]
+        # No normalisation right after the first convolution when `absolute_input`: instance
+        # norm of a linear filter of the raw input removes the slice's mean and scale, and for
+        # CT the absolute Hounsfield value is the tissue information.
+        first_norm: list[nn.Module] = [] if cfg.absolute_input else [_norm(ngf)]
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=cfg.absolute_input),
+                                   *first_norm, nn.ReLU(True)]
         ch = ngf
         for _ in range(cfg.n_down):
             layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=False), _norm(ch * 2), nn.ReLU(True)]

@@ -54,8 +54,10 @@ class TrainConfig:
     batch_size: int = 2
     steps: int = 3000
     lr: float = 2e-4
+    lr_d_mult: float = 2.0  # discriminators learn faster than generators (TTUR, Heusel et al.)
     beta1: float = 0.5
     decay_from: float = 0.5  # lr decays linearly to 0 from this fraction of the steps
+    full_size_from: float = 0.8  # last 20 % of steps on whole slices (instance-norm statistics as exported)
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.1  # times lambda_cycle; pytorch-CycleGAN's 0.5 holds G near the identity
     lambda_denoise: float = 1.0
@@ -148,6 +150,8 @@ class ImagePool:
     def query(self, batch: torch.Tensor) -> torch.Tensor:
         if self.size <= 0:
             return batch
+        if self.images and self.images[0].shape[-2:] != batch.shape[-2:]:
+            self.images = []  # crops -> whole slices: start a new history
         out = []
         for img in batch.detach():
             img = img[None]
@@ -201,7 +205,7 @@ class CycleGAN:
         betas = (cfg.beta1, 0.999)
         self.opt_g = torch.optim.Adam([*self.G.parameters(), *self.F.parameters()], lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam([*self.D_mr.parameters(), *self.D_ct.parameters(),
-                                       *self.D_n.parameters()], lr=cfg.lr, betas=betas)
+                                       *self.D_n.parameters()], lr=cfg.lr * cfg.lr_d_mult, betas=betas)
         rng = random.Random(cfg.seed)
         self.pool_mr, self.pool_ct = ImagePool(cfg.pool_size, rng), ImagePool(cfg.pool_size, rng)
         self.step = 0
@@ -214,9 +218,9 @@ class CycleGAN:
         c = self.cfg
         start = int(c.decay_from * c.steps)
         frac = 1.0 if self.step < start else max(0.0, 1.0 - (self.step - start) / max(1, c.steps - start))
-        for opt in (self.opt_g, self.opt_d):
+        for opt, mult in ((self.opt_g, 1.0), (self.opt_d, c.lr_d_mult)):
             for g in opt.param_groups:
-                g["lr"] = c.lr * frac
+                g["lr"] = c.lr * mult * frac
         return c.lr * frac
 
     def train_step(self, ct: torch.Tensor, mr: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
@@ -322,8 +326,9 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
     bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps, disable=not progress,
                desc=f"cyclegan {cfg.name}")
     for step in bar:
-        ct = random_crops(data.ct, cfg.batch_size, cfg.crop, rng, cfg.mirror).to(model.device)
-        mr = random_crops(data.mr, cfg.batch_size, cfg.crop, rng, cfg.mirror).to(model.device)
+        size = cfg.size if step >= cfg.full_size_from * cfg.steps else cfg.crop
+        ct = random_crops(data.ct, cfg.batch_size, size, rng, cfg.mirror).to(model.device)
+        mr = random_crops(data.mr, cfg.batch_size, size, rng, cfg.mirror).to(model.device)
         losses = model.train_step(ct, mr, gen)
         bar.set_postfix(cyc=f"{losses['cycle']:.3f}", g=f"{losses['g_gan']:.2f}", d=f"{losses['d_mr']:.2f}")
         if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
