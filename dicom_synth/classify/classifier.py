@@ -97,13 +97,22 @@ def classify_series(
                 pixel_p = _pixel_probabilities(load_pixel_model(model_path), volume, facts)
             except Exception as exc:  # a broken model must not stop classification
                 log.warning("pixel model failed: %s", exc)
-        fusion = FusionSettings(**(rules.settings.get("fusion") or {}))
-        decision = decide(header_p, pixel_p, fusion)
+        fusion_cfg = dict(rules.settings.get("fusion") or {})
+        if "pixel_modalities" in fusion_cfg:
+            fusion_cfg["pixel_modalities"] = tuple(str(m).upper() for m in fusion_cfg["pixel_modalities"])
+        fusion = FusionSettings(**fusion_cfg)
+        modality = str(facts.get("Modality", "")).upper()
+        pixel_used = pixel_p if modality in fusion.pixel_modalities else None
+        decision = decide(header_p, pixel_used, fusion)
+        reason = decision.reason
+        if reason == "headers" and "TissueAreaCM2" in facts:
+            reason = "headers and Hounsfield pixel facts"
         evidence = {
-            "reason": decision.reason,
+            "reason": reason,
             "rules": fired,
             "header_probabilities": _top(header_p),
             "pixel_probabilities": _top(pixel_p) if pixel_p is not None else None,
+            "pixel_model_used": pixel_used is not None,
             "fused_probabilities": _top(decision.probabilities),
             "facts": {k: facts[k] for k in _EVIDENCE_FACTS if k in facts},
         }

@@ -22,6 +22,9 @@ class FusionSettings:
     min_confidence: float = 0.6
     disagree_confidence: float = 0.7  # both experts at least this sure of different labels
     pixel_weight: float = 1.0
+    pixel_support: float = 0.2  # the pixels must give the chosen class at least this
+    header_support: float = 0.05  # and the headers at least this
+    pixel_modalities: tuple[str, ...] = ("MR",)  # where the pixel model has a say
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,18 @@ def decide(header: dict[str, float], pixel: dict[str, float] | None,
                             f"headers say {h_label} ({h_conf:.2f}), pixels say {p_label} ({p_conf:.2f})")
     if label == UNKNOWN:
         return Decision(UNKNOWN, confidence, fused, "no class fits the series")
+    if pixel is not None and (pixel.get(label, 0.0) < settings.pixel_support
+                              or header.get(label, 0.0) < settings.header_support):
+        # A product of experts renormalised over few classes can crown a class neither
+        # expert believes in; require real support from both.
+        return Decision(UNKNOWN, 1.0 - confidence * min(pixel.get(label, 0.0), header.get(label, 0.0)), fused,
+                        f"{label} lacks support: headers {header.get(label, 0.0):.2f}, "
+                        f"pixels {pixel.get(label, 0.0):.2f}")
     if confidence < settings.min_confidence:
         return Decision(UNKNOWN, 1.0 - confidence, fused,
                         f"best guess {label} only {confidence:.2f} < {settings.min_confidence}")
-    return Decision(label, confidence, fused, "headers and pixels agree" if pixel else "headers")
+    if pixel is None:
+        return Decision(label, confidence, fused, "headers")
+    agree = _top(header)[0] == label and _top(pixel)[0] == label
+    return Decision(label, confidence, fused, "headers and pixels agree" if agree
+                    else f"fused (headers {header.get(label, 0.0):.2f}, pixels {pixel.get(label, 0.0):.2f})")
