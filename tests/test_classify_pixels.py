@@ -118,6 +118,20 @@ def test_fusion_rules():
     d = decide(weak, None, FusionSettings(min_confidence=0.3))
     assert d.label == "breast_dce_early"
     assert decide(weak, None).label == "unknown"
+    # neither expert believes in brain_flair, yet it tops the renormalised product
+    header = dict.fromkeys(LABELS, 0.0) | {"brain_t1": 0.41, "brain_flair": 0.25, "brain_t2": 0.25, "unknown": 0.09}
+    pixel = dict.fromkeys(LABELS, 1e-6) | {"breast_sub": 0.59, "breast_dwi_high_b": 0.4, "brain_flair": 1e-3}
+    d = decide(header, pixel)
+    assert d.label == "unknown" and "lacks support" in d.reason
+
+
+@needs_model
+def test_pixel_model_has_no_say_on_ct():
+    """On real CT it named the wrong region (see rules.yaml); Hounsfield facts decide."""
+    s = make_series("ct_chest", 300011, n_slices=3, split="test")
+    result = classify_series(s.headers, s.volume)
+    assert result.evidence["pixel_model_used"] is False
+    assert result.evidence["pixel_probabilities"] is not None  # still reported
 
 
 @needs_model

@@ -83,7 +83,7 @@ def decide(header: dict[str, float], pixel: dict[str, float] | None,
         # headers sure of a class that the pixels are sure is another: unknown.
         if (h_label != p_label and h_label != UNKNOWN and h_conf >= settings.disagree_confidence
                 and p_conf >= settings.disagree_confidence):
-            return Decision(UNKNOWN, 1.0 - max(fused[h_label], fused[p_label]), fused,
+            return Decision(UNKNOWN, min(h_conf, p_conf), fused,  # as sure as the weaker expert
                             f"headers say {h_label} ({h_conf:.2f}), pixels say {p_label} ({p_conf:.2f})")
     if label == UNKNOWN:
         return Decision(UNKNOWN, confidence, fused, "no class fits the series")
