@@ -103,7 +103,8 @@ def classify_series(
         fusion = FusionSettings(**fusion_cfg)
         modality = str(facts.get("Modality", "")).upper()
         pixel_used = pixel_p if modality in fusion.pixel_modalities else None
-        decision = decide(header_p, pixel_used, fusion)
+        decision = decide(header_p, pixel_used, fusion,
+                          pixel_veto=pixel_p if pixel_used is None else None)
         reason = decision.reason
         if reason == "headers" and "TissueAreaCM2" in facts:
             reason = "headers and Hounsfield pixel facts"

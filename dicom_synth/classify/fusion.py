@@ -25,6 +25,7 @@ class FusionSettings:
     pixel_support: float = 0.2  # the pixels must give the chosen class at least this
     header_support: float = 0.05  # and the headers at least this
     pixel_modalities: tuple[str, ...] = ("MR",)  # where the pixel model has a say
+    pixel_unknown_veto: float = 0.9  # elsewhere it may still say "nothing I know" (safe side)
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,12 @@ def two_step_phase(p: dict[str, float]) -> tuple[str, float] | None:
 
 
 def decide(header: dict[str, float], pixel: dict[str, float] | None,
-           settings: FusionSettings = FusionSettings()) -> Decision:
-    """The label, its confidence, the fused probabilities and why."""
+           settings: FusionSettings = FusionSettings(), *, pixel_veto: dict[str, float] | None = None) -> Decision:
+    """The label, its confidence, the fused probabilities and why. `pixel_veto`: pixel
+    probabilities of a modality where the network may only say "unknown"."""
+    if pixel_veto is not None and pixel_veto.get(UNKNOWN, 0.0) >= settings.pixel_unknown_veto:
+        return Decision(UNKNOWN, pixel_veto[UNKNOWN], dict(header),
+                        f"pixels show no anatomy of a known class ({pixel_veto[UNKNOWN]:.2f})")
     fused = combine(header, pixel, settings.pixel_weight)
     label, confidence = _top(fused)
     phase = two_step_phase(fused)
@@ -87,8 +92,9 @@ def decide(header: dict[str, float], pixel: dict[str, float] | None,
                             f"headers say {h_label} ({h_conf:.2f}), pixels say {p_label} ({p_conf:.2f})")
     if label == UNKNOWN:
         return Decision(UNKNOWN, confidence, fused, "no class fits the series")
+    known_mass = max(1.0 - header.get(UNKNOWN, 0.0), 1e-9)  # headers unsure of the region
     if pixel is not None and (pixel.get(label, 0.0) < settings.pixel_support
-                              or header.get(label, 0.0) < settings.header_support):
+                              or header.get(label, 0.0) / known_mass < settings.header_support):
         # A product of experts renormalised over few classes can crown a class neither
         # expert believes in; require real support from both.
         return Decision(UNKNOWN, 1.0 - confidence * min(pixel.get(label, 0.0), header.get(label, 0.0)), fused,

@@ -334,8 +334,13 @@ def _head(cv: Canvas, rng: np.random.Generator, z: float, *, ct: bool = False) -
         cv.ellipse(DEEP_GM, side * rng.uniform(12, 20), rng.uniform(-2, 8), rng.uniform(6, 10), rng.uniform(9, 13))
         cv.ellipse(CSF, side * rng.uniform(5, 9), rng.uniform(-15, -5), rng.uniform(3, 7) * s,
                    rng.uniform(12, 22) * s, angle=side * 0.3)
-    cv.ellipse(SINUS, 0, b - 6 - t * 0.5, 3, 3)
-    cv.ring(DURA, 0, 0, a - 4 - t + 1, b - 4 - t + 1, 0.8)
+    for side in (-1, 1):  # choroid plexus in the ventricular trigones (enhances)
+        cv.ellipse(DURA, side * rng.uniform(7, 11), rng.uniform(-2, 6), rng.uniform(2, 3.5), rng.uniform(2, 3.5))
+    cv.ellipse(SINUS, 0, b - 6 - t * 0.5, 3.5, 3.5)  # superior sagittal sinus
+    for _ in range(int(rng.integers(4, 9))):  # cortical veins in the sulci (enhance; flow voids on T2)
+        ang = rng.uniform(0, 2 * np.pi)
+        cv.ellipse(SINUS, (a - 6 - t) * np.cos(ang), (b - 6 - t) * np.sin(ang), 1.5, 1.5)
+    cv.ring(DURA, 0, 0, a - 4 - t + 1.5, b - 4 - t + 1.5, 1.5)  # dura and falx (enhance)
     info = {"tumor": False}
     if rng.random() < 0.6:
         info["tumor"] = True
