@@ -8,14 +8,14 @@ import sys
 from typing import TextIO
 
 from dicom_synth.classify.classifier import classify_series
-from dicom_synth.series import SeriesReadError, group_series, load_series
+from dicom_synth.series import group_series, load_series
 
 
 def _classify_group(group) -> dict:
     try:
         loaded = load_series(group.files, pixels=True)
         result = classify_series(loaded.slices, loaded.volume)
-    except SeriesReadError as exc:  # no pixels (e.g. a non-image object): headers only
+    except Exception as exc:  # no pixels (a non-image object, an undecodable stream): headers only
         try:
             loaded = load_series(group.files, pixels=False)
             result = classify_series(loaded.slices)
