@@ -89,7 +89,8 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
         "conditioning": conditioning(),
         "architecture": (
             "Seed 002 conditional generator: one encoder to a contrast-independent code, one "
-            "decoder conditioned on a tiled one-hot target contrast, PatchGAN discriminator with "
+            "decoder conditioned on a one-hot target contrast (tiled and stacked with the code, and "
+            "scaling/shifting every instance norm), U-Net skips, PatchGAN discriminator with "
             "adversarial and class heads; LSGAN, class guidance, reconstruction, cycle, cycle- and "
             "code-consistency, Algorithm-1 structure and Algorithm-2 background losses; "
             "InstanceNorm without running statistics."),

@@ -36,6 +36,7 @@ class BrainNetConfig:
     enc_blocks: int = 2
     dec_blocks: int = 2
     d_layers: int = 3
+    skips: bool = True  # U-Net skips from encoder to decoder (not in the seed's figure)
 
     @property
     def spatial_multiple(self) -> int:
@@ -54,20 +55,31 @@ def _norm(ch: int) -> nn.Module:
 
 
 class Encoder(nn.Module):
-    """Image (N, 1, H, W) -> semantic code (N, code_channels, H/2^n, W/2^n)."""
+    """Image (N, 1, H, W) -> semantic code (N, code_channels, H/2^n, W/2^n), plus the
+    features of each resolution on the way down (the decoder's skip inputs)."""
 
     def __init__(self, cfg: BrainNetConfig):
         super().__init__()
         ch = cfg.ngf
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(1, ch, 7, bias=False), _norm(ch), nn.ReLU(True)]
+        self.stem = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(1, ch, 7, bias=False), _norm(ch), nn.ReLU(True))
+        downs = []
         for _ in range(cfg.n_down):
-            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=False), _norm(ch * 2), nn.ReLU(True)]
+            downs.append(nn.Sequential(nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=False), _norm(ch * 2),
+                                       nn.ReLU(True)))
             ch *= 2
-        layers += [ResidualBlock(ch) for _ in range(cfg.enc_blocks)]
-        self.model = nn.Sequential(*layers)
+        self.downs = nn.ModuleList(downs)
+        self.blocks = nn.Sequential(*[ResidualBlock(ch) for _ in range(cfg.enc_blocks)])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = self.stem(x)
+        skips = [h]
+        for down in self.downs:
+            h = down(h)
+            skips.append(h)
+        return self.blocks(h), skips[:-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.encode(x)[0]
 
 
 class ConditionalNorm(nn.Module):
@@ -106,30 +118,40 @@ class CondResidualBlock(nn.Module):
 class Decoder(nn.Module):
     """Code + condition -> image in [-1, 1] of the conditioned contrast. The condition is
     stacked with the code as tiled channels (the seed) and also sets the scale and shift of
-    every normalisation (`ConditionalNorm`)."""
+    every normalisation (`ConditionalNorm`). With `skips` (the encoder's features at each
+    resolution, U-Net style) the fine structure of the input need not pass the bottleneck."""
 
     def __init__(self, cfg: BrainNetConfig):
         super().__init__()
         ch, n = cfg.code_channels, cfg.n_contrasts
+        self.use_skips = cfg.skips
         self.inp = nn.Conv2d(ch + n, ch, 3, padding=1, bias=False)
         self.inp_norm = ConditionalNorm(ch, n)
         self.blocks = nn.ModuleList([CondResidualBlock(ch, n) for _ in range(cfg.dec_blocks)])
-        ups, norms = [], []
+        ups, fuse, norms = [], [], []
         for _ in range(cfg.n_down):
             ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
                                      nn.Conv2d(ch, ch // 2, 3, bias=False)))
+            fuse.append(nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ch, ch // 2, 3, bias=False))
+                        if cfg.skips else nn.Identity())
             norms.append(ConditionalNorm(ch // 2, n))
             ch //= 2
-        self.ups, self.up_norms = nn.ModuleList(ups), nn.ModuleList(norms)
+        self.ups, self.fuse, self.up_norms = nn.ModuleList(ups), nn.ModuleList(fuse), nn.ModuleList(norms)
         self.out = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ch, 1, 7), nn.Tanh())
 
-    def forward(self, code: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def forward(self, code: torch.Tensor, condition: torch.Tensor,
+                skips: list[torch.Tensor] | None = None) -> torch.Tensor:
         tiled = condition[:, :, None, None].expand(-1, -1, code.shape[2], code.shape[3])
         h = torch.relu(self.inp_norm(self.inp(torch.cat([code, tiled], 1)), condition))
         for block in self.blocks:
             h = block(h, condition)
-        for up, norm in zip(self.ups, self.up_norms, strict=True):
-            h = torch.relu(norm(up(h), condition))
+        for i, (up, fuse, norm) in enumerate(zip(self.ups, self.fuse, self.up_norms, strict=True)):
+            h = up(h)
+            if self.use_skips:
+                if skips is None:
+                    raise ValueError("this decoder was built with skip connections: pass the encoder's skips")
+                h = fuse(torch.cat([h, skips[-1 - i]], 1))
+            h = torch.relu(norm(h, condition))
         return self.out(h)
 
 
@@ -143,7 +165,8 @@ class ConditionalTranslator(nn.Module):
         self.multiple = cfg.spatial_multiple
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x), condition)
+        code, skips = self.encoder.encode(x)
+        return self.decoder(code, condition, skips)
 
 
 class ContrastDiscriminator(nn.Module):

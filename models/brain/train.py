@@ -61,6 +61,7 @@ class TrainConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     decay_from: float = 0.6
+    full_size_from: float = 0.8  # last 20 % of steps on whole slices (instance-norm statistics as exported)
     input_dropout: float = 0.1  # seed 002: dropout 0.1 at the input
     beta: float = 0.5  # Algorithm 1 threshold on [-1, 1] images
     mask_expand: int = 4  # Algorithm 2's p
@@ -192,11 +193,11 @@ class MultiContrastGAN:
         src = src.to(self.device)
         enc, dec = self.T.encoder, self.T.decoder
         x_in = F.dropout(x, c.input_dropout, training=True) if c.input_dropout > 0 else x
-        code = enc(x_in)
-        rec = dec(code, onehot(src, n))
-        y1, y2 = dec(code, onehot(t1, n)), dec(code, onehot(t2, n))
-        code1, code2 = enc(y1), enc(y2)
-        cyc1, cyc2 = dec(code1, onehot(src, n)), dec(code2, onehot(src, n))
+        code, sk = enc.encode(x_in)
+        rec = dec(code, onehot(src, n), sk)
+        y1, y2 = dec(code, onehot(t1, n), sk), dec(code, onehot(t2, n), sk)
+        (code1, sk1), (code2, sk2) = enc.encode(y1), enc.encode(y2)
+        cyc1, cyc2 = dec(code1, onehot(src, n), sk1), dec(code2, onehot(src, n), sk2)
         self.D.requires_grad_(False)
         loss_adv = x.new_zeros(())
         loss_cls = x.new_zeros(())
@@ -247,12 +248,12 @@ class MultiContrastGAN:
         total, count = 0.0, 0
         for s in range(n):
             x = torch.from_numpy(imgs[:, s:s + 1]).to(self.device)
-            code = self.T.encoder(x)
+            code, sk = self.T.encoder.encode(x)
             for t in range(n):
                 if t == s:
                     continue
                 cond = onehot(torch.full((len(imgs),), t, dtype=torch.long), n).to(self.device)
-                pred = self.T.decoder(code, cond).cpu().numpy()[:, 0]
+                pred = self.T.decoder(code, cond, sk).cpu().numpy()[:, 0]
                 m = fg[:, s]
                 total += float(np.abs(pred - imgs[:, t])[m].sum()) / 2.0
                 count += int(m.sum())
@@ -279,9 +280,10 @@ def load_translator(ckpt_path: Path) -> tuple[ConditionalTranslator, TrainConfig
     return t, cfg, ckpt
 
 
-def sample_batch(data: BrainData, cfg: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+def sample_batch(data: BrainData, cfg: TrainConfig, rng: np.random.Generator,
+                 crop: int | None = None) -> tuple[torch.Tensor, ...]:
     """Random slices, each in one random contrast, random crop and mirror."""
-    b, cs, h = cfg.batch_size, cfg.crop, cfg.size
+    b, cs, h = cfg.batch_size, crop or cfg.crop, cfg.size
     n = data.images.shape[1]
     idx = rng.integers(len(data.images), size=b)
     src = rng.integers(n, size=b)
@@ -328,7 +330,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
     bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps, disable=not progress,
                desc=f"multicontrast {cfg.name}")
     for step in bar:
-        x, src, st, bg, pr = sample_batch(data, cfg, rng)
+        crop = cfg.size if step >= cfg.full_size_from * cfg.steps else cfg.crop
+        x, src, st, bg, pr = sample_batch(data, cfg, rng, crop)
         dev = model.device
         losses = model.train_step(x.to(dev), src, st.to(dev), bg.to(dev), gen, pr if cfg.lambda_paired > 0 else None)
         bar.set_postfix(rec=f"{losses['rec']:.3f}", cyc=f"{losses['cycle']:.3f}", d=f"{losses['d']:.2f}")
