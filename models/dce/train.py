@@ -51,6 +51,7 @@ class TrainConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     lambda_l1: float = 100.0
+    gan_weight: float = 1.0  # 0 = L1 only (an ablation; pix2pix uses 1)
     rotate_deg: float = 10.0
     scale_range: tuple[float, float] = (0.9, 1.1)
     mirror: bool = True
@@ -222,7 +223,7 @@ class Pix2Pix:
         pred = self.D(x, fake)
         loss_gan = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred))
         loss_l1 = F.l1_loss(fake, y)
-        loss_g = loss_gan + self.cfg.lambda_l1 * loss_l1
+        loss_g = self.cfg.gan_weight * loss_gan + self.cfg.lambda_l1 * loss_l1
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
