@@ -72,6 +72,21 @@ def test_a_few_steps_reduce_the_cycle_loss() -> None:
     assert last < 0.6 * first
 
 
+def test_edge_recall_term_is_zero_when_the_pseudo_mri_keeps_the_ct_edges() -> None:
+    cfg = dataclasses.replace(CONFIGS["tiny"], lambda_edge=2.0, steps=100)
+    model = CycleGAN(cfg)
+    ct = torch.full((1, 1, 32, 32), -1.0)
+    ct[..., 8:24, 8:24] = 1.0
+    losses = model.train_step(ct, ct.clone(), torch.Generator().manual_seed(0))
+    assert 0.0 <= losses["edge"] <= 1.0
+    from models.brain.structure import structure_map_soft, structure_map_torch
+
+    edges = structure_map_torch(ct)
+    kept = (edges * (1 - structure_map_soft(ct))).sum() / edges.sum()
+    lost = (edges * (1 - structure_map_soft(torch.zeros_like(ct)))).sum() / edges.sum()
+    assert kept < 0.05 < 0.95 < lost
+
+
 def test_train_checkpoints_resume_and_export_card(tmp_path: Path) -> None:
     cfg = CONFIGS["tiny"]
     hist = train(cfg, tmp_path / "run", progress=False)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from dicom_synth.intensity import normalise_slices
 from dicom_synth.multicontrast import hu_window
+from models.brain.structure import structure_map_soft, structure_map_torch
 from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, init_weights
 from models.ct.phantom import REGIONS, generate_subject, split_seeds
 
@@ -62,6 +63,7 @@ class TrainConfig:
     lambda_identity: float = 0.1  # times lambda_cycle; pytorch-CycleGAN's 0.5 holds G near the identity
     lambda_denoise: float = 1.0
     denoise_sigma: float = 0.1  # Gaussian noise added to real MRI ([-1, 1] units)
+    lambda_edge: float = 0.0  # CT edges (seed 002's Algorithm 1) must reappear in the pseudo-MRI
     pool_size: int = 50
     hu_window: tuple[float, float] = (-300.0, 300.0)  # fat..marrow spread over [-1, 1]; air and bone clip
     mirror: bool = True
@@ -93,6 +95,9 @@ class TrainConfig:
 CONFIGS: dict[str, TrainConfig] = {
     # 2 CPU cores, about 10 minutes: narrow networks, 64-pixel crops of 128-pixel slices.
     "small": TrainConfig(),
+    # The same with an edge-recall term (not in the seed): boundaries the CT shows must
+    # appear in the pseudo-MRI, against CycleGAN's habit of moving structure.
+    "small_edge": TrainConfig(name="small_edge", lambda_edge=2.0),
     # A GPU: the usual CycleGAN widths, whole 256x256 slices, many subjects.
     "full": TrainConfig(name="full", net=CycleNetConfig(ngf=64, ndf=64), n_train=50, n_val=5,
                         slices_per_subject=48, size=256, crop=256, batch_size=1, steps=200_000,
@@ -236,6 +241,11 @@ class CycleGAN:
         loss_dn = _lsgan(self.D_n(fake_mr), True)
         loss_cyc = F.l1_loss(rec_ct, ct) + F.l1_loss(rec_mr, mr)
         loss_g = loss_gan + c.lambda_denoise * loss_dn + c.lambda_cycle * loss_cyc
+        loss_edge = torch.zeros(())
+        if c.lambda_edge > 0:  # recall only: MRI may show boundaries CT cannot
+            edges = structure_map_torch(ct)
+            loss_edge = (edges * (1 - structure_map_soft(fake_mr))).sum() / edges.sum().clamp(min=1.0)
+            loss_g = loss_g + c.lambda_edge * loss_edge
         loss_id = torch.zeros(())
         if c.lambda_identity > 0:
             loss_id = F.l1_loss(self.G(mr), mr) + F.l1_loss(self.F(ct), ct)
@@ -256,7 +266,7 @@ class CycleGAN:
         (loss_d_mr + loss_d_ct + loss_d_n).backward()
         self.opt_d.step()
         self.step += 1
-        return {"g_gan": loss_gan.item(), "g_dn": loss_dn.item(), "cycle": loss_cyc.item(),
+        return {"g_gan": loss_gan.item(), "g_dn": loss_dn.item(), "cycle": loss_cyc.item(), "edge": loss_edge.item(),
                 "identity": loss_id.item(), "d_mr": loss_d_mr.item(), "d_ct": loss_d_ct.item(),
                 "d_n": loss_d_n.item()}
 
