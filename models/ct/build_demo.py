@@ -82,7 +82,7 @@ def build(out_dir: Path, run_dir: Path, config: str = "small", n_test: int = 2, 
     card["training_memory"] = {"cpu_peak_rss_mb_measured": history.get("peak_rss_mb"),
                                "gpu_estimate_small": memory.estimate(cfg),
                                "gpu_estimate_full": memory.estimate(CONFIGS["full"])}
-    card["build"] = {"command": f"python -m models.ct.build_demo --config {config}",
+    card["build"] = {"command": f"python -m models.ct.build_demo --config {cfg.name}",
                      "total_seconds": round(time.time() - t0, 1),
                      "train_seconds": history.get("train_seconds"),
                      "train_cpu_seconds": history.get("train_cpu_seconds"),
