@@ -21,11 +21,15 @@ from dicom_synth.registry import load_card, sha256_file
 from models.brain.export import build_card as brain_card
 from models.brain.export import export_onnx as brain_export
 from models.brain.networks import BrainNetConfig, ConditionalTranslator
+from models.brain.phantom import generate_subject as brain_subject
 from models.brain.train import CONFIGS as BRAIN_CONFIGS
+from models.ct.evaluate import body_mask_ct, fit_baselines
 from models.ct.export import build_card as ct_card
 from models.ct.export import export_onnx as ct_export
 from models.ct.networks import CycleNetConfig, ResnetGenerator
+from models.ct.phantom import generate_subject as ct_subject
 from models.ct.train import CONFIGS as CT_CONFIGS
+from models.dce.evaluate import body_mask, unit_slices
 
 torch.set_num_threads(1)
 
@@ -117,3 +121,35 @@ def test_other_cards_fall_back_to_synthesis_model(tmp_path: Path) -> None:
     assert out.label == "DCE phase 1"
     np.testing.assert_allclose(out.pixels, intensity.to_stored(intensity.normalise_slices(vol),
                                                                 card["output_mapping"]), atol=1e-3)
+
+
+# --- the committed demo models (models/weights): a retrained or corrupted file is caught here
+def _unit(out, card) -> np.ndarray:
+    return (intensity.from_stored(out.pixels, card.output_mapping) + 1.0) / 2.0
+
+
+def test_pseudo_mri_demo_beats_the_hu_map_on_a_test_subject() -> None:
+    card = load_card("pseudo_mri")
+    model = load_synthesis_model(card, threads=1)
+    s = ct_subject(43001, "abdomen", n_slices=6, size=128, z_range=(60, 300))
+    (out,) = model.run(s.ct, source_label="ct_abdomen_pelvis")
+    assert out.pixels.shape == s.ct.shape and out.label == "pseudo-MRI (T2-like)"
+    truth = unit_slices(s.mr)
+    body = body_mask_ct(s.ct)
+    hu_map = fit_baselines(n_subjects=1, n_slices=4)["hu_map"]
+    mae_model = float(np.abs(_unit(out, card) - truth)[body].mean())
+    mae_map = float(np.abs(unit_slices(hu_map(s.ct)) - truth)[body].mean())
+    assert mae_model < mae_map
+
+
+def test_brain_demo_completes_a_t1_study_better_than_the_input_itself() -> None:
+    card = load_card("brain_contrasts")
+    model = load_synthesis_model(card, threads=1)
+    s = brain_subject(53001, n_slices=6, size=128)
+    outs = model.run(s.images["t1"], source_label="brain_t1")
+    assert [o.label for o in outs] == ["T2", "T1c", "FLAIR"]
+    mask = body_mask(s.images["t1"])
+    x = unit_slices(s.images["t1"])
+    for out, target in ((outs[0], "t2"), (outs[2], "flair")):
+        truth = unit_slices(s.images[target])
+        assert np.abs(_unit(out, card) - truth)[mask].mean() < np.abs(x - truth)[mask].mean(), target
