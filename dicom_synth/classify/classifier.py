@@ -31,6 +31,7 @@ _EVIDENCE_FACTS = (
     "MagneticFieldStrength", "PatientPosition", "Orientation", "ContrastAgent",
     "DiffusionEvidence", "BValues", "BValueSources", "BValueClass", "Phase", "PhaseInfo",
     "NumberOfSlices", "PixelBlank", "TissueAreaCM2", "BoneFraction", "LungFraction",
+    "LargestPartFraction", "SoftTissueHUStd",
 )
 
 
@@ -98,6 +99,8 @@ def classify_series(
             except Exception as exc:  # a broken model must not stop classification
                 log.warning("pixel model failed: %s", exc)
         fusion_cfg = dict(rules.settings.get("fusion") or {})
+        if "pixel_groups" in fusion_cfg:
+            fusion_cfg["pixel_groups"] = tuple(tuple(str(x) for x in g) for g in fusion_cfg["pixel_groups"])
         if "pixel_modalities" in fusion_cfg:
             fusion_cfg["pixel_modalities"] = tuple(str(m).upper() for m in fusion_cfg["pixel_modalities"])
         fusion = FusionSettings(**fusion_cfg)

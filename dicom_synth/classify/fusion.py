@@ -26,6 +26,26 @@ class FusionSettings:
     header_support: float = 0.05  # and the headers at least this
     pixel_modalities: tuple[str, ...] = ("MR",)  # where the pixel model has a say
     pixel_unknown_veto: float = 0.9  # elsewhere it may still say "nothing I know" (safe side)
+    # classes the pixels cannot tell apart reliably: their pixel probability is shared
+    # equally inside the group, and the headers decide between them
+    pixel_groups: tuple[tuple[str, ...], ...] = ()
+
+
+def _group_of(label: str | None, groups: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
+    for group in groups:
+        if label in group:
+            return group
+    return (label,) if label else ()
+
+
+def merge_groups(pixel: dict[str, float], groups: tuple[tuple[str, ...], ...]) -> dict[str, float]:
+    """Pixel probabilities with each group's mass spread evenly over its members."""
+    out = dict(pixel)
+    for group in groups:
+        mass = sum(pixel.get(k, 0.0) for k in group)
+        for k in group:
+            out[k] = mass / len(group)
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,17 +96,23 @@ def decide(header: dict[str, float], pixel: dict[str, float] | None,
     if pixel_veto is not None and pixel_veto.get(UNKNOWN, 0.0) >= settings.pixel_unknown_veto:
         return Decision(UNKNOWN, pixel_veto[UNKNOWN], dict(header),
                         f"pixels show no anatomy of a known class ({pixel_veto[UNKNOWN]:.2f})")
+    raw_pixel = pixel
+    if pixel is not None and settings.pixel_groups:
+        pixel = merge_groups(pixel, settings.pixel_groups)
     fused = combine(header, pixel, settings.pixel_weight)
     label, confidence = _top(fused)
     phase = two_step_phase(fused)
     if phase is not None:
         label, confidence = phase
-    if pixel is not None:
+    if pixel is not None and raw_pixel is not None:
         h_label, h_conf = _top(header)
-        p_label, p_conf = _top(pixel)
+        p_label, p_conf = _top(raw_pixel)
+        p_conf = sum(raw_pixel.get(k, 0.0) for k in _group_of(p_label, settings.pixel_groups))
         # Headers that are merely unsure (top `unknown`, no veto) let the pixels decide;
         # headers sure of a class that the pixels are sure is another: unknown.
-        if (h_label != p_label and h_label != UNKNOWN and h_conf >= settings.disagree_confidence
+        same_group = any(h_label in g and p_label in g for g in settings.pixel_groups)
+        if (h_label != p_label and h_label != UNKNOWN and not same_group
+                and h_conf >= settings.disagree_confidence
                 and p_conf >= settings.disagree_confidence):
             return Decision(UNKNOWN, min(h_conf, p_conf), fused,  # as sure as the weaker expert
                             f"headers say {h_label} ({h_conf:.2f}), pixels say {p_label} ({p_conf:.2f})")
@@ -105,6 +131,7 @@ def decide(header: dict[str, float], pixel: dict[str, float] | None,
                         f"best guess {label} only {confidence:.2f} < {settings.min_confidence}")
     if pixel is None:
         return Decision(label, confidence, fused, "headers")
-    agree = _top(header)[0] == label and _top(pixel)[0] == label
+    pixel_top = _top(raw_pixel)[0] if raw_pixel is not None else None
+    agree = _top(header)[0] == label and label in _group_of(pixel_top, settings.pixel_groups)
     return Decision(label, confidence, fused, "headers and pixels agree" if agree
                     else f"fused (headers {header.get(label, 0.0):.2f}, pixels {pixel.get(label, 0.0):.2f})")

@@ -67,8 +67,29 @@ def _ct_facts(sample: np.ndarray, facts: Facts) -> Facts:
     tissue_cm2 = tissue.sum(axis=(1, 2)) * pixel_area_cm2
     bone_frac = bone.sum(axis=(1, 2)) / np.maximum(tissue.sum(axis=(1, 2)), 1)
     lung_frac = lung.sum(axis=(1, 2)) / np.maximum(tissue.sum(axis=(1, 2)) + lung.sum(axis=(1, 2)), 1)
+    soft = (sample > -300) & (sample < 300)
+    hu_std = [_robust_std(sample[k][soft[k]]) if soft[k].sum() > 50 else 0.0 for k in range(len(sample))]
     return {
         "TissueAreaCM2": round(float(np.median(tissue_cm2)), 1),
         "BoneFraction": round(float(np.median(bone_frac)), 3),
         "LungFraction": round(float(np.median(lung_frac)), 3),
+        "LargestPartFraction": round(float(np.median([_largest_part(t) for t in tissue])), 3),
+        "SoftTissueHUStd": round(float(np.median(hu_std)), 1),
     }
+
+
+def _robust_std(values: np.ndarray) -> float:
+    """1.4826 x median absolute deviation: the spread of the bulk, blind to a table."""
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def _largest_part(tissue: np.ndarray) -> float:
+    """Width of the widest run of columns holding tissue, over all such columns: about 1
+    for a trunk or a head, about 0.5 for two legs side by side."""
+    cols = tissue.sum(axis=0) > 0.05 * tissue.shape[0]  # a thin table never counts
+    if not cols.any():
+        return 1.0
+    padded = np.concatenate([[0], cols.astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    runs = edges[1::2] - edges[::2]
+    return float(runs.max() / runs.sum())

@@ -71,9 +71,12 @@ def series_logp(model: nn.Module, x: np.ndarray, series: np.ndarray, batch: int 
 
 
 def fit_temperature(logp: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising the series-level NLL (Guo et al. 2017)."""
+    """The temperature minimising the series-level NLL (Guo et al. 2017), no lower than
+    1/N_SLICES: that is the product of the slices' likelihoods (independent slices), the
+    sharpest aggregation with a meaning. Without errors on the validation split the NLL
+    alone would run to zero."""
     best_t, best_nll = 1.0, np.inf
-    for t in np.exp(np.linspace(np.log(0.25), np.log(8.0), 60)):
+    for t in np.exp(np.linspace(np.log(1.0 / N_SLICES), np.log(8.0), 60)):
         z = logp / t
         z = z - z.max(1, keepdims=True)
         nll = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean()
@@ -163,7 +166,7 @@ def build_card(onnx_path: Path, cfg: TrainConfig, net: NetConfig, temperature: f
     return {
         "name": NAME,
         "task": TASK,
-        "version": "1.0.0",
+        "version": "1.1.0",
         "onnx_file": onnx_path.name,
         "sha256": sha256_file(onnx_path),
         "output_label": "series class",
