@@ -160,3 +160,23 @@ def test_classify_is_quick_on_headers_only():
     for _ in range(20):
         classify_series(s.headers, None, use_pixel_model=False)
     assert (time.perf_counter() - t) / 20 < 0.1
+
+
+def test_ct_limbs_and_water_phantom_are_unknown_from_hounsfield_facts():
+    """Without descriptions or body parts, the pixels still say: not a trunk or head."""
+    found = {}
+    for seed in range(300000, 300200):
+        s = make_series("unknown", seed, n_slices=3, degrade=False, split="test")
+        region = s.info.get("region")
+        if s.headers[0].Modality != "CT" or region in found:
+            continue
+        for ds in s.headers:  # strip every header hint
+            for kw in ("SeriesDescription", "ProtocolName", "BodyPartExamined"):
+                if kw in ds:
+                    delattr(ds, kw)
+        found[region] = classify_series(s.headers, s.volume)
+        if len(found) == 2:
+            break
+    assert set(found) == {"leg", "water"}
+    assert found["leg"].label == "unknown" and "ct_pixels_two_limbs" in found["leg"].evidence["rules"]
+    assert found["water"].label == "unknown" and "ct_pixels_uniform_phantom" in found["water"].evidence["rules"]
