@@ -15,6 +15,9 @@ import sys
 # task -> module whose main() trains and exports the demo model for it
 DEMO_BUILDERS = {
     "dce_phase1": "models.dce.build_demo",
+    "pseudo_mri": "models.ct.build_demo",
+    "brain_contrasts": "models.brain.build_demo",
+    "series_classification": "models.classifier.train",
 }
 
 

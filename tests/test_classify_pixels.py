@@ -125,6 +125,21 @@ def test_fusion_rules():
     assert d.label == "unknown" and "lacks support" in d.reason
 
 
+
+def test_pixel_groups_weigh_the_pixels_inside_a_group():
+    """T1 vs T1c: silent headers lean T1 (4.5 : 1); a sure network overrides them, an
+    unsure one does not, and at weight 0 the headers alone decide."""
+    header = dict.fromkeys(LABELS, 0.0) | {"brain_t1": 0.70, "brain_t1c": 0.156, "unknown": 0.144}
+    sure_t1c = dict.fromkeys(LABELS, 1e-4) | {"brain_t1c": 0.998, "brain_t1": 0.0015}
+    unsure_t1c = dict.fromkeys(LABELS, 1e-4) | {"brain_t1c": 0.84, "brain_t1": 0.15}
+    half = FusionSettings(pixel_groups=(("brain_t1", "brain_t1c"),), pixel_group_weight=0.5)
+    assert decide(header, sure_t1c, half).label == "brain_t1c"
+    assert decide(header, unsure_t1c, half).label == "brain_t1"
+    headers_decide = FusionSettings(pixel_groups=(("brain_t1", "brain_t1c"),), pixel_group_weight=0.0)
+    assert decide(header, sure_t1c, headers_decide).label == "brain_t1"
+    # without groups the same disagreement is an honest unknown
+    assert decide(header, sure_t1c).label == "unknown"
+
 @needs_model
 def test_pixel_model_has_no_say_on_ct():
     """On real CT it named the wrong region (see rules.yaml); Hounsfield facts decide."""

@@ -105,7 +105,11 @@ def test_ct_and_brain_through_the_pacs(tmp_path, redis_server, orthanc_factory):
                          and len(s["Instances"]) == n]
                 return found if len(found) == expected else None
 
-            for s in orthanc.wait_for(synthetic, timeout=240):
+            try:
+                found = orthanc.wait_for(synthetic, timeout=240)
+            except Exception as exc:
+                raise AssertionError(f"jobs: {stack.jobs()}; service log: {stack.log.read_text()[-4000:]}") from exc
+            for s in found:
                 outs = [orthanc.get_dicom(i["ID"]) for i in orthanc.instances(s["ID"])]
                 _check_against_sources(outs, files)
     finally:

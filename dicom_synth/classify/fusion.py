@@ -26,9 +26,11 @@ class FusionSettings:
     header_support: float = 0.05  # and the headers at least this
     pixel_modalities: tuple[str, ...] = ("MR",)  # where the pixel model has a say
     pixel_unknown_veto: float = 0.9  # elsewhere it may still say "nothing I know" (safe side)
-    # classes the pixels cannot tell apart reliably: their pixel probability is shared
-    # equally inside the group, and the headers decide between them
+    # classes the pixels tell apart less reliably than they tell them from the rest: inside
+    # a group the pixels' log-odds count `pixel_group_weight` times (0: the headers alone
+    # decide between them; 1: no different from other classes)
     pixel_groups: tuple[tuple[str, ...], ...] = ()
+    pixel_group_weight: float = 0.0
 
 
 def _group_of(label: str | None, groups: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
@@ -38,13 +40,17 @@ def _group_of(label: str | None, groups: tuple[tuple[str, ...], ...]) -> tuple[s
     return (label,) if label else ()
 
 
-def merge_groups(pixel: dict[str, float], groups: tuple[tuple[str, ...], ...]) -> dict[str, float]:
-    """Pixel probabilities with each group's mass spread evenly over its members."""
+def merge_groups(pixel: dict[str, float], groups: tuple[tuple[str, ...], ...],
+                 weight: float = 0.0) -> dict[str, float]:
+    """Pixel probabilities with each group's mass shared among its members in proportion
+    to p**weight: weight 0 spreads it evenly, 1 leaves the probabilities as they are."""
     out = dict(pixel)
     for group in groups:
         mass = sum(pixel.get(k, 0.0) for k in group)
+        shares = {k: max(pixel.get(k, 0.0), 1e-6) ** weight for k in group}
+        total = sum(shares.values())
         for k in group:
-            out[k] = mass / len(group)
+            out[k] = mass * shares[k] / total
     return out
 
 
@@ -98,7 +104,7 @@ def decide(header: dict[str, float], pixel: dict[str, float] | None,
                         f"pixels show no anatomy of a known class ({pixel_veto[UNKNOWN]:.2f})")
     raw_pixel = pixel
     if pixel is not None and settings.pixel_groups:
-        pixel = merge_groups(pixel, settings.pixel_groups)
+        pixel = merge_groups(pixel, settings.pixel_groups, settings.pixel_group_weight)
     fused = combine(header, pixel, settings.pixel_weight)
     label, confidence = _top(fused)
     phase = two_step_phase(fused)

@@ -544,9 +544,28 @@ def _from_dce_phantom(label: str, seed: int, split: str, n: int) -> PhantomSerie
     return PhantomSeries(label, volume, series_headers(subject, which=which), seed, {"source": "models.dce.phantom"})
 
 
-def _from_sibling_phantom(label: str, seed: int, split: str, n: int) -> PhantomSeries | None:
+def _middle(depth: int, n: int) -> list[int]:
+    """n distinct slice indices spread over 30-70 % of a stack of `depth` (all if fewer)."""
+    if depth <= n:
+        return list(range(depth))
+    idx = np.linspace(0.3 * (depth - 1), 0.7 * (depth - 1), n).round().astype(int)
+    if len(set(idx.tolist())) < n:
+        idx = np.linspace(0, depth - 1, n + 2)[1:-1].round().astype(int)
+    return idx.tolist()
+
+
+def _from_sibling_phantom(label: str, seed: int, split: str, depth: int, n: int) -> PhantomSeries | None:
     """A subject of the brain (seed 002) or CT (seed 004) helpers' phantoms, with their
-    headers: the series their end-to-end tests and demos send."""
+    headers: the series their end-to-end tests and demos send; n of its `depth` slices."""
+    series = _sibling_subject(label, seed, split, depth)
+    if series is None or depth <= n:
+        return series
+    keep = _middle(depth, n)
+    return PhantomSeries(series.label, series.volume[keep], [series.headers[k] for k in keep], series.seed,
+                         series.info)
+
+
+def _sibling_subject(label: str, seed: int, split: str, n: int) -> PhantomSeries | None:
     try:
         if label.startswith("brain_"):
             from models.brain.phantom import SPLIT_BASE as BRAIN_SPLITS
@@ -582,8 +601,15 @@ def make_series(label: str, seed: int, *, n_slices: int = 5, degrade: bool = Tru
         series = _from_dce_phantom(label, seed, split, n_slices)
         if series is not None:
             return series
-    if label in SIBLINGS and rng.random() < 0.25:
-        series = _from_sibling_phantom(label, seed, split, n_slices)
+    # The brain helper's phantom is half of the brain training data: its T1 and T1c differ
+    # only where something enhances (rim, choroid plexus, dura, sinus), and with a quarter
+    # the network split them near chance (classifier v1.1). A short series is cut from a
+    # subject of 3 to 10 slices the way the service picks slices (30-70 % of the stack),
+    # so the levels vary.
+    sibling_share = 0.75 if label.startswith("brain_") else 0.25
+    if label in SIBLINGS and rng.random() < sibling_share:
+        depth = max(n_slices, int(rng.choice([3, 5, 6, 8, 10]))) if n_slices <= 3 else n_slices
+        series = _from_sibling_phantom(label, seed, split, depth, n_slices)
         if series is not None:
             return series
     size = int(rng.choice([96, 128, 160]))

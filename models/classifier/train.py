@@ -166,7 +166,7 @@ def build_card(onnx_path: Path, cfg: TrainConfig, net: NetConfig, temperature: f
     return {
         "name": NAME,
         "task": TASK,
-        "version": "1.1.0",
+        "version": "1.2.0",
         "onnx_file": onnx_path.name,
         "sha256": sha256_file(onnx_path),
         "output_label": "series class",
