@@ -1,7 +1,12 @@
 """Train the pixel series classifier on phantom series, calibrate it, export ONNX + card.
 
-    nice python -m models.classifier.train            # small config: 2 CPU cores, ~10 min
+    nice python -m models.classifier.train            # demo config: 2 CPU cores, ~11 min
     nice python -m models.classifier.train --per-class 300 --epochs 12 --width 32
+    nice python -m models.classifier.train --real labelled/   # plus your own series
+
+`--real DIR` adds a hospital's own series, one folder per class name
+(`models/classifier/realdata.py`): a fifth of them (by SeriesInstanceUID hash) joins the
+validation split, the rest the training split, repeated `--real-repeat` times.
 
 Writes models/weights/series_classifier.onnx and .card.json (checkpoint under runs/).
 """
@@ -24,6 +29,7 @@ from dicom_synth.classify.pixelmodel import N_SLICES, SIZE
 from dicom_synth.registry import CARD_SUFFIX, sha256_file
 from models.classifier.data import build_split
 from models.classifier.network import NetConfig, SeriesResNet
+from models.classifier.realdata import load_labelled_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "series_classifier"
@@ -35,7 +41,7 @@ OPSET = 17
 class TrainConfig:
     per_class: int = 100
     val_per_class: int = 15
-    epochs: int = 6
+    epochs: int = 12
     batch: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -43,6 +49,8 @@ class TrainConfig:
     threads: int = 2
     workers: int = 2
     seed: int = 0
+    real: str | None = None  # folder of labelled real series (realdata.py)
+    real_repeat: int = 5
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -91,6 +99,20 @@ def train(cfg: TrainConfig, out_dir: Path, run_dir: Path) -> dict:
     t0 = time.time()
     xtr, ytr, _ = build_split("train", cfg.per_class, cfg.workers)
     xva, yva, sva = build_split("val", cfg.val_per_class, cfg.workers)
+    real_counts: dict[str, int] = {}
+    if cfg.real:
+        real = load_labelled_folder(Path(cfg.real))
+        real_counts = real.counts
+        for why in real.skipped:
+            print(f"real series skipped: {why}", flush=True)
+        rx, ry, _ = real.train
+        if len(rx):
+            xtr = np.concatenate([xtr] + [rx] * cfg.real_repeat)
+            ytr = np.concatenate([ytr] + [ry] * cfg.real_repeat)
+        vx, vy, vs = real.val
+        if len(vx):
+            xva, yva, sva = np.concatenate([xva, vx]), np.concatenate([yva, vy]), np.concatenate([sva, vs])
+        print(f"real series: {real_counts}", flush=True)
     t_data = time.time() - t0
     print(f"data: train {len(xtr)} slices, val {len(xva)} slices ({t_data:.0f} s)", flush=True)
     net_cfg = NetConfig(num_classes=len(LABELS), width=cfg.width)
@@ -135,7 +157,8 @@ def train(cfg: TrainConfig, out_dir: Path, run_dir: Path) -> dict:
                 "history": history, "temperature": temperature}, run_dir / "best.pt")
     onnx_path = export(model, out_dir / f"{NAME}.onnx")
     delta = parity(model, onnx_path, xva[:16].astype(np.float32))
-    card = build_card(onnx_path, cfg, net_cfg, temperature, history, best_acc, delta, time.time() - t0)
+    card = build_card(onnx_path, cfg, net_cfg, temperature, history, best_acc, delta, time.time() - t0,
+                      real_counts)
     (out_dir / f"{NAME}{CARD_SUFFIX}").write_text(json.dumps(card, indent=2) + "\n")
     print(f"exported {onnx_path} (parity max|Δ| {delta:.2e}, temperature {temperature:.3f}, "
           f"val series accuracy {best_acc:.4f}, {time.time() - t0:.0f} s)", flush=True)
@@ -162,7 +185,7 @@ def parity(model: nn.Module, onnx_path: Path, x: np.ndarray) -> float:
 
 
 def build_card(onnx_path: Path, cfg: TrainConfig, net: NetConfig, temperature: float, history: list,
-               val_acc: float, delta: float, seconds: float) -> dict:
+               val_acc: float, delta: float, seconds: float, real_counts: dict[str, int] | None = None) -> dict:
     return {
         "name": NAME,
         "task": TASK,
@@ -188,13 +211,16 @@ def build_card(onnx_path: Path, cfg: TrainConfig, net: NetConfig, temperature: f
                                     "the breast T1 and early DCE from models.dce.phantom, of the brain "
                                     "from models.brain.phantom, of the CT from models.ct.phantom)",
                           "train_series": cfg.per_class * len(LABELS),
-                          "val_series": cfg.val_per_class * len(LABELS), "seconds": round(seconds)},
+                          "val_series": cfg.val_per_class * len(LABELS), "seconds": round(seconds),
+                          "real_series_per_class": real_counts or {}},
         "metrics": {"val_series_accuracy": round(val_acc, 4)},
         "export_parity_max_abs": delta,
         "intended_use": "Recognising the class of an incoming series (seed 001) so the service "
                         "routes it; fused with header rules, never used alone to route.",
-        "limitations": "Trained on phantoms only: its probabilities on real scanners are not "
-                       "calibrated; the fusion turns header/pixel disagreement into `unknown`.",
+        "limitations": ("Trained on phantoms only" if not real_counts else
+                        f"Trained on phantoms and {sum(real_counts.values())} real series")
+                       + ": its probabilities on real scanners are not calibrated; the fusion turns "
+                         "header/pixel disagreement into `unknown`.",
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "opset": OPSET,
     }
@@ -212,9 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--out", type=Path, default=ROOT / "models" / "weights")
     p.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "classifier")
+    p.add_argument("--real", type=Path, default=None, help="folder of your series, one sub-folder per class")
+    p.add_argument("--real-repeat", type=int, default=d.real_repeat)
     a = p.parse_args(argv)
     cfg = TrainConfig(per_class=a.per_class, val_per_class=a.val_per_class, epochs=a.epochs, width=a.width,
-                      lr=a.lr, threads=a.threads, workers=a.workers)
+                      lr=a.lr, threads=a.threads, workers=a.workers,
+                      real=str(a.real) if a.real else None, real_repeat=a.real_repeat)
     train(cfg, a.out, a.run_dir)
     return 0
 
