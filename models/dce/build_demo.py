@@ -1,5 +1,5 @@
 """Rebuild the demo DCE weights from nothing: phantom data, Pix2Pix training (config `demo`,
-2 CPU cores, ~10 min), ONNX export with a parity check, evaluation on phantom test
+2 CPU cores, ~30 min), ONNX export with a parity check, evaluation on phantom test
 subjects against both baselines, and the model card with those figures.
 
     nice python -m models.dce.build_demo --out models/weights
@@ -31,7 +31,7 @@ NAME = "dce_phase1"
 
 
 def build(out_dir: Path, run_dir: Path, config: str = "demo", n_test: int = 4,
-          steps: int | None = None, version: str = "0.1.0",
+          steps: int | None = None, version: str = "0.2.0",
           checkpoint: Path | None = None, threads: int | None = None) -> dict:
     """Train (unless a checkpoint is given), export, evaluate, write the card."""
     t0, cpu0 = time.time(), time.process_time()
