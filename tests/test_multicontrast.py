@@ -143,13 +143,23 @@ def test_pseudo_mri_demo_beats_the_hu_map_on_a_test_subject() -> None:
 
 
 def test_brain_demo_completes_a_t1_study_better_than_the_input_itself() -> None:
+    """Body MAE over the four phantom test subjects (the evaluation's criterion). One
+    subject alone is too noisy a judge: on 53001 both demo versions' T1->FLAIR sit within
+    3 % of the input's own error."""
     card = load_card("brain_contrasts")
     model = load_synthesis_model(card, threads=1)
-    s = brain_subject(53001, n_slices=6, size=128)
-    outs = model.run(s.images["t1"], source_label="brain_t1")
-    assert [o.label for o in outs] == ["T2", "T1c", "FLAIR"]
-    mask = body_mask(s.images["t1"])
-    x = unit_slices(s.images["t1"])
-    for out, target in ((outs[0], "t2"), (outs[2], "flair")):
-        truth = unit_slices(s.images[target])
-        assert np.abs(_unit(out, card) - truth)[mask].mean() < np.abs(x - truth)[mask].mean(), target
+    errors: dict[str, list[tuple[float, float]]] = {"t2": [], "flair": []}
+    for seed in (53000, 53001, 53002, 53003):
+        s = brain_subject(seed, n_slices=6, size=128)
+        outs = model.run(s.images["t1"], source_label="brain_t1")
+        assert [o.label for o in outs] == ["T2", "T1c", "FLAIR"]
+        mask = body_mask(s.images["t1"])
+        x = unit_slices(s.images["t1"])
+        for out, target in ((outs[0], "t2"), (outs[2], "flair")):
+            truth = unit_slices(s.images[target])
+            errors[target].append((float(np.abs(_unit(out, card) - truth)[mask].mean()),
+                                   float(np.abs(x - truth)[mask].mean())))
+    for target, pairs in errors.items():
+        model_mae, input_mae = np.mean(pairs, axis=0)
+        assert model_mae < 0.9 * input_mae, (target, pairs)
+    assert all(m < i for m, i in errors["t2"]), errors["t2"]
