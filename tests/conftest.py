@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers import OrthancPeer, RedisPeer, start_orthanc, start_redis
+from tests.stack import ServiceStack, start_stack
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
@@ -67,3 +68,11 @@ def orthanc_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPe
     peer = start_orthanc(tmp_path_factory.mktemp("orthanc-pacs"))
     yield peer
     peer.stop()
+
+
+@pytest.fixture
+def stack_no_pacs(tmp_path: Path, redis_server: RedisPeer) -> Iterator[ServiceStack]:
+    """The whole service (as `make run`) on a real redis-server, no PACS configured."""
+    stack = start_stack(tmp_path / "svc", broker_url=redis_server.url)
+    yield stack
+    stack.stop()

@@ -34,6 +34,12 @@ class ServiceStack:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
 
+    def post(self, files, task: str = "auto") -> httpx.Response:
+        """POST /synthesize with the files as multipart, as a client would."""
+        with self.client() as c:
+            return c.post("/synthesize", data={"task": task},
+                          files=[("files", (f.name, f.read_bytes(), "application/dicom")) for f in files])
+
     def job(self, job_id: str) -> dict:
         with self.client() as c:
             r = c.get(f"/jobs/{job_id}")

@@ -17,16 +17,6 @@ from tests.stack import start_stack
 pytestmark = pytest.mark.slow
 
 
-def _post_series(stack, files, task="auto"):
-    with stack.client() as c:
-        r = c.post(
-            "/synthesize",
-            files=[("files", (f.name, f.read_bytes(), "application/dicom")) for f in files],
-            data={"task": task},
-        )
-    return r
-
-
 def _check_synthetic_instance(ds, src):
     """The contract's attributes of a synthesized instance against its source slice."""
     assert ds.SyntheticData == "YES"
@@ -47,17 +37,10 @@ def _check_synthetic_instance(ds, src):
     assert ds.pixel_array.shape == (src.Rows, src.Columns)
 
 
-@pytest.fixture
-def stack_no_pacs(tmp_path, redis_server):
-    stack = start_stack(tmp_path / "svc", broker_url=redis_server.url)
-    yield stack
-    stack.stop()
-
-
 def test_post_synthesize_runs_the_model_and_returns_a_synthetic_series(tmp_path, stack_no_pacs):
     stack = stack_no_pacs
     files = write_phantom_series(tmp_path / "t1", seed=901, n_slices=6, size=384)
-    r = _post_series(stack, files)
+    r = stack.post(files)
     assert r.status_code == 202, r.text
     body = r.json()
     assert body["status_url"] == f"/jobs/{body['job_id']}"
@@ -93,10 +76,10 @@ def test_bad_uploads_answer_4xx_and_store_nothing(tmp_path, stack_no_pacs):
     junk.write_bytes(b"not dicom at all" * 20)
     with stack.client() as c:
         assert c.post("/synthesize").status_code in (400, 422)
-    assert _post_series(stack, [*t1, junk]).status_code == 422
-    r = _post_series(stack, [*t1, *other])
+    assert stack.post([*t1, junk]).status_code == 422
+    r = stack.post([*t1, *other])
     assert r.status_code == 422 and "series" in r.json()["detail"]
-    r = _post_series(stack, t1, task="make_it_pretty")
+    r = stack.post(t1, task="make_it_pretty")
     assert r.status_code == 422 and "dce_phase1" in r.json()["detail"]
     assert stack.jobs() == []
     assert not any((stack.data_dir / "store").rglob("*.dcm"))
@@ -167,7 +150,7 @@ def test_dead_pacs_fails_the_job_and_resend_delivers(tmp_path, redis_server, ort
     stack = start_stack(tmp_path / "svc", broker_url=redis_server.url, pacs=f"ORTHANC@127.0.0.1:{dead_port}")
     try:
         files = write_phantom_series(tmp_path / "t1", seed=906, n_slices=4, size=128)
-        r = _post_series(stack, files)
+        r = stack.post(files)
         job_id = r.json()["job_id"]
         job = stack.wait_job(job_id)
         assert job["status"] == "failed" and "export" in job["error"] and job["output_series_uids"]
@@ -190,7 +173,7 @@ def test_make_run_path_with_embedded_broker(tmp_path):
     stack = start_stack(tmp_path / "svc", broker_url=None)
     try:
         files = write_phantom_series(tmp_path / "t1", seed=907, n_slices=2, size=128)
-        r = _post_series(stack, files)
+        r = stack.post(files)
         assert r.status_code == 202, r.text
         job = stack.wait_job(r.json()["job_id"])
         assert job["status"] == "done", job
@@ -207,7 +190,7 @@ def test_a_job_survives_a_crash_of_every_process(tmp_path, redis_server):
     work = tmp_path / "svc"
     stack = start_stack(work, broker_url=redis_server.url)
     files = write_phantom_series(tmp_path / "t1", seed=908, n_slices=24, size=384)
-    job_id = _post_series(stack, files).json()["job_id"]
+    job_id = stack.post(files).json()["job_id"]
     stack.wait_job(job_id, statuses=("running",), timeout=120)  # ~4 s of model time on 2 cores
     stack.crash()
     stack = start_stack(work, broker_url=redis_server.url)

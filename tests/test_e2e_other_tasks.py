@@ -50,36 +50,27 @@ def _check_against_sources(outs, files):
         assert ds.pixel_array.shape == (s.Rows, s.Columns)
 
 
-@pytest.fixture
-def stack(tmp_path, redis_server):
-    stack = start_stack(tmp_path / "svc", broker_url=redis_server.url)
-    yield stack
-    stack.stop()
-
-
-def _post(stack, files):
-    with stack.client() as c:
-        r = c.post("/synthesize", files=[("files", (f.name, f.read_bytes(), "application/dicom")) for f in files])
+def _synthesize(stack, files) -> tuple[dict, list]:
+    """POST the series, wait for its job to end done; the job and its output instances."""
+    r = stack.post(files)
     assert r.status_code == 202, r.text
-    return r.json()["job_id"]
-
-
-def test_ct_becomes_one_pseudo_mri_series(tmp_path, stack):
-    files = write_ct_series(tmp_path / "ct", seed=951, n_slices=6, size=128, region="abdomen")
-    job = stack.wait_job(_post(stack, files))
+    job = stack.wait_job(r.json()["job_id"])
     assert job["status"] == "done", job
+    return job, _result(stack, job["job_id"])
+
+
+def test_ct_becomes_one_pseudo_mri_series(tmp_path, stack_no_pacs):
+    files = write_ct_series(tmp_path / "ct", seed=951, n_slices=6, size=128, region="abdomen")
+    job, outs = _synthesize(stack_no_pacs, files)
     assert job["task"] == "pseudo_mri" and job["series_class"] == "ct_abdomen_pelvis"
-    outs = _result(stack, job["job_id"])
     assert len(job["output_series_uids"]) == 1 and len(outs) == len(files)
     _check_against_sources(outs, files)
 
 
-def test_brain_t1_becomes_three_series(tmp_path, stack):
+def test_brain_t1_becomes_three_series(tmp_path, stack_no_pacs):
     files = write_brain_series(tmp_path / "t1", seed=952, n_slices=4, size=128, contrast="t1")
-    job = stack.wait_job(_post(stack, files))
-    assert job["status"] == "done", job
+    job, outs = _synthesize(stack_no_pacs, files)
     assert job["task"] == "brain_contrasts" and job["series_class"] == "brain_t1"
-    outs = _result(stack, job["job_id"])
     assert len(job["output_series_uids"]) == 3 and len(outs) == 3 * len(files)
     names = {ds.SeriesDescription for ds in outs}
     assert len(names) == 3 and all(n.startswith("SYNTHETIC") for n in names)

@@ -102,7 +102,7 @@ def decide(header: dict[str, float], pixel: dict[str, float] | None,
     if pixel_veto is not None and pixel_veto.get(UNKNOWN, 0.0) >= settings.pixel_unknown_veto:
         return Decision(UNKNOWN, pixel_veto[UNKNOWN], dict(header),
                         f"pixels show no anatomy of a known class ({pixel_veto[UNKNOWN]:.2f})")
-    raw_pixel = pixel
+    raw_pixel = pixel  # as the network said it; `pixel` below has the groups applied
     if pixel is not None and settings.pixel_groups:
         pixel = merge_groups(pixel, settings.pixel_groups, settings.pixel_group_weight)
     fused = combine(header, pixel, settings.pixel_weight)
@@ -110,9 +110,9 @@ def decide(header: dict[str, float], pixel: dict[str, float] | None,
     phase = two_step_phase(fused)
     if phase is not None:
         label, confidence = phase
-    if pixel is not None and raw_pixel is not None:
+    if raw_pixel is not None:
         h_label, h_conf = _top(header)
-        p_label, p_conf = _top(raw_pixel)
+        p_label = _top(raw_pixel)[0]
         p_conf = sum(raw_pixel.get(k, 0.0) for k in _group_of(p_label, settings.pixel_groups))
         # Headers that are merely unsure (top `unknown`, no veto) let the pixels decide;
         # headers sure of a class that the pixels are sure is another: unknown.
@@ -137,7 +137,6 @@ def decide(header: dict[str, float], pixel: dict[str, float] | None,
                         f"best guess {label} only {confidence:.2f} < {settings.min_confidence}")
     if pixel is None:
         return Decision(label, confidence, fused, "headers")
-    pixel_top = _top(raw_pixel)[0] if raw_pixel is not None else None
-    agree = _top(header)[0] == label and label in _group_of(pixel_top, settings.pixel_groups)
+    agree = _top(header)[0] == label and label in _group_of(_top(raw_pixel)[0], settings.pixel_groups)
     return Decision(label, confidence, fused, "headers and pixels agree" if agree
                     else f"fused (headers {header.get(label, 0.0):.2f}, pixels {pixel.get(label, 0.0):.2f})")
