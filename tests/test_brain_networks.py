@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -75,3 +76,27 @@ def test_train_resume_and_card(tmp_path: Path) -> None:
     cond = card["conditioning"]
     assert cond["contrasts"] == ["t1", "t2", "t1c", "flair"] and cond["source_labels"]["brain_t1c"] == "t1c"
     assert card["runtime"] == "conditional_contrast" and np.isfinite(card["training"]["lr"])
+
+
+def test_input_gate_starts_closed_exports_and_warm_starts_from_a_gateless_run(tmp_path: Path) -> None:
+    plain_cfg = CONFIGS["tiny"]
+    train(plain_cfg, tmp_path / "plain", progress=False)
+    gate_cfg = dataclasses.replace(plain_cfg, net=dataclasses.replace(plain_cfg.net, input_gate=True))
+    hist = train(gate_cfg, tmp_path / "gate", progress=False, init_from=tmp_path / "plain" / "latest.pt")
+    assert hist["init_from"]["new_layers"] == ["decoder.gate.1.weight", "decoder.gate.1.bias"]
+    # before any gate step the gated network is the plain one, up to the closed gate's 2 %
+    plain, _, _ = load_translator(tmp_path / "plain" / "latest.pt")
+    fresh = ConditionalTranslator(gate_cfg.net).eval()
+    fresh.load_state_dict(plain.state_dict(), strict=False)
+    x, cond = parity_inputs(4, n=1, h=32, w=32)
+    a, b = (m(torch.from_numpy(x), torch.from_numpy(cond)) for m in (plain, fresh))
+    assert float((a - b).abs().max()) < 0.05
+    # a wide-open gate passes the input through whatever the target
+    nn.init.constant_(fresh.decoder.gate[1].bias, 20.0)
+    assert float((fresh(torch.from_numpy(x), torch.from_numpy(cond)) - torch.from_numpy(x)).abs().max()) < 1e-6
+    t, _, _ = load_translator(tmp_path / "gate" / "latest.pt")
+    path = export_onnx(t, tmp_path / "g.onnx", 4)
+    assert parity(t, path, *parity_inputs(4, n=1, h=48, w=64)) < 1e-4
+    with pytest.raises(RuntimeError, match="size mismatch"):  # another width is refused
+        train(dataclasses.replace(plain_cfg, net=dataclasses.replace(plain_cfg.net, ngf=6)), tmp_path / "bad",
+              progress=False, init_from=tmp_path / "plain" / "latest.pt")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from torch import nn
 
 from dicom_synth.multicontrast import load_synthesis_model
@@ -41,10 +42,28 @@ def test_structure_score_rewards_registered_images_only() -> None:
     y = unit_slices(s.mr)
     shifted = np.roll(y, 4, axis=2)
     flat = np.full_like(y, 0.5)
-    res = ev.structure_scores({"truth": y, "shifted": shifted, "flat": flat}, s.labels, organs)
-    assert res["truth"]["liver"] > 0.95 and res["truth"]["spleen"] > 0.9
+    blurred = np.stack([ndimage.gaussian_filter(k, 2.0) for k in y])
+    images = {"truth": y, "inverted": 1.0 - y, "shifted": shifted, "blurred": blurred, "flat": flat}
+    res = ev.structure_scores(images, s.labels, organs, y, s.organ_fraction)
+    mean = {k: float(np.mean(list(v.values()))) for k, v in res.items()}
+    assert res["truth"]["liver"] > 0.97 and mean["truth"] > 0.97  # the procedure's ceiling
+    assert abs(mean["inverted"] - mean["truth"]) < 0.01  # it reads boundaries, not brightness
     assert res["shifted"]["liver"] < res["truth"]["liver"] - 0.03
-    assert np.mean(list(res["flat"].values())) < np.mean(list(res["truth"].values()))
+    assert mean["blurred"] < mean["truth"] - 0.02
+    assert mean["flat"] < mean["truth"] - 0.1
+
+
+def test_junctions_and_halfway_segment_on_a_drawn_square() -> None:
+    labels = np.zeros((20, 20), np.int16)
+    labels[5:15, 5:15] = 1  # organ
+    labels[5:15, 15:18] = 2  # a third tissue on its right
+    img = np.where(labels == 1, 0.8, np.where(labels == 2, 0.5, 0.1)).astype(np.float32)
+    j = ev.junctions(labels)
+    assert j[5, 15] and not j[10, 10] and not j[10, 4]
+    assert (ev.halfway_segment(img, labels, (1,), img) == (labels == 1)).all()
+    moved = np.roll(img, 2, axis=0)  # the organ drawn 2 pixels lower
+    seg = ev.halfway_segment(moved, labels, (1,), img)
+    assert seg[15:17, 6:14].all() and not seg[5:7, 6:14].any()
 
 
 def test_evaluate_runs_the_registered_model(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ class BrainNetConfig:
     dec_blocks: int = 2
     d_layers: int = 3
     skips: bool = True  # U-Net skips from encoder to decoder (not in the seed's figure)
+    input_gate: bool = False  # out = g*input + (1-g)*decoded, g per pixel (not in the seed, see Decoder)
 
     @property
     def spatial_multiple(self) -> int:
@@ -119,7 +120,14 @@ class Decoder(nn.Module):
     """Code + condition -> image in [-1, 1] of the conditioned contrast. The condition is
     stacked with the code as tiled channels (the seed) and also sets the scale and shift of
     every normalisation (`ConditionalNorm`). With `skips` (the encoder's features at each
-    resolution, U-Net style) the fine structure of the input need not pass the bottleneck."""
+    resolution, U-Net style) the fine structure of the input need not pass the bottleneck.
+
+    With `input_gate` a last convolution also predicts a per-pixel gate g in (0, 1) and the
+    output is g * input + (1 - g) * decoded: where the target contrast equals the input up to
+    a few structures (T1 -> T1c: only enhancing tissue changes), the input's own pixels,
+    noise and detail pass through instead of being re-drawn by a narrow decoder. Not in the
+    seed; initialised nearly closed (g ~ 0.02), so a network trained without it starts from
+    where it was."""
 
     def __init__(self, cfg: BrainNetConfig):
         super().__init__()
@@ -138,9 +146,15 @@ class Decoder(nn.Module):
             ch //= 2
         self.ups, self.fuse, self.up_norms = nn.ModuleList(ups), nn.ModuleList(fuse), nn.ModuleList(norms)
         self.out = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ch, 1, 7), nn.Tanh())
+        self.gate = None
+        if cfg.input_gate:
+            self.gate = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ch, 1, 3))
+            nn.init.zeros_(self.gate[1].weight)
+            nn.init.constant_(self.gate[1].bias, -4.0)
 
     def forward(self, code: torch.Tensor, condition: torch.Tensor,
-                skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+                skips: list[torch.Tensor] | None = None, source: torch.Tensor | None = None) -> torch.Tensor:
+        """`source`: the image the code was encoded from (needed with `input_gate`)."""
         tiled = condition[:, :, None, None].expand(-1, -1, code.shape[2], code.shape[3])
         h = torch.relu(self.inp_norm(self.inp(torch.cat([code, tiled], 1)), condition))
         for block in self.blocks:
@@ -152,7 +166,13 @@ class Decoder(nn.Module):
                     raise ValueError("this decoder was built with skip connections: pass the encoder's skips")
                 h = fuse(torch.cat([h, skips[-1 - i]], 1))
             h = torch.relu(norm(h, condition))
-        return self.out(h)
+        y = self.out(h)
+        if self.gate is None:
+            return y
+        if source is None:
+            raise ValueError("this decoder was built with an input gate: pass the source image")
+        g = torch.sigmoid(self.gate(h))
+        return g * source + (1 - g) * y
 
 
 class ConditionalTranslator(nn.Module):
@@ -166,7 +186,7 @@ class ConditionalTranslator(nn.Module):
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         code, skips = self.encoder.encode(x)
-        return self.decoder(code, condition, skips)
+        return self.decoder(code, condition, skips, x)
 
 
 class ContrastDiscriminator(nn.Module):

@@ -103,6 +103,9 @@ CONFIGS: dict[str, TrainConfig] = {
     # The same plus an L1 pull of each translation towards its registered sibling (not in
     # the seed; for data sets that, like BRATS and the phantom, are registered).
     "small_paired": TrainConfig(name="small_paired", lambda_paired=10.0),
+    # small_paired with the decoder's input gate (`Decoder`): T1 <-> T1c keep the input's pixels.
+    "small_paired_gate": TrainConfig(name="small_paired_gate", lambda_paired=10.0,
+                                     net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2, input_gate=True)),
     # A GPU: the seed's scale (BRATS: 274 volumes x 50 slices, 240x240, 50 epochs, batch 1).
     "full": TrainConfig(name="full", net=BrainNetConfig(ngf=64, ndf=64, enc_blocks=3, dec_blocks=3), n_train=250,
                         n_val=25, slices_per_subject=50, size=256, crop=256, batch_size=1, steps=50 * 250 * 50,
@@ -194,10 +197,10 @@ class MultiContrastGAN:
         enc, dec = self.T.encoder, self.T.decoder
         x_in = F.dropout(x, c.input_dropout, training=True) if c.input_dropout > 0 else x
         code, sk = enc.encode(x_in)
-        rec = dec(code, onehot(src, n), sk)
-        y1, y2 = dec(code, onehot(t1, n), sk), dec(code, onehot(t2, n), sk)
+        rec = dec(code, onehot(src, n), sk, x)  # the gate (if any) sees the clean input
+        y1, y2 = dec(code, onehot(t1, n), sk, x), dec(code, onehot(t2, n), sk, x)
         (code1, sk1), (code2, sk2) = enc.encode(y1), enc.encode(y2)
-        cyc1, cyc2 = dec(code1, onehot(src, n), sk1), dec(code2, onehot(src, n), sk2)
+        cyc1, cyc2 = dec(code1, onehot(src, n), sk1, y1), dec(code2, onehot(src, n), sk2, y2)
         self.D.requires_grad_(False)
         loss_adv = x.new_zeros(())
         loss_cls = x.new_zeros(())
@@ -253,7 +256,7 @@ class MultiContrastGAN:
                 if t == s:
                     continue
                 cond = onehot(torch.full((len(imgs),), t, dtype=torch.long), n).to(self.device)
-                pred = self.T.decoder(code, cond, sk).cpu().numpy()[:, 0]
+                pred = self.T.decoder(code, cond, sk, x).cpu().numpy()[:, 0]
                 m = fg[:, s]
                 total += float(np.abs(pred - imgs[:, t])[m].sum()) / 2.0
                 count += int(m.sum())
@@ -307,8 +310,10 @@ def sample_batch(data: BrainData, cfg: TrainConfig, rng: np.random.Generator,
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress: bool = True,
-          data: BrainData | None = None) -> dict:
-    """Run (or resume) training; writes latest.pt, best.pt, history.json, config.json."""
+          data: BrainData | None = None, init_from: Path | None = None) -> dict:
+    """Run (or resume) training; writes latest.pt, best.pt, history.json, config.json.
+    `init_from`: start from another run's network weights (step 0, fresh optimisers; new
+    layers such as the input gate keep their initialisation)."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out_dir = Path(out_dir)
@@ -324,6 +329,14 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
         model.load_state(ckpt)
         history = ckpt.get("history", history)
         best = ckpt.get("best_val_mae", math.inf)
+    elif init_from is not None:
+        ckpt = torch.load(init_from, map_location="cpu", weights_only=False)
+        missing, unexpected = model.T.load_state_dict(ckpt["T"], strict=False)
+        if unexpected or any(not k.startswith("decoder.gate.") for k in missing):
+            raise ValueError(f"{init_from} does not fit this network: missing {missing}, unexpected {unexpected}")
+        model.D.load_state_dict(ckpt["D"])
+        history["init_from"] = {"checkpoint": str(init_from), "step": int(ckpt["step"]),
+                                "config": ckpt["config"]["name"], "new_layers": list(missing)}
     rng = np.random.default_rng([cfg.seed, model.step])
     gen = torch.Generator().manual_seed(cfg.seed + model.step)
     t_train, cpu_train = time.time(), time.process_time()
@@ -360,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", choices=sorted(CONFIGS), default="small")
     p.add_argument("--out", type=Path, default=Path("runs/brain"))
     p.add_argument("--resume", type=Path, default=None)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this checkpoint's weights (step 0; e.g. small_paired -> small_paired_gate)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
@@ -372,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("steps", a.steps), ("seed", a.seed), ("threads", a.threads),
                                    ("device", a.device)) if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
-    hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress)
+    hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress, init_from=a.init_from)
     print(json.dumps({k: v for k, v in hist.items() if k != "steps"}, indent=1))
     return 0
 

@@ -14,10 +14,10 @@ Methods:
             truth the CycleGAN never sees.
 
 Structure preservation (seed 004's point: contours drawn on the pseudo-MRI are in the CT's
-frame): the CT's anatomy is re-drawn from each image (every pixel goes to the nearby tissue
-whose intensity in that image is nearest its own) and each organ is compared with the CT's
-mask (Dice, per organ, 3-D per series). The same is done on the true MRI, whose Dice is
-the ceiling of the procedure.
+frame): each organ of the CT's anatomy is re-drawn on each image with a local halfway
+threshold near its boundary (`halfway_segment`) and compared with the CT's mask (Dice, per
+organ, 3-D per series). The same is done on the true MRI, whose Dice is the ceiling of the
+procedure.
 
     python -m models.ct.evaluate --test-subjects 2 --out runs/ct_eval
 """
@@ -113,27 +113,70 @@ def fit_baselines(n_subjects: int = 4, n_slices: int = 12, size: int = 128) -> d
 
 
 # --- structure ------------------------------------------------------------------------------
-def reassign(img01: np.ndarray, labels: np.ndarray, radius: int = 3, sigma: float = 6.0) -> np.ndarray:
-    """Re-draw the anatomy from one 2-D image: every pixel goes to the tissue, among those
-    within `radius` pixels of it in the CT's anatomy, whose local intensity in this image
-    (mean over the tissue's core within a Gaussian window, so coil bias does not matter)
-    is nearest the pixel's. Where the image has no contrast between neighbouring tissues
-    (soft tissue on CT), boundaries are lost; where it shifts or blurs them, they move."""
-    best = np.full(img01.shape, np.inf, np.float32)
-    out = labels.copy()
-    for t in np.unique(labels):
+def local_means(img01: np.ndarray, labels: np.ndarray, tissues: Iterable[int],
+                sigma: float = 6.0) -> dict[int, np.ndarray]:
+    """Tissue -> its intensity in `img01` around every pixel: the Gaussian-weighted mean over
+    the tissue's core (eroded by one pixel, so partial volume does not count), so a smooth
+    coil bias or a drift across the image does not matter."""
+    out: dict[int, np.ndarray] = {}
+    for t in tissues:
         m = labels == t
-        core = ndimage.binary_erosion(m, iterations=1)
+        core = ndimage.binary_erosion(m)
         core = core if core.any() else m
         w = ndimage.gaussian_filter(core.astype(np.float32), sigma)
         local = ndimage.gaussian_filter(np.where(core, img01, 0.0).astype(np.float32), sigma)
-        mu = np.where(w > 1e-3, local / np.maximum(w, 1e-6), float(np.median(img01[core])))
-        near = ndimage.binary_dilation(m, iterations=radius)
-        d = np.where(near, np.abs(img01 - mu), np.inf)
-        better = d < best
-        out[better] = t
-        best[better] = d[better]
+        out[int(t)] = np.where(w > 1e-3, local / np.maximum(w, 1e-6), float(np.median(img01[core])))
     return out
+
+
+def junctions(labels: np.ndarray) -> np.ndarray:
+    """Pixels whose 3x3 neighbourhood holds three or more tissues: their intensity is a
+    mixture of several tissues and can look like a fourth, so no two-tissue decision reads it."""
+    pad = np.pad(labels, 1, mode="edge")
+    h, w = labels.shape
+    nb = np.sort(np.stack([pad[i:i + h, j:j + w] for i in range(3) for j in range(3)]), axis=0)
+    return 1 + (np.diff(nb, axis=0) != 0).sum(axis=0) >= 3
+
+
+def halfway_segment(img01: np.ndarray, labels: np.ndarray, organ: tuple[int, ...], reference01: np.ndarray,
+                    fraction: np.ndarray | None = None, radius: int = 4, sigma: float = 6.0,
+                    min_contrast: float = 0.1) -> np.ndarray:
+    """Re-draw one organ on one 2-D image with a local halfway threshold, as a contour tool
+    would: within `radius` pixels of the organ's boundary in the CT anatomy, a pixel belongs
+    to the organ when its intensity is nearer the local intensity of the nearest organ tissue
+    than that of the nearest tissue outside. A boundary that moved, blurred or vanished in the
+    image moves the contour. Three kinds of boundary pixel are left as the CT draws them, for
+    every image alike: junctions of three tissues (`junctions`); pixels exactly half inside
+    the organ (`fraction` 0.5: the label map breaks that tie by tissue order, an image
+    cannot); and pairs of tissues whose contrast on the true MRI (`reference01`) is below
+    `min_contrast` — a boundary T2 does not show cannot be contoured on a pseudo-MRI either."""
+    m = np.isin(labels, organ)
+    band = ndimage.binary_dilation(m, iterations=radius) & ~ndimage.binary_erosion(m, iterations=radius)
+    band &= ~junctions(labels)
+    if fraction is not None:
+        band &= np.abs(fraction - 0.5) > 1e-6
+    if not m.any() or m.all() or not band.any():
+        return m
+    _, idx_out = ndimage.distance_transform_edt(m, return_indices=True)  # nearest pixel outside
+    _, idx_in = ndimage.distance_transform_edt(~m, return_indices=True)  # nearest pixel inside
+    t_out, t_in = labels[tuple(idx_out)][band], labels[tuple(idx_in)][band]
+    tissues = np.unique(np.concatenate([t_in, t_out]))
+    pix = np.nonzero(band)
+
+    def at(means: dict[int, np.ndarray], t: np.ndarray) -> np.ndarray:
+        v = np.empty(t.shape, np.float32)
+        for tissue in np.unique(t):
+            sel = t == tissue
+            v[sel] = means[int(tissue)][pix[0][sel], pix[1][sel]]
+        return v
+
+    mu, ref = local_means(img01, labels, tissues, sigma), local_means(reference01, labels, tissues, sigma)
+    shown = np.abs(at(ref, t_in) - at(ref, t_out)) >= min_contrast
+    x = img01[pix]
+    inside = np.abs(x - at(mu, t_in)) < np.abs(x - at(mu, t_out))
+    seg = m.copy()
+    seg[pix[0][shown], pix[1][shown]] = inside[shown]
+    return seg
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -142,16 +185,22 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def structure_scores(images01: dict[str, np.ndarray], labels: np.ndarray, organs: dict[str, tuple[int, ...]],
+                     reference01: np.ndarray, fractions: dict[str, np.ndarray] | None = None,
                      min_pixels: int = 30) -> dict[str, dict[str, float]]:
-    """Method -> organ -> 3-D Dice between the CT anatomy's organ and the organ re-drawn
-    from each image (slices where the organ covers at least `min_pixels`)."""
-    truth = {name: np.isin(labels, ids) for name, ids in organs.items()}
-    keep = {name: [k for k in range(labels.shape[0]) if m[k].sum() >= min_pixels] for name, m in truth.items()}
+    """Method -> organ -> 3-D Dice between the CT anatomy's organ and the organ re-drawn on
+    each image by `halfway_segment` (slices where the organ covers at least `min_pixels`;
+    `fractions`: organ -> partial-volume fraction per pixel, for the ties)."""
     out: dict[str, dict[str, float]] = {}
     for method, img in images01.items():
-        redrawn = {k: reassign(img[k], labels[k]) for k in sorted({k for ks in keep.values() for k in ks})}
-        out[method] = {name: dice(np.stack([np.isin(redrawn[k], organs[name]) for k in ks]), truth[name][ks])
-                       for name, ks in keep.items() if ks}
+        out[method] = {}
+        for name, ids in organs.items():
+            truth = np.isin(labels, ids)
+            ks = [k for k in range(labels.shape[0]) if truth[k].sum() >= min_pixels]
+            if ks:
+                frac = (fractions or {}).get(name)
+                seg = np.stack([halfway_segment(img[k], labels[k], ids, reference01[k],
+                                                None if frac is None else frac[k]) for k in ks])
+                out[method][name] = dice(seg, truth[ks])
     return out
 
 
@@ -161,6 +210,7 @@ def phantom_cases(n: int, n_slices: int = 24, size: int = 128) -> Iterable[dict]
         for seed in split_seeds("test", n):
             s = generate_subject(seed, region, n_slices=n_slices, size=size)
             yield {"id": f"{region}-{seed}", "region": region, "ct": s.ct, "mr": s.mr, "labels": s.labels,
+                   "fractions": s.organ_fraction,
                    "organs": {name: tuple(L[t] for t in ts) for name, ts in ORGANS[region].items()}}
 
 
@@ -195,7 +245,8 @@ def evaluate(cases: Iterable[dict], model, baselines: dict[str, PiecewiseMap],
         body = body_mask_ct(ct)
         preds = {"model": p01, **{k: unit_slices(f(ct)) for k, f in baselines.items()}}
         scores = score_case(y01, preds, body)
-        structure = structure_scores({"truth_mri": y01, **preds}, case["labels"], case["organs"])
+        structure = structure_scores({"truth_mri": y01, **preds}, case["labels"], case["organs"], y01,
+                                     case.get("fractions"))
         rec = {"id": case["id"], "region": case["region"], "n_slices": int(ct.shape[0]), "scores": scores,
                "structure": structure}
         if panels_dir is not None:

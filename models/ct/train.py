@@ -372,13 +372,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None)
+    p.add_argument("--lambda-identity", type=float, default=None)
+    p.add_argument("--lambda-edge", type=float, default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = CONFIGS[a.config]
     if a.resume is not None:
         cfg = TrainConfig.from_dict(torch.load(a.resume, map_location="cpu", weights_only=False)["config"])
     overrides = {k: v for k, v in (("steps", a.steps), ("seed", a.seed), ("threads", a.threads),
-                                   ("device", a.device)) if v is not None}
+                                   ("device", a.device),
+                                   ("lambda_identity", a.lambda_identity), ("lambda_edge", a.lambda_edge))
+                 if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
     hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress)
     print(json.dumps({k: v for k, v in hist.items() if k not in ("steps", "subjects")}, indent=1))
