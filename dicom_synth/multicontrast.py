@@ -15,7 +15,7 @@ numpy + onnxruntime only (no torch, no scipy): this runs inside the worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,6 +25,7 @@ from dicom_synth.inference import SynthesisModel, SyntheticOutput, pad_to_multip
 from dicom_synth.registry import ModelCard
 
 HU_WINDOW = "hu_window"
+HU_CURVE = "hu_curve"
 PSEUDO_MRI = "pseudo_mri"
 CONDITIONAL = "conditional_contrast"
 Progress = Callable[[float], None] | None
@@ -47,11 +48,22 @@ def hu_window(volume: np.ndarray, window: tuple[float, float] = (-1000.0, 1000.0
     return (lo + (hi - lo) * v).astype(np.float32)
 
 
+def hu_curve(volume: np.ndarray, knots_hu: Sequence[float], values: Sequence[float]) -> np.ndarray:
+    """HU through a monotone piecewise-linear curve (clamped at both ends): a window that
+    spends more of [-1, 1] on soft tissue than on air and bone (training uses this too)."""
+    k, v = np.asarray(knots_hu, np.float64), np.asarray(values, np.float64)
+    if k.ndim != 1 or k.shape != v.shape or len(k) < 2 or np.any(np.diff(k) <= 0) or np.any(np.diff(v) < 0):
+        raise ValueError("hu_curve needs >= 2 increasing HU knots and non-decreasing values of the same length")
+    return np.interp(np.asarray(volume, np.float32), k, v).astype(np.float32)
+
+
 def normalise(volume: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
-    """The card's input normalisation: an HU window, or whatever `intensity` knows."""
+    """The card's input normalisation: an HU window or curve, or whatever `intensity` knows."""
     if spec.get("kind") == HU_WINDOW:
         lo, hi = spec.get("range", (-1.0, 1.0))
         return hu_window(volume, tuple(spec["window_hu"]), float(lo), float(hi))
+    if spec.get("kind") == HU_CURVE:
+        return hu_curve(volume, spec["knots_hu"], spec["values"])
     return intensity.normalise(volume, spec)
 
 

@@ -46,8 +46,9 @@ def test_train_and_eval_mode_compute_the_same_function() -> None:
     torch.testing.assert_close(a, g(x))
 
 
-def test_onnx_parity_dynamic_batch_and_size(tmp_path: Path) -> None:
-    g = ResnetGenerator(CycleNetConfig(ngf=4))
+@pytest.mark.parametrize("long_skip", [False, True])
+def test_onnx_parity_dynamic_batch_and_size(tmp_path: Path, long_skip: bool) -> None:
+    g = ResnetGenerator(CycleNetConfig(ngf=4, long_skip=long_skip))
     for p in g.parameters():  # non-trivial weights
         nn.init.normal_(p, 0, 0.3)
     path = export_onnx(g, tmp_path / "g.onnx")
@@ -108,3 +109,13 @@ def test_memory_estimate_scales_with_pixels_and_full_config_fits_the_seed_budget
     big = memory.estimate(CONFIGS["full"], batch=1, side=256)
     assert big["activation_gib"] == pytest.approx(4 * small["activation_gib"], rel=0.01)
     assert big["total_gib"] < 10  # seed 004: under 10 GB
+
+
+def test_curve_config_round_trips_and_its_card_names_the_curve() -> None:
+    cfg = CONFIGS["small_skip_curve"]
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    spec = cfg.normalisation()
+    assert spec["kind"] == "hu_curve" and spec["knots_hu"][0] == -1000.0
+    x = cfg.ct_input(np.array([-1000.0, -100.0, 45.0, 1500.0]))
+    assert x[0] == -1.0 and x[-1] == 1.0 and np.all(np.diff(x) > 0)
+    assert CONFIGS["small"].normalisation()["kind"] == "hu_window"

@@ -16,7 +16,14 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from dicom_synth import intensity
-from dicom_synth.multicontrast import MultiContrastModel, PseudoMRIModel, hu_window, load_synthesis_model
+from dicom_synth.multicontrast import (
+    MultiContrastModel,
+    PseudoMRIModel,
+    hu_curve,
+    hu_window,
+    load_synthesis_model,
+    normalise,
+)
 from dicom_synth.registry import load_card, sha256_file
 from models.brain.export import build_card as brain_card
 from models.brain.export import export_onnx as brain_export
@@ -59,6 +66,16 @@ def test_hu_window() -> None:
     np.testing.assert_allclose(hu_window(v), [-1, -1, 0, 1, 1])
     with pytest.raises(ValueError):
         hu_window(v, (10, 10))
+
+
+def test_hu_curve_is_the_cards_piecewise_map_and_refuses_a_bad_curve() -> None:
+    v = np.array([-2000, -1000, -100, 45, 100, 5000], np.float32)
+    spec = {"kind": "hu_curve", "knots_hu": [-1000, -100, 100, 1500], "values": [-1, -0.7, 0.6, 1]}
+    np.testing.assert_allclose(normalise(v, spec), [-1, -1, -0.7, -0.7 + 1.3 * 145 / 200, 0.6, 1], atol=1e-6)
+    with pytest.raises(ValueError, match="increasing"):
+        hu_curve(v, [0, 0, 10], [0, 1, 2])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        hu_curve(v, [0, 10], [1, 0])
 
 
 def test_pseudo_mri_matches_torch_on_odd_sizes(weights: dict) -> None:

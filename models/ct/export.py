@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dicom_synth.intensity import default_output_mapping
-from dicom_synth.multicontrast import HU_WINDOW, PSEUDO_MRI
+from dicom_synth.multicontrast import PSEUDO_MRI
 from dicom_synth.registry import sha256_file
 from models.ct.networks import ResnetGenerator
 from models.ct.train import TrainConfig, load_generator
@@ -82,7 +82,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
                   "padding": "bottom/right with -1 (air after the window), cropped back",
                   "series": "axial non-contrast CT in Hounsfield units (rescale applied), "
                             "head-and-neck or abdomen/pelvis"},
-        "normalisation": {"kind": HU_WINDOW, "window_hu": list(cfg.hu_window), "range": [-1.0, 1.0]},
+        "normalisation": cfg.normalisation(),
         "output_mapping": default_output_mapping(),
         "training": {k: v for k, v in cfg.to_dict().items() if k != "net"},
         "training_history": {k: v for k, v in (history or {}).items() if k != "subjects"},

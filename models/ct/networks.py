@@ -34,6 +34,7 @@ class CycleNetConfig:
     d_layers: int = 3  # 70x70 PatchGAN
     dn_layers: int = 2  # denoising discriminator: 34x34 patches
     absolute_input: bool = True  # no norm after the generators' first conv (HU are absolute)
+    long_skip: bool = False  # full-resolution features of the input also feed the last conv (not in the seed)
 
     def __post_init__(self) -> None:
         if not 0 <= self.transposed <= 1:
@@ -67,7 +68,12 @@ class ResidualBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, n_down stride-2 convs, n_blocks residual blocks, n_down up-steps
     (the deepest `transposed` of them by transposed conv, the rest nearest-upsample + 3x3
-    conv), c7s1-1 + tanh. Input sides must be multiples of 2^n_down."""
+    conv), c7s1-1 + tanh. Input sides must be multiples of 2^n_down.
+
+    With `long_skip` (not in the seed) the first layer's full-resolution features are
+    stacked with the last up-step's before the c7s1-1 layer, so boundaries a few pixels
+    wide (lens, optic nerve, thyroid) need not survive the 4x-downsampled bottleneck: the
+    bottleneck says which tissue, the skip says where its edge is."""
 
     def __init__(self, cfg: CycleNetConfig, in_ch: int = 1, out_ch: int = 1):
         super().__init__()
@@ -91,12 +97,22 @@ class ResnetGenerator(nn.Module):
                            nn.Conv2d(ch, ch // 2, 3, bias=False)]
             layers += [_norm(ch // 2), nn.ReLU(True)]
             ch //= 2
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
-        self.model = nn.Sequential(*layers)
         self.multiple = cfg.spatial_multiple
+        self.long_skip = cfg.long_skip
+        if not cfg.long_skip:
+            layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
+            self.model = nn.Sequential(*layers)
+            return
+        n_head = 3 + len(first_norm)
+        self.head = nn.Sequential(*layers[:n_head])
+        self.body = nn.Sequential(*layers[n_head:])
+        self.tail = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(2 * ch, out_ch, 7), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        if not self.long_skip:
+            return self.model(x)
+        h0 = self.head(x)
+        return self.tail(torch.cat([self.body(h0), h0], 1))
 
 
 class PatchDiscriminator(nn.Module):

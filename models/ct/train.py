@@ -34,10 +34,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dicom_synth.intensity import normalise_slices
-from dicom_synth.multicontrast import hu_window
+from dicom_synth.multicontrast import HU_CURVE, HU_WINDOW, normalise
 from models.brain.structure import structure_map_soft, structure_map_torch
 from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, init_weights
 from models.ct.phantom import REGIONS, generate_subject, split_seeds
+
+# (HU, input value): air -1, fat -0.7, water -0.31, soft tissue 0..100 HU over -0.3..0.6,
+# marrow ~0.75, cortical bone ~0.93.
+SOFT_TISSUE_CURVE: tuple[tuple[float, float], ...] = (
+    (-1000.0, -1.0), (-200.0, -0.85), (-100.0, -0.7), (-10.0, -0.4), (100.0, 0.6), (300.0, 0.8), (1500.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class TrainConfig:
     lambda_edge: float = 0.0  # CT edges (seed 002's Algorithm 1) must reappear in the pseudo-MRI
     pool_size: int = 50
     hu_window: tuple[float, float] = (-300.0, 300.0)  # fat..marrow spread over [-1, 1]; air and bone clip
+    # Instead of the window, a piecewise-linear curve ((HU, value) knots), when given.
+    hu_curve: tuple[tuple[float, float], ...] | None = None
     mirror: bool = True
     val_every: int = 250
     seed: int = 0
@@ -83,12 +90,25 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def normalisation(self) -> dict:
+        """The card's input normalisation (what `ct_input` applies)."""
+        if self.hu_curve is not None:
+            return {"kind": HU_CURVE, "knots_hu": [k for k, _ in self.hu_curve],
+                    "values": [v for _, v in self.hu_curve], "range": [-1.0, 1.0]}
+        return {"kind": HU_WINDOW, "window_hu": list(self.hu_window), "range": [-1.0, 1.0]}
+
+    def ct_input(self, hu: np.ndarray) -> np.ndarray:
+        """CT in HU -> the generator's input, as the service will compute it."""
+        return normalise(hu, self.normalisation())
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         d["net"] = CycleNetConfig(**d["net"])
         d["regions"] = tuple(d["regions"])
         d["hu_window"] = tuple(d["hu_window"])
+        if d.get("hu_curve") is not None:
+            d["hu_curve"] = tuple(tuple(k) for k in d["hu_curve"])
         return cls(**d)
 
 
@@ -98,6 +118,14 @@ CONFIGS: dict[str, TrainConfig] = {
     # The same with an edge-recall term (not in the seed): boundaries the CT shows must
     # appear in the pseudo-MRI, against CycleGAN's habit of moving structure.
     "small_edge": TrainConfig(name="small_edge", lambda_edge=2.0),
+    # The same width with the generators' full-resolution skip (`ResnetGenerator`, not in the
+    # seed) and no identity term (it holds G near the identity, and fat must turn bright).
+    "small_skip": TrainConfig(name="small_skip", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
+                              lambda_identity=0.0),
+    # small_skip with a soft-tissue curve instead of the linear window: 0-100 HU (CSF, brain,
+    # kidney, muscle, liver) get 2.7x the input range they get in a -300..300 window.
+    "small_skip_curve": TrainConfig(name="small_skip_curve", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
+                                    lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE),
     # A GPU: the usual CycleGAN widths, whole 256x256 slices, many subjects.
     "full": TrainConfig(name="full", net=CycleNetConfig(ngf=64, ndf=64), n_train=50, n_val=5,
                         slices_per_subject=48, size=256, crop=256, batch_size=1, steps=200_000,
@@ -134,11 +162,11 @@ def build_domains(cfg: TrainConfig, progress: bool = True) -> Domains:
         s = generate_subject(seed, region, n_slices=cfg.slices_per_subject, size=cfg.size)
         used[kind].append(seed)
         if kind == "ct":
-            cts.append(hu_window(s.ct, cfg.hu_window))
+            cts.append(cfg.ct_input(s.ct))
         elif kind == "mr":
             mrs.append(normalise_slices(s.mr))
         else:
-            vct.append(hu_window(s.ct, cfg.hu_window))
+            vct.append(cfg.ct_input(s.ct))
             vmr.append(normalise_slices(s.mr))
             vbody.append(s.ct > -500)
     return Domains(np.concatenate(cts), np.concatenate(mrs), np.concatenate(vct), np.concatenate(vmr),
