@@ -121,3 +121,13 @@ def test_cli_on_a_dicom_folder_pairs_first(tmp_path) -> None:
     assert ev.main(["--dicom", str(tmp_path / "dicom"), "--fit-pairs", str(out / "pairs"),
                     "--out", str(out), "--threads", "1"]) == 0
     assert json.loads((out / "metrics.json").read_text())["n_slices"] == 2
+
+
+def test_shortfalls_lists_each_metric_the_model_does_not_win() -> None:
+    row = {"ssim": [0.9, 0], "psnr": [25.0, 0], "mae": [0.02, 0], "mse": [0.001, 0], "r": [0.95, 0]}
+    table = {"model": {"body": row}, "identity": {"body": {**row, "ssim": [0.94, 0], "mae": [0.03, 0]}},
+             "weak": {"body": {k: [v[0] * (0.5 if k in ("ssim", "psnr", "r") else 2), 0] for k, v in row.items()}}}
+    assert ev.shortfalls(table, ("weak",)) == []
+    misses = ev.shortfalls(table, ("identity",))
+    assert misses[0].startswith("body ssim vs identity: 0.9 <= 0.94")
+    assert len(misses) == 4  # ssim lost, psnr/mse/r tied (a tie is not a win), mae won

@@ -28,7 +28,7 @@ from dicom_synth.multicontrast import load_synthesis_model
 from dicom_synth.registry import load_card
 from models.brain.phantom import CONTRASTS, generate_subject, split_seeds
 from models.ct.evaluate import save_panel
-from models.dce.evaluate import body_mask, score_case, summarise, unit_slices
+from models.dce.evaluate import body_mask, score_case, shortfalls, summarise, unit_slices
 
 QUANTILES = np.linspace(0, 100, 101)
 
@@ -131,6 +131,11 @@ def format_tables(res: dict) -> str:
         cells = [f"{t[m]['body']['ssim'][0]:.3f} / {t[m]['body']['psnr'][0]:.2f} / {t[m]['body']['mae'][0]:.4f}"
                  for m in ("model", "identity", "histmatch")]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    lines += ["", "Where the model does not beat a baseline (mean, every convention and metric):"]
+    misses = [f"- pooled: {m}" for m in shortfalls(res["table"], ("identity", "histmatch"))]
+    misses += [f"- {d}: {m}" for d, t in sorted(res["directions"].items())
+               for m in shortfalls(t, ("identity", "histmatch"))]
+    lines += misses or ["- nowhere"]
     lines.append(f"ONNX Runtime: {res['onnx_seconds_per_output_slice']:.4f} s per synthesized slice")
     return "\n".join(lines)
 

@@ -38,7 +38,7 @@ from dicom_synth import intensity
 from dicom_synth.multicontrast import load_synthesis_model
 from dicom_synth.registry import load_card
 from models.ct.phantom import ORGANS, REGIONS, L, generate_subject, split_seeds
-from models.dce.evaluate import score_case, summarise, unit_slices
+from models.dce.evaluate import score_case, shortfalls, summarise, unit_slices
 
 HU_KNOTS = (-1000, -900, -500, -200, -150, -120, -100, -80, -60, -40, -20, 0, 10, 20, 30, 40, 50, 60,
             70, 80, 100, 150, 200, 300, 500, 800, 1200, 2000)
@@ -293,6 +293,9 @@ def format_tables(res: dict) -> str:
     for method, per in res["structure"].items():
         cells = [f"{per[o][0]:.3f}" if o in per else "-" for o in organs]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {per['mean'][0]:.3f} ± {per['mean'][1]:.3f} |")
+    misses = shortfalls(res["table"], ("hu_map",))
+    lines += ["", "Where the model does not beat the hu_map baseline (mean, every convention and metric): "
+              + ("; ".join(misses) if misses else "nowhere")]
     lines.append(f"ONNX Runtime: {res['onnx_seconds_per_slice']:.4f} s per slice")
     return "\n".join(lines)
 

@@ -158,6 +158,22 @@ def summarise(cases: list[dict]) -> dict:
     return table
 
 
+HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "r": True, "mae": False, "mse": False}
+
+
+def shortfalls(table: dict, baselines: Iterable[str], model: str = "model") -> list[str]:
+    """Every (convention, metric, baseline) where the model's mean does not beat the
+    baseline's, as 'body ssim vs identity: 0.898 <= 0.940'; empty when it beats them all."""
+    out = []
+    for base in baselines:
+        for conv, row in table[model].items():
+            for metric, higher in HIGHER_IS_BETTER.items():
+                m, b = row[metric][0], table[base][conv][metric][0]
+                if (m <= b) if higher else (m >= b):
+                    out.append(f"{conv} {metric} vs {base}: {m:.4g} {'<=' if higher else '>='} {b:.4g}")
+    return out
+
+
 def format_table(table: dict, n_series: int, n_slices: int) -> str:
     lines = [f"{n_series} series, {n_slices} slices; mean ± sd (SSIM/PSNR per slice, "
              "MAE/MSE/r per series)",
