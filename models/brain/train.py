@@ -74,6 +74,7 @@ class TrainConfig:
     lambda_structure: float = 2.0
     lambda_background: float = 2.0
     lambda_paired: float = 0.0  # L1 to the registered sibling: not in the seed (see CONFIGS)
+    lr_gate_mult: float = 1.0  # learning rate of the decoder's input gate, times lr
     mirror: bool = True
     val_every: int = 250
     seed: int = 0
@@ -104,8 +105,11 @@ CONFIGS: dict[str, TrainConfig] = {
     # the seed; for data sets that, like BRATS and the phantom, are registered).
     "small_paired": TrainConfig(name="small_paired", lambda_paired=10.0),
     # small_paired with the decoder's input gate (`Decoder`): T1 <-> T1c keep the input's pixels.
-    "small_paired_gate": TrainConfig(name="small_paired_gate", lambda_paired=10.0,
-                                     net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2, input_gate=True)),
+    # Meant to fine-tune a small_paired run (--init-from): a quarter of its learning rate for
+    # what it learnt, 40x that for the new gate (Adam moves a parameter about lr per step).
+    "small_paired_gate": TrainConfig(name="small_paired_gate", lambda_paired=10.0, lr=5e-5, lr_gate_mult=40.0,
+                                     steps=1500, net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
+                                                                    input_gate=True)),
     # A GPU: the seed's scale (BRATS: 274 volumes x 50 slices, 240x240, 50 epochs, batch 1).
     "full": TrainConfig(name="full", net=BrainNetConfig(ngf=64, ndf=64, enc_blocks=3, dec_blocks=3), n_train=250,
                         n_val=25, slices_per_subject=50, size=256, crop=256, batch_size=1, steps=50 * 250 * 50,
@@ -170,7 +174,12 @@ class MultiContrastGAN:
         init_weights(self.T)
         init_weights(self.D)
         betas = (cfg.beta1, 0.999)
-        self.opt_g = torch.optim.Adam(self.T.parameters(), lr=cfg.lr, betas=betas)
+        gate = [p for n, p in self.T.named_parameters() if n.startswith("decoder.gate.")]
+        rest = [p for n, p in self.T.named_parameters() if not n.startswith("decoder.gate.")]
+        groups = [{"params": rest, "lr_mult": 1.0}]
+        if gate:
+            groups.append({"params": gate, "lr_mult": cfg.lr_gate_mult})
+        self.opt_g = torch.optim.Adam(groups, lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
         self.step = 0
 
@@ -180,7 +189,7 @@ class MultiContrastGAN:
         frac = 1.0 if self.step < start else max(0.0, 1.0 - (self.step - start) / max(1, c.steps - start))
         for opt in (self.opt_g, self.opt_d):
             for g in opt.param_groups:
-                g["lr"] = c.lr * frac
+                g["lr"] = c.lr * frac * g.get("lr_mult", 1.0)
 
     def train_step(self, x: torch.Tensor, src: torch.Tensor, struct: torch.Tensor, bg: torch.Tensor,
                    gen: torch.Generator, paired: torch.Tensor | None = None) -> dict[str, float]:

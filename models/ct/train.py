@@ -122,6 +122,11 @@ CONFIGS: dict[str, TrainConfig] = {
     # seed) and no identity term (it holds G near the identity, and fat must turn bright).
     "small_skip": TrainConfig(name="small_skip", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
                               lambda_identity=0.0),
+    # small without the identity term: it holds G near the identity, and fat must turn bright
+    # (organ Dice 0.757 -> 0.827, body SSIM 0.295 -> 0.389 at 3000 steps).
+    "small_noid": TrainConfig(name="small_noid", lambda_identity=0.0),
+    # small_noid with a soft-tissue curve instead of the linear window.
+    "small_curve": TrainConfig(name="small_curve", lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE),
     # small_skip with a soft-tissue curve instead of the linear window: 0-100 HU (CSF, brain,
     # kidney, muscle, liver) get 2.7x the input range they get in a -300..300 window.
     "small_skip_curve": TrainConfig(name="small_skip_curve", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
