@@ -58,6 +58,25 @@ def parity(generator: ResnetGenerator, onnx_path: Path, x: np.ndarray) -> float:
     return float(np.abs(out - ref).max())
 
 
+def architecture(cfg: TrainConfig) -> str:
+    """The card's one-paragraph description, true to the run's options."""
+    losses = "L1 cycle and identity losses" if cfg.lambda_identity > 0 else (
+        "L1 cycle loss (the seed's identity term switched off: it holds the CT->MRI generator near "
+        "the identity, and fat must turn from dark to bright)")
+    extras = []
+    if cfg.net.long_skip:
+        extras.append("a full-resolution skip into the generator's last layer (not in the seed)")
+    if cfg.lambda_edge > 0:
+        extras.append(f"an edge-recall term x{cfg.lambda_edge:g} (not in the seed)")
+    if cfg.hu_curve is not None:
+        extras.append("a soft-tissue HU curve as input normalisation")
+    return ("CycleGAN as in seed 004: ResNet generator with 2 residual blocks, upsample-then-convolve "
+            "with one transposed convolution, 70x70 PatchGAN per domain plus a denoising discriminator on "
+            f"the MRI side, LSGAN, {losses}; InstanceNorm without running statistics"
+            + ("; with " + ", ".join(extras) if extras else "")
+            + ". Only the CT->MRI generator is exported.")
+
+
 def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
                metrics: dict[str, Any] | None = None, training_data: dict[str, Any] | None = None,
                history: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -71,11 +90,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
         "output_label": OUTPUT_LABEL,
         "output_modality": "MR",
         "runtime": PSEUDO_MRI,
-        "architecture": (
-            "CycleGAN as in seed 004: ResNet generator with 2 residual blocks, upsample-then-"
-            "convolve with one transposed convolution, 70x70 PatchGAN per domain plus a "
-            "denoising discriminator on the MRI side, LSGAN, L1 cycle and identity losses; "
-            "InstanceNorm without running statistics. Only the CT->MRI generator is exported."),
+        "architecture": architecture(cfg),
         "net": cfg.net.to_dict(),
         "input": {"name": "input", "layout": "NCHW", "channels": 1, "dtype": "float32",
                   "spatial_multiple": cfg.net.spatial_multiple,
