@@ -80,6 +80,7 @@ def test_evaluate_runs_the_registered_model(tmp_path: Path) -> None:
     assert res["n_series"] == 2 and set(res["table"]) == {"model", "hu_map", "lut_paired"}
     assert set(res["table"]["model"]) == {"unit", "body"}
     assert "truth_mri" in res["structure"] and "mean" in res["structure"]["model"]
+    assert res["structure_band_scored"] and all(0 < v <= 1 for v in res["structure_band_scored"].values())
     assert len(list((tmp_path / "panels").glob("*.png"))) == 2
     assert res["onnx_seconds_per_slice"] > 0
     assert "Organ Dice" in ev.format_tables(res)
