@@ -15,9 +15,9 @@ torch.set_num_threads(1)
 
 
 def test_build_with_a_warm_restart_writes_a_loadable_card(tmp_path: Path) -> None:
-    card = build_demo.build(tmp_path / "w", tmp_path / "run", config="tiny", n_test=1, restart_to=5)
+    card = build_demo.build(tmp_path / "w", tmp_path / "run", config="tiny", n_test=1, restart_to=(5,))
     assert card["training_history"]["steps"][-1]["step"] == 5
-    assert card["build"]["command"].endswith("--config tiny --restart-to 5")
+    assert card["build"]["command"].endswith("--config tiny --steps 3 --restart-to 5")
     assert card["export_parity_max_abs"] < 1e-4
     assert "truth_mri" in card["metrics"]["structure_dice"]
     assert load_card("pseudo_mri", tmp_path / "w").sha256 == card["sha256"]

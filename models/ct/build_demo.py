@@ -33,22 +33,24 @@ from models.dce.export import write_card
 
 NAME = "pseudo_mri"
 DEMO_CONFIG = "small_noid"  # seed 004's CycleGAN at CPU width, without the identity term
-DEMO_RESTART_TO = 6000  # 3000 steps, then a warm restart to 6000
+DEMO_RESTART_TO = (6000,)  # 3000 steps, then a warm restart to 6000
 
 
 def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int = 2, steps: int | None = None,
           threads: int | None = None, version: str = "0.1.0", checkpoint: Path | None = None,
-          restart_to: int | None = DEMO_RESTART_TO) -> dict:
+          restart_to: tuple[int, ...] = DEMO_RESTART_TO) -> dict:
     """Train (unless a checkpoint is given), export, evaluate, write the card. `restart_to`:
-    after the run, resume it with a schedule of that many steps (a warm restart: the learning
-    rate jumps back up, then decays to 0 again), as the committed demo weights were made."""
+    after the run, resume it with a schedule of each of these many steps in turn (warm
+    restarts: the learning rate jumps back up, then decays to 0 again), as the committed
+    demo weights were made."""
     t0 = time.time()
     if checkpoint is None:
         overrides = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
         cfg = dataclasses.replace(CONFIGS[config], **overrides)
         train(cfg, run_dir)
-        if restart_to is not None and restart_to > cfg.steps:
-            train(dataclasses.replace(cfg, steps=restart_to), run_dir, resume=run_dir / "latest.pt")
+        for total in restart_to:
+            if total > cfg.steps:
+                train(dataclasses.replace(cfg, steps=total), run_dir, resume=run_dir / "latest.pt")
         checkpoint = run_dir / "latest.pt"
     g, cfg, ckpt = load_generator(checkpoint)
     hist_file = Path(checkpoint).parent / "history.json"
@@ -92,8 +94,9 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
     card["training_memory"] = {"cpu_peak_rss_mb_measured": history.get("peak_rss_mb"),
                                "gpu_estimate_small": memory.estimate(cfg),
                                "gpu_estimate_full": memory.estimate(CONFIGS["full"])}
-    card["build"] = {"command": f"python -m models.ct.build_demo --config {cfg.name}"
-                                f"{f' --restart-to {restart_to}' if restart_to else ''}",
+    first = steps or (CONFIGS[cfg.name].steps if cfg.name in CONFIGS else cfg.steps)
+    card["build"] = {"command": f"python -m models.ct.build_demo --config {cfg.name} --steps {first}"
+                                f" --restart-to {' '.join(map(str, restart_to))}".rstrip(),
                      "total_seconds": round(time.time() - t0, 1),
                      "train_seconds": history.get("train_seconds"),
                      "train_cpu_seconds": history.get("train_cpu_seconds"),
@@ -116,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run-dir", type=Path, default=Path("runs/ct_demo"))
     p.add_argument("--config", choices=sorted(CONFIGS), default=DEMO_CONFIG)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--restart-to", type=int, default=DEMO_RESTART_TO,
-                   help="then resume to this many steps (warm restart); 0: no restart")
+    p.add_argument("--restart-to", type=int, nargs="*", default=list(DEMO_RESTART_TO),
+                   help="then resume to each of these step counts in turn (warm restarts); none: no restart")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--test-subjects", type=int, default=2, help="per region")
     p.add_argument("--checkpoint", type=Path, default=None, help="skip training, use this")
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             pass
     a.out.mkdir(parents=True, exist_ok=True)
     build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, checkpoint=a.checkpoint,
-          restart_to=a.restart_to or None)
+          restart_to=tuple(a.restart_to))
 
 
 if __name__ == "__main__":
