@@ -349,6 +349,12 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
     rng = np.random.default_rng([cfg.seed, model.step])
     gen = torch.Generator().manual_seed(cfg.seed + model.step)
     t_train, cpu_train = time.time(), time.process_time()
+    # cumulative over resumes: checkpoints carry the totals so far
+    prior_s, prior_cpu = float(history.get("train_seconds", 0.0)), float(history.get("train_cpu_seconds", 0.0))
+
+    def count_time() -> None:
+        history["train_seconds"] = round(prior_s + time.time() - t_train, 1)
+        history["train_cpu_seconds"] = round(prior_cpu + time.process_time() - cpu_train, 1)
     bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps, disable=not progress,
                desc=f"multicontrast {cfg.name}")
     for step in bar:
@@ -362,14 +368,13 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
             history["steps"].append({"step": step + 1, "val_mae": round(val, 5),
                                      "seconds": round(time.time() - t_train, 1),
                                      **{k: round(v, 5) for k, v in losses.items()}})
+            count_time()
             extra = {"history": history, "best_val_mae": min(best, val)}
             if val < best:
                 best = val
                 torch.save(model.state(extra), out_dir / "best.pt")
             torch.save(model.state(extra), out_dir / "latest.pt")
-    history["train_seconds"] = round(time.time() - t_train, 1) + float(history.get("train_seconds", 0.0))
-    history["train_cpu_seconds"] = round(time.process_time() - cpu_train, 1) + float(
-        history.get("train_cpu_seconds", 0.0))
+    count_time()
     history["best_val_mae"] = best
     history["peak_rss_mb"] = round(peak_rss_mb(), 1)
     (out_dir / "history.json").write_text(json.dumps(history, indent=1))
