@@ -34,11 +34,12 @@ NAME = "brain_contrasts"
 
 
 DEMO_CONFIG = "small_paired"  # the seed's losses plus an L1 pull to the registered sibling (see train.py)
+DEMO_VERSION = "0.2.0"
 DEMO_RESTART_TO = (4500,)  # 3000 steps, then a warm restart to 4500 (how v0.2.0 was made)
 
 
 def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int = 4, steps: int | None = None,
-          threads: int | None = None, version: str = "0.1.0", checkpoint: Path | None = None,
+          threads: int | None = None, version: str = DEMO_VERSION, checkpoint: Path | None = None,
           restart_to: tuple[int, ...] = DEMO_RESTART_TO) -> dict:
     """Train (unless a checkpoint is given), export, evaluate, write the card. `restart_to`:
     after the run, resume it with a schedule of each of these many steps in turn (warm
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--restart-to", type=int, nargs="*", default=list(DEMO_RESTART_TO),
                    help="then resume to each of these step counts in turn (warm restarts); none: no restart")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--version", default=DEMO_VERSION, help="the card's version")
     p.add_argument("--test-subjects", type=int, default=4)
     p.add_argument("--checkpoint", type=Path, default=None, help="skip training, use this")
     p.add_argument("--if-missing", action="store_true", help="do nothing when a valid card exists")
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         except (UnknownModelError, ValueError):
             pass
     a.out.mkdir(parents=True, exist_ok=True)
-    build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, checkpoint=a.checkpoint,
+    build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, version=a.version, checkpoint=a.checkpoint,
           restart_to=tuple(a.restart_to))
 
 

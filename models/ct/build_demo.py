@@ -1,5 +1,5 @@
 """Rebuild the demo pseudo-MRI model from nothing: phantom data, unpaired CycleGAN training
-(config `small_noid`: 3000 steps, then a warm restart to 6000; 2 CPU cores), ONNX export
+(config `small_curve`: 3000 steps, then a warm restart to 6000; 2 CPU cores), ONNX export
 with a parity check, evaluation on phantom test subjects against the baselines through the
 registry, and the model card with the figures.
 
@@ -32,12 +32,13 @@ from models.ct.train import CONFIGS, load_generator, peak_rss_mb, train
 from models.dce.export import write_card
 
 NAME = "pseudo_mri"
-DEMO_CONFIG = "small_noid"  # seed 004's CycleGAN at CPU width, without the identity term
+DEMO_CONFIG = "small_curve"  # seed 004's CycleGAN at CPU width, no identity term, soft-tissue HU curve
+DEMO_VERSION = "0.2.0"
 DEMO_RESTART_TO = (6000,)  # 3000 steps, then a warm restart to 6000
 
 
 def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int = 2, steps: int | None = None,
-          threads: int | None = None, version: str = "0.1.0", checkpoint: Path | None = None,
+          threads: int | None = None, version: str = DEMO_VERSION, checkpoint: Path | None = None,
           restart_to: tuple[int, ...] = DEMO_RESTART_TO) -> dict:
     """Train (unless a checkpoint is given), export, evaluate, write the card. `restart_to`:
     after the run, resume it with a schedule of each of these many steps in turn (warm
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--restart-to", type=int, nargs="*", default=list(DEMO_RESTART_TO),
                    help="then resume to each of these step counts in turn (warm restarts); none: no restart")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--version", default=DEMO_VERSION, help="the card's version")
     p.add_argument("--test-subjects", type=int, default=2, help="per region")
     p.add_argument("--checkpoint", type=Path, default=None, help="skip training, use this")
     p.add_argument("--if-missing", action="store_true", help="do nothing when a valid card exists")
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         except (UnknownModelError, ValueError):
             pass
     a.out.mkdir(parents=True, exist_ok=True)
-    build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, checkpoint=a.checkpoint,
+    build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, version=a.version, checkpoint=a.checkpoint,
           restart_to=tuple(a.restart_to))
 
 

@@ -125,7 +125,9 @@ CONFIGS: dict[str, TrainConfig] = {
     # small without the identity term: it holds G near the identity, and fat must turn bright
     # (organ Dice 0.757 -> 0.827, body SSIM 0.295 -> 0.389 at 3000 steps).
     "small_noid": TrainConfig(name="small_noid", lambda_identity=0.0),
-    # small_noid with a soft-tissue curve instead of the linear window.
+    # small_noid with a soft-tissue curve instead of the linear window: the demo config (3000
+    # steps, warm restart to 6000: organ Dice 0.875, body SSIM 0.562; small_noid the same way
+    # 0.849 / 0.535, and 0.862 / 0.549 with a second restart to 9000).
     "small_curve": TrainConfig(name="small_curve", lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE),
     # small_skip with a soft-tissue curve instead of the linear window: 0-100 HU (CSF, brain,
     # kidney, muscle, liver) get 2.7x the input range they get in a -300..300 window.
