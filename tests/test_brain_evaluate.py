@@ -46,4 +46,7 @@ def test_evaluate_scores_every_direction(tmp_path: Path) -> None:
     assert set(res["directions"]["t1->t2"]["model"]) == {"unit", "body"}
     assert len(list((tmp_path / "p").glob("*.png"))) == 1
     assert "t1->flair" in ev.format_tables(res)
+    assert set(res["lesion_mae"]) == set(res["directions"])  # the test subject's slices cut the tumour
+    assert all(0 <= v <= 1 for ms in res["lesion_mae"].values() for v in ms.values())
+    assert "Inside the tumour" in ev.format_tables(res)
     json.dumps(res)

@@ -59,7 +59,7 @@ def fit_histmatch(n_subjects: int = 6, n_slices: int = 12, size: int = 128) -> H
 def phantom_cases(n: int, n_slices: int = 16, size: int = 128) -> Iterable[dict]:
     for seed in split_seeds("test", n):
         s = generate_subject(seed, n_slices=n_slices, size=size)
-        yield {"id": f"brain-{seed}", "images": s.images,
+        yield {"id": f"brain-{seed}", "images": s.images, "lesion": s.tumour_fraction > 0.5,
                "focus": s.tumour_fraction.sum(axis=(1, 2)) + 0.3 * s.oedema_fraction.sum(axis=(1, 2))}
 
 
@@ -67,6 +67,7 @@ def evaluate(cases: Iterable[dict], model, histmatch: HistogramMatch, panels_dir
     """Score every direction of every case; pooled and per-direction tables."""
     per_dir: dict[str, list[dict]] = {}
     pooled: list[dict] = []
+    lesion: dict[str, dict[str, list[float]]] = {}  # direction -> method -> [sum |error|, pixels]
     seconds, n_outputs = 0.0, 0
     ids = []
     for case in cases:
@@ -90,12 +91,18 @@ def evaluate(cases: Iterable[dict], model, histmatch: HistogramMatch, panels_dir
                 rec = {"id": case["id"], "direction": f"{src}->{tgt}", "n_slices": int(x.shape[0]),
                        "scores": score_case(imgs01[tgt], preds, mask)}
                 per_dir.setdefault(rec["direction"], []).append(rec)
+                if case.get("lesion") is not None and case["lesion"].any():
+                    for method, p in preds.items():
+                        acc = lesion.setdefault(rec["direction"], {}).setdefault(method, [0.0, 0])
+                        acc[0] += float(np.abs(p - imgs01[tgt])[case["lesion"]].sum())
+                        acc[1] += int(case["lesion"].sum())
                 pooled.append(rec)
                 row += [(f"{tgt} true", imgs01[tgt][k]), (f"{tgt} synth", p01[k])]
             rows.append(row)
         if panels_dir is not None:
             _grid(Path(panels_dir) / f"{case['id']}.png", rows, f"{case['id']} slice {k + 1}")
     return {"cases": ids, "table": summarise(pooled), "directions": {d: summarise(v) for d, v in per_dir.items()},
+            "lesion_mae": {d: {m: v[0] / max(v[1], 1) for m, v in ms.items()} for d, ms in lesion.items()},
             "n_series": len(ids), "n_directions": len(per_dir), "n_scored_series": len(pooled),
             "onnx_seconds_per_output_slice": round(seconds / max(n_outputs, 1), 4)}
 
@@ -131,6 +138,11 @@ def format_tables(res: dict) -> str:
         cells = [f"{t[m]['body']['ssim'][0]:.3f} / {t[m]['body']['psnr'][0]:.2f} / {t[m]['body']['mae'][0]:.4f}"
                  for m in ("model", "identity", "histmatch")]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    if res.get("lesion_mae"):
+        lines += ["", "Inside the tumour (unit images, MAE over all its pixels; what T1c adds is here)",
+                  "| direction | model | identity | histmatch |", "|---|---|---|---|"]
+        for d, ms in sorted(res["lesion_mae"].items()):
+            lines.append(f"| {d} | " + " | ".join(f"{ms[m]:.4f}" for m in ("model", "identity", "histmatch")) + " |")
     lines += ["", "Where the model does not beat a baseline (mean, every convention and metric):"]
     misses = [f"- pooled: {m}" for m in shortfalls(res["table"], ("identity", "histmatch"))]
     misses += [f"- {d}: {m}" for d, t in sorted(res["directions"].items())
