@@ -112,7 +112,7 @@ def test_memory_estimate_scales_with_pixels_and_full_config_fits_the_seed_budget
 
 
 def test_curve_config_round_trips_and_its_card_names_the_curve() -> None:
-    cfg = CONFIGS["small_skip_curve"]
+    cfg = CONFIGS["small_curve"]
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     spec = cfg.normalisation()
     assert spec["kind"] == "hu_curve" and spec["knots_hu"][0] == -1000.0
