@@ -23,3 +23,12 @@ def test_build_with_a_warm_restart_writes_a_loadable_card(tmp_path: Path) -> Non
     assert load_card("pseudo_mri", tmp_path / "w").sha256 == card["sha256"]
     assert "Organ Dice" in (tmp_path / "run" / "table.md").read_text()
     json.dumps(card)
+
+
+def test_chain_command_rebuilds_the_same_chain() -> None:
+    from models.brain.train import CONFIGS as BRAIN_CONFIGS
+    from models.chain import chain_command
+
+    assert chain_command("m", "small_paired", BRAIN_CONFIGS, None, (4500,)).endswith(
+        "--config small_paired --steps 3000 --restart-to 4500")
+    assert chain_command("m", "small_paired", BRAIN_CONFIGS, 100, ()).endswith("--steps 100 --restart-to")

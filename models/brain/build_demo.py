@@ -27,6 +27,7 @@ from models.brain import evaluate as ev
 from models.brain.export import build_card, export_onnx, parity, parity_inputs
 from models.brain.phantom import SPLIT_BASE
 from models.brain.train import CONFIGS, load_translator, train
+from models.chain import chain_command, train_chain
 from models.ct.train import peak_rss_mb
 from models.dce.export import write_card
 
@@ -48,12 +49,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
     t0 = time.time()
     if checkpoint is None:
         overrides = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
-        cfg = dataclasses.replace(CONFIGS[config], **overrides)
-        train(cfg, run_dir)
-        for total in restart_to:
-            if total > cfg.steps:
-                train(dataclasses.replace(cfg, steps=total), run_dir, resume=run_dir / "latest.pt")
-        checkpoint = run_dir / "latest.pt"
+        checkpoint = train_chain(train, dataclasses.replace(CONFIGS[config], **overrides), run_dir, restart_to)
     t, cfg, ckpt = load_translator(checkpoint)
     hist_file = Path(checkpoint).parent / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.exists() else ckpt.get("history", {})
@@ -87,9 +83,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
                       history=history)
     card["export_parity_max_abs"] = delta
     card["training_memory"] = {"cpu_peak_rss_mb_measured": history.get("peak_rss_mb")}
-    first = steps or (CONFIGS[cfg.name].steps if cfg.name in CONFIGS else cfg.steps)
-    card["build"] = {"command": f"python -m models.brain.build_demo --config {cfg.name} --steps {first}"
-                                f" --restart-to {' '.join(map(str, restart_to))}".rstrip(),
+    card["build"] = {"command": chain_command("models.brain.build_demo", cfg.name, CONFIGS, steps, restart_to),
                      "total_seconds": round(time.time() - t0, 1), "train_seconds": history.get("train_seconds"),
                      "train_cpu_seconds": history.get("train_cpu_seconds"),
                      "eval_seconds_incl_phantom_generation": round(time.time() - t_eval, 1),

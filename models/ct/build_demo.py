@@ -24,6 +24,7 @@ import torch
 
 from dicom_synth.multicontrast import load_synthesis_model
 from dicom_synth.registry import UnknownModelError, default_models_dir, load_card
+from models.chain import chain_command, train_chain
 from models.ct import evaluate as ev
 from models.ct import memory
 from models.ct.export import build_card, export_onnx, parity
@@ -47,12 +48,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
     t0 = time.time()
     if checkpoint is None:
         overrides = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
-        cfg = dataclasses.replace(CONFIGS[config], **overrides)
-        train(cfg, run_dir)
-        for total in restart_to:
-            if total > cfg.steps:
-                train(dataclasses.replace(cfg, steps=total), run_dir, resume=run_dir / "latest.pt")
-        checkpoint = run_dir / "latest.pt"
+        checkpoint = train_chain(train, dataclasses.replace(CONFIGS[config], **overrides), run_dir, restart_to)
     g, cfg, ckpt = load_generator(checkpoint)
     hist_file = Path(checkpoint).parent / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.exists() else ckpt.get("history", {})
@@ -95,9 +91,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
     card["training_memory"] = {"cpu_peak_rss_mb_measured": history.get("peak_rss_mb"),
                                "gpu_estimate_small": memory.estimate(cfg),
                                "gpu_estimate_full": memory.estimate(CONFIGS["full"])}
-    first = steps or (CONFIGS[cfg.name].steps if cfg.name in CONFIGS else cfg.steps)
-    card["build"] = {"command": f"python -m models.ct.build_demo --config {cfg.name} --steps {first}"
-                                f" --restart-to {' '.join(map(str, restart_to))}".rstrip(),
+    card["build"] = {"command": chain_command("models.ct.build_demo", cfg.name, CONFIGS, steps, restart_to),
                      "total_seconds": round(time.time() - t0, 1),
                      "train_seconds": history.get("train_seconds"),
                      "train_cpu_seconds": history.get("train_cpu_seconds"),

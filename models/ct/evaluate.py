@@ -198,18 +198,18 @@ def structure_scores(images01: dict[str, np.ndarray], labels: np.ndarray, organs
     `fractions`: organ -> partial-volume fraction per pixel, for the ties). `coverage`
     (optional): organ -> pixels of the boundary band and how many were scored (the same for
     every method, counted once)."""
+    truth = {name: np.isin(labels, ids) for name, ids in organs.items()}
+    keep = {name: [k for k in range(labels.shape[0]) if m[k].sum() >= min_pixels] for name, m in truth.items()}
     out: dict[str, dict[str, float]] = {}
     for i, (method, img) in enumerate(images01.items()):
         out[method] = {}
-        for name, ids in organs.items():
-            truth = np.isin(labels, ids)
-            ks = [k for k in range(labels.shape[0]) if truth[k].sum() >= min_pixels]
+        for name, ks in keep.items():
             if ks:
                 frac = (fractions or {}).get(name)
                 cov = coverage.setdefault(name, {}) if coverage is not None and i == 0 else None
-                seg = np.stack([halfway_segment(img[k], labels[k], ids, reference01[k],
+                seg = np.stack([halfway_segment(img[k], labels[k], organs[name], reference01[k],
                                                 None if frac is None else frac[k], coverage=cov) for k in ks])
-                out[method][name] = dice(seg, truth[ks])
+                out[method][name] = dice(seg, truth[name][ks])
     return out
 
 
