@@ -3,6 +3,7 @@ locations of real DICOM test files. Every fixture stops what it started."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,14 +13,16 @@ from tests.peers import OrthancPeer, RedisPeer, start_orthanc, start_redis
 from tests.stack import ServiceStack, start_stack
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = REPO.parent / "shared" / "realdata"
+# Real scanner files live beside the repository (../shared/realdata, as CI lays it out);
+# SYNTH_REALDATA points elsewhere for a checkout that has no such sibling.
+REALDATA = Path(os.environ.get("SYNTH_REALDATA") or REPO.parent / "shared" / "realdata")
 
 
 @pytest.fixture(scope="session")
 def realdata() -> Path:
     """Real scanner-made DICOM files, shared beside the repository (never copied in)."""
     if not REALDATA.is_dir():
-        pytest.fail(f"real DICOM test files not found at {REALDATA}")
+        pytest.fail(f"real DICOM test files not found at {REALDATA} (set SYNTH_REALDATA)")
     return REALDATA
 
 

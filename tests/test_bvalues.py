@@ -1,6 +1,5 @@
 """DWI b-values from the standard tag and each vendor's private tag (seed 001)."""
 
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -8,8 +7,7 @@ from pydicom import Dataset
 
 from dicom_synth.classify.bvalues import series_bvalues, slice_bvalue
 from dicom_synth.classify.facts import extract_facts
-
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+from tests.conftest import REALDATA as REAL
 
 
 def _read(rel: str) -> Dataset:

@@ -13,8 +13,7 @@ import pytest
 
 from dicom_synth.classify import classify_series
 from dicom_synth.classify.cli import run
-
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+from tests.conftest import REALDATA as REAL
 
 # Series description (or file) -> expected label. Nothing here is breast or brain T1/T2/
 # T1c/FLAIR: fMRI, scouts, DTI, MIPs, maps, shoulder, a blank phantom MPRAGE, and CTs.

@@ -18,10 +18,9 @@ from pynetdicom.dsutils import split_dataset
 
 from dicom_synth.settings import Settings
 from service.listener import Listener
+from tests.conftest import REALDATA
 from tests.test_listener import HOST, PEER_ENV, VERIFICATION, make_series
 from tests.test_store import corpus
-
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
 # Files that are not stored, and the stated reason. Every other file must be stored.
 REFUSED = {

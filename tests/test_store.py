@@ -16,9 +16,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from service.store import InvalidInstance, SeriesStore, check_part10, is_valid_uid
+from tests.conftest import REALDATA
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
 
 def make_mr(path: Path, *, study: str, series: str, sop: str | None = None, n: int = 1,

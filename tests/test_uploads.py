@@ -8,8 +8,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from service.uploads import UploadError, stage_upload
-
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+from tests.conftest import REALDATA
 
 
 def _open(*paths):
