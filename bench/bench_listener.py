@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicom_synth.settings import Settings  # noqa: E402
 from service.listener import Listener  # noqa: E402
+from tests.peers import PEER_ENV as ENV  # noqa: E402  (DCMTK's tools, not pynetdicom's look-alikes)
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 HOST = "127.0.0.1"
 
 
@@ -171,7 +171,7 @@ def main() -> None:
                     help="where to put the files and both servers' output (default: the "
                          "temporary directory)")
     args = ap.parse_args()
-    if shutil.which("storescu") is None or shutil.which("storescp") is None:
+    if shutil.which("storescu", path=ENV["PATH"]) is None or shutil.which("storescp", path=ENV["PATH"]) is None:
         sys.exit("needs DCMTK (apt-get install dcmtk)")
 
     import logging

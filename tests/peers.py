@@ -24,7 +24,15 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+def path_without_virtualenvs(path: str) -> str:
+    """PATH minus the bin folders of Python virtualenvs (those beside a pyvenv.cfg):
+    pynetdicom installs its own `storescu`, `findscu` and `echoscu` there, with other
+    options than DCMTK's, and an activated virtualenv would put them first."""
+    return os.pathsep.join(p for p in path.split(os.pathsep) if p and not (Path(p).parent / "pyvenv.cfg").exists())
+
+
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1", "PATH": path_without_virtualenvs(os.environ.get("PATH", ""))}
 LOOPBACK = "127.0.0.1"
 
 
@@ -40,7 +48,8 @@ def free_port() -> int:
 
 
 def require_binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    sbin = Path("/usr/sbin") / name
+    path = shutil.which(name, path=PEER_ENV["PATH"]) or (str(sbin) if sbin.exists() else None)
     if path is None:
         raise PeerError(
             f"'{name}' is not installed; `make test` installs it "

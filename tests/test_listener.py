@@ -23,9 +23,9 @@ from dicom_synth.settings import Settings
 from service.completion import CompletedSeries
 from service.listener import Listener
 from service.store import check_part10
+from tests.peers import PEER_ENV
 from tests.test_store import MR, make_mr
 
-PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 HOST = "127.0.0.1"
 VERIFICATION = "1.2.840.10008.1.1"
 
