@@ -119,3 +119,17 @@ def test_curve_config_round_trips_and_its_card_names_the_curve() -> None:
     x = cfg.ct_input(np.array([-1000.0, -100.0, 45.0, 1500.0]))
     assert x[0] == -1.0 and x[-1] == 1.0 and np.all(np.diff(x) > 0)
     assert CONFIGS["small"].normalisation()["kind"] == "hu_window"
+
+
+def test_train_cli_resumes_with_new_loss_weights(tmp_path: Path, capsys) -> None:
+    """A warm restart may switch terms on (the NGF structure term after the mapping is learnt)."""
+    from models.ct.train import main
+
+    assert main(["--config", "tiny", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert main(["--resume", str(tmp_path / "a" / "latest.pt"), "--steps", "5", "--lambda-ngf", "2",
+                 "--lambda-identity", "0", "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    ckpt = torch.load(tmp_path / "b" / "latest.pt", weights_only=False)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    assert (cfg.lambda_ngf, cfg.lambda_identity, cfg.steps) == (2.0, 0.0, 5)
+    last = ckpt["history"]["steps"][-1]
+    assert last["step"] == 5 and 0.0 < last["ngf"] <= 1.0 and last["identity"] == 0.0

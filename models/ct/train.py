@@ -37,6 +37,7 @@ from dicom_synth.intensity import normalise_slices
 from dicom_synth.multicontrast import HU_CURVE, HU_WINDOW, normalise
 from models.brain.structure import structure_map_soft, structure_map_torch
 from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, init_weights
+from models.ct.structure_loss import ngf_loss
 from models.ct.phantom import REGIONS, generate_subject, split_seeds
 
 # (HU, input value): air -1, fat -0.7, water -0.31, soft tissue 0..100 HU over -0.3..0.6,
@@ -69,6 +70,7 @@ class TrainConfig:
     lambda_denoise: float = 1.0
     denoise_sigma: float = 0.1  # Gaussian noise added to real MRI ([-1, 1] units)
     lambda_edge: float = 0.0  # CT edges (seed 002's Algorithm 1) must reappear in the pseudo-MRI
+    lambda_ngf: float = 0.0  # CT edges must reappear in either sign (normalised gradient fields)
     pool_size: int = 50
     hu_window: tuple[float, float] = (-300.0, 300.0)  # fat..marrow spread over [-1, 1]; air and bone clip
     # Instead of the window, a piecewise-linear curve ((HU, value) knots), when given.
@@ -279,6 +281,10 @@ class CycleGAN:
             edges = structure_map_torch(ct)
             loss_edge = (edges * (1 - structure_map_soft(fake_mr))).sum() / edges.sum().clamp(min=1.0)
             loss_g = loss_g + c.lambda_edge * loss_edge
+        loss_ngf = torch.zeros(())
+        if c.lambda_ngf > 0:
+            loss_ngf = ngf_loss(ct, fake_mr)
+            loss_g = loss_g + c.lambda_ngf * loss_ngf
         loss_id = torch.zeros(())
         if c.lambda_identity > 0:
             loss_id = F.l1_loss(self.G(mr), mr) + F.l1_loss(self.F(ct), ct)
@@ -299,7 +305,7 @@ class CycleGAN:
         (loss_d_mr + loss_d_ct + loss_d_n).backward()
         self.opt_d.step()
         self.step += 1
-        return {"g_gan": loss_gan.item(), "g_dn": loss_dn.item(), "cycle": loss_cyc.item(), "edge": loss_edge.item(),
+        return {"g_gan": loss_gan.item(), "g_dn": loss_dn.item(), "cycle": loss_cyc.item(), "edge": loss_edge.item(), "ngf": loss_ngf.item(),
                 "identity": loss_id.item(), "d_mr": loss_d_mr.item(), "d_ct": loss_d_ct.item(),
                 "d_n": loss_d_n.item()}
 
@@ -412,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--lambda-identity", type=float, default=None)
     p.add_argument("--lambda-edge", type=float, default=None)
+    p.add_argument("--lambda-ngf", type=float, default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = CONFIGS[a.config]
@@ -419,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig.from_dict(torch.load(a.resume, map_location="cpu", weights_only=False)["config"])
     overrides = {k: v for k, v in (("steps", a.steps), ("seed", a.seed), ("threads", a.threads),
                                    ("device", a.device),
-                                   ("lambda_identity", a.lambda_identity), ("lambda_edge", a.lambda_edge))
+                                   ("lambda_identity", a.lambda_identity), ("lambda_edge", a.lambda_edge),
+                                   ("lambda_ngf", a.lambda_ngf))
                  if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
     hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress)
