@@ -37,8 +37,8 @@ from dicom_synth.intensity import normalise_slices
 from dicom_synth.multicontrast import HU_CURVE, HU_WINDOW, normalise
 from models.brain.structure import structure_map_soft, structure_map_torch
 from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, init_weights
-from models.ct.structure_loss import ngf_loss
 from models.ct.phantom import REGIONS, generate_subject, split_seeds
+from models.ct.structure_loss import ngf_loss
 
 # (HU, input value): air -1, fat -0.7, water -0.31, soft tissue 0..100 HU over -0.3..0.6,
 # marrow ~0.75, cortical bone ~0.93.
@@ -305,9 +305,9 @@ class CycleGAN:
         (loss_d_mr + loss_d_ct + loss_d_n).backward()
         self.opt_d.step()
         self.step += 1
-        return {"g_gan": loss_gan.item(), "g_dn": loss_dn.item(), "cycle": loss_cyc.item(), "edge": loss_edge.item(), "ngf": loss_ngf.item(),
-                "identity": loss_id.item(), "d_mr": loss_d_mr.item(), "d_ct": loss_d_ct.item(),
-                "d_n": loss_d_n.item()}
+        return {"g_gan": loss_gan.item(), "g_dn": loss_dn.item(), "cycle": loss_cyc.item(),
+                "edge": loss_edge.item(), "ngf": loss_ngf.item(), "identity": loss_id.item(),
+                "d_mr": loss_d_mr.item(), "d_ct": loss_d_ct.item(), "d_n": loss_d_n.item()}
 
     @torch.no_grad()
     def validate(self, ct: np.ndarray, mr: np.ndarray, body: np.ndarray, batch: int = 4) -> float:
