@@ -15,7 +15,15 @@ from torch import nn
 
 from models.ct import memory
 from models.ct.export import build_card, export_onnx, parity
-from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, count_transposed, receptive_field
+from models.ct.networks import (
+    CycleNetConfig,
+    PatchDiscriminator,
+    ResnetGenerator,
+    count_transposed,
+    init_weights,
+    receptive_field,
+    with_long_skip,
+)
 from models.ct.train import CONFIGS, CycleGAN, TrainConfig, load_generator, train
 
 torch.set_num_threads(1)
@@ -133,3 +141,27 @@ def test_train_cli_resumes_with_new_loss_weights(tmp_path: Path, capsys) -> None
     assert (cfg.lambda_ngf, cfg.lambda_identity, cfg.steps) == (2.0, 0.0, 5)
     last = ckpt["history"]["steps"][-1]
     assert last["step"] == 5 and 0.0 < last["ngf"] <= 1.0 and last["identity"] == 0.0
+
+
+def test_plain_generator_weights_load_into_a_long_skip_generator_unchanged() -> None:
+    cfg = CycleNetConfig(ngf=4)
+    plain = ResnetGenerator(cfg)
+    init_weights(plain)
+    skip = ResnetGenerator(dataclasses.replace(cfg, long_skip=True))
+    skip.load_state_dict(with_long_skip(plain.state_dict(), cfg))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), skip(x), atol=1e-6)
+
+
+def test_init_from_a_plain_run_adds_the_long_skip_and_refuses_other_shapes(tmp_path: Path) -> None:
+    from models.ct.train import main
+
+    assert main(["--config", "tiny", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    tiny = CONFIGS["tiny"]
+    skip = dataclasses.replace(tiny, net=dataclasses.replace(tiny.net, long_skip=True), steps=2)
+    hist = train(skip, tmp_path / "b", init_from=tmp_path / "a" / "latest.pt", progress=False)
+    assert hist["init_from"]["long_skip_added"] and hist["init_from"]["step"] == tiny.steps
+    wider = dataclasses.replace(tiny, net=dataclasses.replace(tiny.net, ngf=8), steps=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        train(wider, tmp_path / "c", init_from=tmp_path / "a" / "latest.pt", progress=False)

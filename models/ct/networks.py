@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import torch
@@ -113,6 +114,26 @@ class ResnetGenerator(nn.Module):
             return self.model(x)
         h0 = self.head(x)
         return self.tail(torch.cat([self.body(h0), h0], 1))
+
+
+def with_long_skip(state: dict[str, torch.Tensor], cfg: CycleNetConfig) -> dict[str, torch.Tensor]:
+    """A plain generator's weights laid out for the same generator with `long_skip`, computing
+    the same function: the last convolution's weights for the skipped features start at zero,
+    so training from a learnt mapping adds where edges are without first losing the mapping."""
+    plain = ResnetGenerator(dataclasses.replace(cfg, long_skip=False))
+    plain.load_state_dict(state)
+    skip = ResnetGenerator(dataclasses.replace(cfg, long_skip=True))
+    layers = list(plain.model)
+    n_head, n_tail = len(skip.head), 3
+    for dst, src in zip([*skip.head, *skip.body], layers[:-n_tail], strict=True):
+        dst.load_state_dict(src.state_dict())
+    old, new = layers[-2], skip.tail[1]
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    assert n_head + len(skip.body) + n_tail == len(layers)
+    return skip.state_dict()
 
 
 class PatchDiscriminator(nn.Module):

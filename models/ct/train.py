@@ -36,7 +36,7 @@ from tqdm import tqdm
 from dicom_synth.intensity import normalise_slices
 from dicom_synth.multicontrast import HU_CURVE, HU_WINDOW, normalise
 from models.brain.structure import structure_map_soft, structure_map_torch
-from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, init_weights
+from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, init_weights, with_long_skip
 from models.ct.phantom import REGIONS, generate_subject, split_seeds
 from models.ct.structure_loss import ngf_loss
 
@@ -133,6 +133,11 @@ CONFIGS: dict[str, TrainConfig] = {
     # steps, warm restart to 6000: organ Dice 0.875, body SSIM 0.562; small_noid the same way
     # 0.849 / 0.535, and 0.862 / 0.549 with a second restart to 9000).
     "small_curve": TrainConfig(name="small_curve", lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE),
+    # Fine-tunes a small_curve run (--init-from): the mapping is learnt, now the CT's edges
+    # (NGF term) with a full-resolution skip to place them.
+    "small_curve_skip_ngf": TrainConfig(name="small_curve_skip_ngf", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
+                                        lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=5.0,
+                                        lr=1e-4),
     # A GPU: the usual CycleGAN widths, whole 256x256 slices, many subjects.
     "full": TrainConfig(name="full", net=CycleNetConfig(ngf=64, ndf=64), n_train=50, n_val=5,
                         slices_per_subject=48, size=256, crop=256, batch_size=1, steps=200_000,
@@ -351,9 +356,27 @@ def peak_rss_mb() -> float:
     return ru / (1024.0 * 1024.0) if sys.platform == "darwin" else ru / 1024.0
 
 
+def init_from_checkpoint(model: CycleGAN, path: Path) -> dict:
+    """Another run's weights (step 0, fresh optimisers). A plain generator may be loaded into
+    one with `long_skip` (`with_long_skip`: same function to start with)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    src = CycleNetConfig(**ckpt["config"]["net"])
+    dst = model.cfg.net
+    if dataclasses.replace(src, long_skip=dst.long_skip) != dst or (src.long_skip and not dst.long_skip):
+        raise ValueError(f"{path} does not fit this network: {src} -> {dst}")
+    for name, net in model.nets.items():
+        state = ckpt[name]
+        if name in ("G", "F") and dst.long_skip and not src.long_skip:
+            state = with_long_skip(state, src)
+        net.load_state_dict(state)
+    return {"checkpoint": str(path), "step": int(ckpt["step"]), "config": ckpt["config"]["name"],
+            "long_skip_added": bool(dst.long_skip and not src.long_skip)}
+
+
 def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress: bool = True,
-          domains: Domains | None = None) -> dict:
-    """Run (or resume) training; writes latest.pt, best.pt, history.json, config.json."""
+          domains: Domains | None = None, init_from: Path | None = None) -> dict:
+    """Run (or resume) training; writes latest.pt, best.pt, history.json, config.json.
+    `init_from`: start from another run's weights instead (`init_from_checkpoint`)."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out_dir = Path(out_dir)
@@ -369,6 +392,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
         model.load_state(ckpt)
         history = ckpt.get("history", history)
         best = ckpt.get("best_val_mae", math.inf)
+    elif init_from is not None:
+        history["init_from"] = init_from_checkpoint(model, init_from)
     rng = np.random.default_rng([cfg.seed, model.step])
     gen = torch.Generator().manual_seed(cfg.seed + model.step)
     t_train, cpu_train = time.time(), time.process_time()
@@ -412,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", choices=sorted(CONFIGS), default="small")
     p.add_argument("--out", type=Path, default=Path("runs/ct"))
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this checkpoint's weights (step 0; e.g. small_curve -> small_curve_skip_ngf)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
@@ -430,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                                    ("lambda_ngf", a.lambda_ngf))
                  if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
-    hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress)
+    hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress, init_from=a.init_from)
     print(json.dumps({k: v for k, v in hist.items() if k not in ("steps", "subjects")}, indent=1))
     return 0
 
