@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.brain.export import build_card, export_onnx, parity, parity_inputs
@@ -100,3 +101,17 @@ def test_input_gate_starts_closed_exports_and_warm_starts_from_a_gateless_run(tm
     with pytest.raises(RuntimeError, match="size mismatch"):  # another width is refused
         train(dataclasses.replace(plain_cfg, net=dataclasses.replace(plain_cfg.net, ngf=6)), tmp_path / "bad",
               progress=False, init_from=tmp_path / "plain" / "latest.pt")
+
+
+def test_change_weighted_paired_l1_counts_the_pixels_the_contrast_changes() -> None:
+    from models.brain.train import paired_l1
+
+    source = torch.zeros(1, 1, 8, 8)
+    target = source.clone()
+    target[..., 2:4, 2:4] = 1.0  # the enhancing rim: only here does T1c differ from T1
+    copy = source.clone()  # output = the input: wrong only on the rim
+    blur = target * 0.9 + 0.05  # output = roughly the target everywhere
+    assert paired_l1(copy, target, source) == pytest.approx(F.l1_loss(copy, target).item())
+    plain = paired_l1(copy, target, source).item() / paired_l1(blur, target, source).item()
+    weighted = paired_l1(copy, target, source, 10.0).item() / paired_l1(blur, target, source, 10.0).item()
+    assert weighted > 2 * plain  # copying the input costs far more once the change is weighted
