@@ -54,9 +54,9 @@ def test_train_and_eval_mode_compute_the_same_function() -> None:
     torch.testing.assert_close(a, g(x))
 
 
-@pytest.mark.parametrize("long_skip", [False, True])
-def test_onnx_parity_dynamic_batch_and_size(tmp_path: Path, long_skip: bool) -> None:
-    g = ResnetGenerator(CycleNetConfig(ngf=4, long_skip=long_skip))
+@pytest.mark.parametrize(("long_skip", "input_blur"), [(False, 0.0), (True, 0.0), (False, 1.0), (True, 1.0)])
+def test_onnx_parity_dynamic_batch_and_size(tmp_path: Path, long_skip: bool, input_blur: float) -> None:
+    g = ResnetGenerator(CycleNetConfig(ngf=4, long_skip=long_skip, input_blur=input_blur))
     for p in g.parameters():  # non-trivial weights
         nn.init.normal_(p, 0, 0.3)
     path = export_onnx(g, tmp_path / "g.onnx")
@@ -165,3 +165,28 @@ def test_init_from_a_plain_run_adds_the_long_skip_and_refuses_other_shapes(tmp_p
     wider = dataclasses.replace(tiny, net=dataclasses.replace(tiny.net, ngf=8), steps=2)
     with pytest.raises(ValueError, match="does not fit"):
         train(wider, tmp_path / "c", init_from=tmp_path / "a" / "latest.pt", progress=False)
+
+
+def test_input_blur_removes_noise_keeps_flat_regions_and_loads_plain_weights() -> None:
+    from models.ct.networks import GaussianBlur
+
+    noise = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert GaussianBlur(1.0)(noise).std() < 0.4 * noise.std()
+    flat = torch.full((2, 1, 16, 16), 0.3)
+    assert torch.allclose(GaussianBlur(1.0)(flat), flat, atol=1e-6)
+    plain = ResnetGenerator(CycleNetConfig(ngf=4))
+    blurred = ResnetGenerator(CycleNetConfig(ngf=4, input_blur=1.0))
+    blurred.load_state_dict(plain.state_dict())  # the blur is no weight: same keys
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(blurred(x), plain(GaussianBlur(1.0)(x)), atol=1e-6)
+
+
+def test_card_architecture_names_every_option_that_is_not_in_the_seed() -> None:
+    from models.ct.export import architecture
+
+    plain = architecture(CONFIGS["small"])
+    assert "not in the seed" not in plain and "identity" in plain
+    text = architecture(CONFIGS["small_curve_blur_ngf"])
+    assert "Gaussian blur (sigma 1 px)" in text and "normalised-gradient-field" in text and "HU curve" in text
+    assert "full-resolution skip" in architecture(CONFIGS["small_curve_skip_ngf"])

@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,6 +38,9 @@ class CycleNetConfig:
     dn_layers: int = 2  # denoising discriminator: 34x34 patches
     absolute_input: bool = True  # no norm after the generators' first conv (HU are absolute)
     long_skip: bool = False  # full-resolution features of the input also feed the last conv (not in the seed)
+    # A fixed Gaussian blur (sigma in pixels) in front of the first conv (not in the seed): the
+    # generator cannot see, so cannot copy or hide, the input's quantum noise. 0: none.
+    input_blur: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.transposed <= 1:
@@ -53,6 +58,23 @@ class CycleNetConfig:
 
 def _norm(ch: int) -> nn.Module:
     return nn.InstanceNorm2d(ch, affine=False, track_running_stats=False)
+
+
+class GaussianBlur(nn.Module):
+    """Fixed separable Gaussian, reflect-padded; part of the exported graph, not a weight."""
+
+    def __init__(self, sigma: float, channels: int = 1):
+        super().__init__()
+        r = max(1, int(math.ceil(2.0 * sigma)))
+        t = torch.arange(-r, r + 1, dtype=torch.float32)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        k = k / k.sum()
+        self.pad = nn.ReflectionPad2d(r)
+        self.channels = channels
+        self.register_buffer("kernel", torch.outer(k, k).expand(channels, 1, -1, -1).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.pad(x), self.kernel, groups=self.channels)
 
 
 class ResidualBlock(nn.Module):
@@ -83,6 +105,8 @@ class ResnetGenerator(nn.Module):
         # norm of a linear filter of the raw input removes the slice's mean and scale, and for
         # CT the absolute Hounsfield value is the tissue information.
         first_norm: list[nn.Module] = [] if cfg.absolute_input else [_norm(ngf)]
+        # outside `model`/`head`, so weights from a run without it load unchanged
+        self.blur = GaussianBlur(cfg.input_blur, in_ch) if cfg.input_blur > 0 else nn.Identity()
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=cfg.absolute_input),
                                    *first_norm, nn.ReLU(True)]
         ch = ngf
@@ -110,6 +134,7 @@ class ResnetGenerator(nn.Module):
         self.tail = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(2 * ch, out_ch, 7), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blur(x)
         if not self.long_skip:
             return self.model(x)
         h0 = self.head(x)

@@ -135,6 +135,11 @@ CONFIGS: dict[str, TrainConfig] = {
     "small_curve": TrainConfig(name="small_curve", lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE),
     # Fine-tunes a small_curve run (--init-from): the mapping is learnt, now the CT's edges
     # (NGF term) with a full-resolution skip to place them.
+    # Fine-tunes a small_curve(+NGF) run (--init-from) with the input blurred (sigma 1 px): the
+    # CycleGAN no longer carries the CT's noise into the pseudo-MRI as texture.
+    "small_curve_blur_ngf": TrainConfig(name="small_curve_blur_ngf", net=CycleNetConfig(ngf=12, ndf=16, input_blur=1.0),
+                                        lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=20.0,
+                                        lr=1e-4),
     "small_curve_skip_ngf": TrainConfig(name="small_curve_skip_ngf", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
                                         lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=5.0,
                                         lr=1e-4),
@@ -362,7 +367,8 @@ def init_from_checkpoint(model: CycleGAN, path: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     src = CycleNetConfig(**ckpt["config"]["net"])
     dst = model.cfg.net
-    if dataclasses.replace(src, long_skip=dst.long_skip) != dst or (src.long_skip and not dst.long_skip):
+    if (dataclasses.replace(src, long_skip=dst.long_skip, input_blur=dst.input_blur) != dst
+            or (src.long_skip and not dst.long_skip)):
         raise ValueError(f"{path} does not fit this network: {src} -> {dst}")
     for name, net in model.nets.items():
         state = ckpt[name]
