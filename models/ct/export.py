@@ -67,7 +67,8 @@ def architecture(cfg: TrainConfig) -> str:
     if cfg.net.long_skip:
         extras.append("a full-resolution skip into the generator's last layer (not in the seed)")
     if cfg.net.input_blur > 0:
-        extras.append(f"a fixed Gaussian blur (sigma {cfg.net.input_blur:g} px) of the input, in the graph (not in the seed)")
+        extras.append(f"a fixed Gaussian blur (sigma {cfg.net.input_blur:g} px) of the input, in the graph "
+                      "(not in the seed)")
     if cfg.lambda_edge > 0:
         extras.append(f"an edge-recall term x{cfg.lambda_edge:g} (not in the seed)")
     if cfg.lambda_ngf > 0:
