@@ -27,7 +27,7 @@ from models.brain import evaluate as ev
 from models.brain.export import build_card, export_onnx, parity, parity_inputs
 from models.brain.phantom import SPLIT_BASE
 from models.brain.train import CONFIGS, load_translator, train
-from models.chain import chain_command, train_chain
+from models.chain import add_chain_arguments, chain_command, train_chain
 from models.ct.train import peak_rss_mb
 from models.dce.export import write_card
 
@@ -36,20 +36,22 @@ NAME = "brain_contrasts"
 
 DEMO_CONFIG = "small_paired"  # the seed's losses plus an L1 pull to the registered sibling (see train.py)
 DEMO_VERSION = "0.2.0"
-DEMO_RESTART_TO = (4500,)  # 3000 steps, then a warm restart to 4500 (how v0.2.0 was made)
+DEMO_RESTART_TO: tuple[str | int, ...] = (4500,)  # 3000 steps, then a warm restart to 4500 (how v0.2.0 was made)
+DEMO_THEN: tuple[str, ...] = ()
 
 
 def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int = 4, steps: int | None = None,
           threads: int | None = None, version: str = DEMO_VERSION, checkpoint: Path | None = None,
-          restart_to: tuple[int, ...] = DEMO_RESTART_TO) -> dict:
+          restart_to: tuple[str | int, ...] = DEMO_RESTART_TO, then: tuple[str, ...] = DEMO_THEN) -> dict:
     """Train (unless a checkpoint is given), export, evaluate, write the card. `restart_to`:
     after the run, resume it with a schedule of each of these many steps in turn (warm
     restarts: the learning rate jumps back up, then decays to 0 again), as the committed
-    demo weights were made."""
+    demo weights were made; `then`: fine-tuning configs after that (`models.chain`)."""
     t0 = time.time()
     if checkpoint is None:
         overrides = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
-        checkpoint = train_chain(train, dataclasses.replace(CONFIGS[config], **overrides), run_dir, restart_to)
+        checkpoint = train_chain(train, dataclasses.replace(CONFIGS[config], **overrides), run_dir, restart_to,
+                                 [CONFIGS[c] for c in then])
     t, cfg, ckpt = load_translator(checkpoint)
     hist_file = Path(checkpoint).parent / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.exists() else ckpt.get("history", {})
@@ -83,7 +85,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
                       history=history)
     card["export_parity_max_abs"] = delta
     card["training_memory"] = {"cpu_peak_rss_mb_measured": history.get("peak_rss_mb")}
-    card["build"] = {"command": chain_command("models.brain.build_demo", cfg.name, CONFIGS, steps, restart_to),
+    card["build"] = {"command": chain_command("models.brain.build_demo", config, CONFIGS, steps, restart_to, then),
                      "total_seconds": round(time.time() - t0, 1), "train_seconds": history.get("train_seconds"),
                      "train_cpu_seconds": history.get("train_cpu_seconds"),
                      "eval_seconds_incl_phantom_generation": round(time.time() - t_eval, 1),
@@ -105,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run-dir", type=Path, default=Path("runs/brain_demo"))
     p.add_argument("--config", choices=sorted(CONFIGS), default=DEMO_CONFIG)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--restart-to", type=int, nargs="*", default=list(DEMO_RESTART_TO),
-                   help="then resume to each of these step counts in turn (warm restarts); none: no restart")
+    add_chain_arguments(p, CONFIGS, DEMO_RESTART_TO, DEMO_THEN)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--version", default=DEMO_VERSION, help="the card's version")
     p.add_argument("--test-subjects", type=int, default=4)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             pass
     a.out.mkdir(parents=True, exist_ok=True)
     build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, version=a.version, checkpoint=a.checkpoint,
-          restart_to=tuple(a.restart_to))
+          restart_to=tuple(a.restart_to), then=tuple(a.then))
 
 
 if __name__ == "__main__":

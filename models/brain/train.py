@@ -41,6 +41,7 @@ from dicom_synth.intensity import normalise_slices
 from models.brain.networks import BrainNetConfig, ConditionalTranslator, ContrastDiscriminator
 from models.brain.phantom import CONTRASTS, generate_subject, split_seeds
 from models.brain.structure import brain_mask, structure_map, structure_map_soft
+from models.chain import carried_times
 from models.ct.networks import init_weights
 from models.ct.train import peak_rss_mb
 
@@ -362,7 +363,9 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
             raise ValueError(f"{init_from} does not fit this network: missing {missing}, unexpected {unexpected}")
         model.D.load_state_dict(ckpt["D"])
         history["init_from"] = {"checkpoint": str(init_from), "step": int(ckpt["step"]),
-                                "config": ckpt["config"]["name"], "new_layers": list(missing)}
+                                "config": ckpt["config"]["name"], "new_layers": list(missing),
+                                **carried_times(ckpt.get("history", {}))}
+        history.update(carried_times(history["init_from"]))  # times count the whole chain
     rng = np.random.default_rng([cfg.seed, model.step])
     gen = torch.Generator().manual_seed(cfg.seed + model.step)
     t_train, cpu_train = time.time(), time.process_time()

@@ -24,7 +24,7 @@ import torch
 
 from dicom_synth.multicontrast import load_synthesis_model
 from dicom_synth.registry import UnknownModelError, default_models_dir, load_card
-from models.chain import chain_command, train_chain
+from models.chain import add_chain_arguments, chain_command, train_chain
 from models.ct import evaluate as ev
 from models.ct import memory
 from models.ct.export import build_card, export_onnx, parity
@@ -35,20 +35,22 @@ from models.dce.export import write_card
 NAME = "pseudo_mri"
 DEMO_CONFIG = "small_curve"  # seed 004's CycleGAN at CPU width, no identity term, soft-tissue HU curve
 DEMO_VERSION = "0.2.0"
-DEMO_RESTART_TO = (6000,)  # 3000 steps, then a warm restart to 6000
+DEMO_RESTART_TO: tuple[str | int, ...] = (6000,)  # 3000 steps, then a warm restart to 6000
+DEMO_THEN: tuple[str, ...] = ()
 
 
 def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int = 2, steps: int | None = None,
           threads: int | None = None, version: str = DEMO_VERSION, checkpoint: Path | None = None,
-          restart_to: tuple[int, ...] = DEMO_RESTART_TO) -> dict:
+          restart_to: tuple[str | int, ...] = DEMO_RESTART_TO, then: tuple[str, ...] = DEMO_THEN) -> dict:
     """Train (unless a checkpoint is given), export, evaluate, write the card. `restart_to`:
     after the run, resume it with a schedule of each of these many steps in turn (warm
     restarts: the learning rate jumps back up, then decays to 0 again), as the committed
-    demo weights were made."""
+    demo weights were made; `then`: fine-tuning configs after that (`models.chain`)."""
     t0 = time.time()
     if checkpoint is None:
         overrides = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
-        checkpoint = train_chain(train, dataclasses.replace(CONFIGS[config], **overrides), run_dir, restart_to)
+        checkpoint = train_chain(train, dataclasses.replace(CONFIGS[config], **overrides), run_dir, restart_to,
+                                 [CONFIGS[c] for c in then])
     g, cfg, ckpt = load_generator(checkpoint)
     hist_file = Path(checkpoint).parent / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.exists() else ckpt.get("history", {})
@@ -91,7 +93,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
     card["training_memory"] = {"cpu_peak_rss_mb_measured": history.get("peak_rss_mb"),
                                "gpu_estimate_small": memory.estimate(cfg),
                                "gpu_estimate_full": memory.estimate(CONFIGS["full"])}
-    card["build"] = {"command": chain_command("models.ct.build_demo", cfg.name, CONFIGS, steps, restart_to),
+    card["build"] = {"command": chain_command("models.ct.build_demo", config, CONFIGS, steps, restart_to, then),
                      "total_seconds": round(time.time() - t0, 1),
                      "train_seconds": history.get("train_seconds"),
                      "train_cpu_seconds": history.get("train_cpu_seconds"),
@@ -114,8 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run-dir", type=Path, default=Path("runs/ct_demo"))
     p.add_argument("--config", choices=sorted(CONFIGS), default=DEMO_CONFIG)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--restart-to", type=int, nargs="*", default=list(DEMO_RESTART_TO),
-                   help="then resume to each of these step counts in turn (warm restarts); none: no restart")
+    add_chain_arguments(p, CONFIGS, DEMO_RESTART_TO, DEMO_THEN)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--version", default=DEMO_VERSION, help="the card's version")
     p.add_argument("--test-subjects", type=int, default=2, help="per region")
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             pass
     a.out.mkdir(parents=True, exist_ok=True)
     build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, version=a.version, checkpoint=a.checkpoint,
-          restart_to=tuple(a.restart_to))
+          restart_to=tuple(a.restart_to), then=tuple(a.then))
 
 
 if __name__ == "__main__":

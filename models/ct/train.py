@@ -36,6 +36,7 @@ from tqdm import tqdm
 from dicom_synth.intensity import normalise_slices
 from dicom_synth.multicontrast import HU_CURVE, HU_WINDOW, normalise
 from models.brain.structure import structure_map_soft, structure_map_torch
+from models.chain import carried_times
 from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, init_weights, with_long_skip
 from models.ct.phantom import REGIONS, generate_subject, split_seeds
 from models.ct.structure_loss import ngf_loss
@@ -376,7 +377,8 @@ def init_from_checkpoint(model: CycleGAN, path: Path) -> dict:
             state = with_long_skip(state, src)
         net.load_state_dict(state)
     return {"checkpoint": str(path), "step": int(ckpt["step"]), "config": ckpt["config"]["name"],
-            "long_skip_added": bool(dst.long_skip and not src.long_skip)}
+            "long_skip_added": bool(dst.long_skip and not src.long_skip),
+            **carried_times(ckpt.get("history", {}))}
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress: bool = True,
@@ -400,6 +402,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
         best = ckpt.get("best_val_mae", math.inf)
     elif init_from is not None:
         history["init_from"] = init_from_checkpoint(model, init_from)
+        history.update(carried_times(history["init_from"]))  # times count the whole chain
     rng = np.random.default_rng([cfg.seed, model.step])
     gen = torch.Generator().manual_seed(cfg.seed + model.step)
     t_train, cpu_train = time.time(), time.process_time()
