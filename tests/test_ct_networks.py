@@ -135,12 +135,12 @@ def test_train_cli_resumes_with_new_loss_weights(tmp_path: Path, capsys) -> None
 
     assert main(["--config", "tiny", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
     assert main(["--resume", str(tmp_path / "a" / "latest.pt"), "--steps", "5", "--lambda-ngf", "2",
-                 "--lambda-identity", "0", "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+                 "--lambda-identity", "0", "--lambda-tv", "0.5", "--out", str(tmp_path / "b"), "--no-progress"]) == 0
     ckpt = torch.load(tmp_path / "b" / "latest.pt", weights_only=False)
     cfg = TrainConfig.from_dict(ckpt["config"])
-    assert (cfg.lambda_ngf, cfg.lambda_identity, cfg.steps) == (2.0, 0.0, 5)
+    assert (cfg.lambda_ngf, cfg.lambda_identity, cfg.lambda_tv, cfg.steps) == (2.0, 0.0, 0.5, 5)
     last = ckpt["history"]["steps"][-1]
-    assert last["step"] == 5 and 0.0 < last["ngf"] <= 1.0 and last["identity"] == 0.0
+    assert last["step"] == 5 and 0.0 < last["ngf"] <= 1.0 and last["identity"] == 0.0 and last["tv"] > 0
 
 
 def test_plain_generator_weights_load_into_a_long_skip_generator_unchanged() -> None:

@@ -39,3 +39,11 @@ def test_gradients_reach_the_output(organ):
     out = torch.zeros_like(organ, requires_grad=True)
     ngf_loss(organ, out + 0.01 * organ).backward()
     assert out.grad is not None and float(out.grad.abs().sum()) > 0
+
+
+def test_total_variation_is_zero_on_flat_tissue_and_grows_with_texture(organ):
+    from models.ct.structure_loss import total_variation
+
+    assert total_variation(torch.full((1, 1, 16, 16), 0.4)).item() == 0.0
+    blotchy = organ + 0.2 * torch.nn.functional.interpolate(torch.randn(2, 1, 16, 16), size=64)
+    assert total_variation(blotchy).item() > total_variation(organ).item()

@@ -51,3 +51,8 @@ def ngf_loss(ct: torch.Tensor, out: torch.Tensor, eps_ct: float = EPS_CT, eps_ou
     u = a / torch.sqrt(w + 1e-12)[:, None]
     dot = (u * b).sum(dim=1)
     return (w * (1.0 - dot * dot)).sum() / w.sum().clamp(min=1e-6)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels ((N, C, H, W), anisotropic L1 TV)."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()

@@ -39,7 +39,7 @@ from models.brain.structure import structure_map_soft, structure_map_torch
 from models.chain import carried_times
 from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, init_weights, with_long_skip
 from models.ct.phantom import REGIONS, generate_subject, split_seeds
-from models.ct.structure_loss import ngf_loss
+from models.ct.structure_loss import ngf_loss, total_variation
 
 # (HU, input value): air -1, fat -0.7, water -0.31, soft tissue 0..100 HU over -0.3..0.6,
 # marrow ~0.75, cortical bone ~0.93.
@@ -72,6 +72,7 @@ class TrainConfig:
     denoise_sigma: float = 0.1  # Gaussian noise added to real MRI ([-1, 1] units)
     lambda_edge: float = 0.0  # CT edges (seed 002's Algorithm 1) must reappear in the pseudo-MRI
     lambda_ngf: float = 0.0  # CT edges must reappear in either sign (normalised gradient fields)
+    lambda_tv: float = 0.0  # total variation of the pseudo-MRI: flat tissue stays flat (no invented texture)
     pool_size: int = 50
     hu_window: tuple[float, float] = (-300.0, 300.0)  # fat..marrow spread over [-1, 1]; air and bone clip
     # Instead of the window, a piecewise-linear curve ((HU, value) knots), when given.
@@ -141,6 +142,10 @@ CONFIGS: dict[str, TrainConfig] = {
     "small_curve_blur_ngf": TrainConfig(name="small_curve_blur_ngf", net=CycleNetConfig(ngf=12, ndf=16, input_blur=1.0),
                                         lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=20.0,
                                         lr=1e-4),
+    # Fine-tunes a small_curve(+NGF) run (--init-from) with a total-variation term: the
+    # pseudo-MRI's flat tissue stays flat instead of the blotchy texture the GAN draws there.
+    "small_curve_tv_ngf": TrainConfig(name="small_curve_tv_ngf", lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE,
+                                      lambda_ngf=20.0, lambda_tv=2.0, lr=1e-4, steps=1500),
     "small_curve_skip_ngf": TrainConfig(name="small_curve_skip_ngf", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
                                         lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=5.0,
                                         lr=1e-4),
@@ -296,6 +301,10 @@ class CycleGAN:
         if c.lambda_ngf > 0:
             loss_ngf = ngf_loss(ct, fake_mr)
             loss_g = loss_g + c.lambda_ngf * loss_ngf
+        loss_tv = torch.zeros(())
+        if c.lambda_tv > 0:
+            loss_tv = total_variation(fake_mr)
+            loss_g = loss_g + c.lambda_tv * loss_tv
         loss_id = torch.zeros(())
         if c.lambda_identity > 0:
             loss_id = F.l1_loss(self.G(mr), mr) + F.l1_loss(self.F(ct), ct)
@@ -317,7 +326,7 @@ class CycleGAN:
         self.opt_d.step()
         self.step += 1
         return {"g_gan": loss_gan.item(), "g_dn": loss_dn.item(), "cycle": loss_cyc.item(),
-                "edge": loss_edge.item(), "ngf": loss_ngf.item(), "identity": loss_id.item(),
+                "edge": loss_edge.item(), "ngf": loss_ngf.item(), "tv": loss_tv.item(), "identity": loss_id.item(),
                 "d_mr": loss_d_mr.item(), "d_ct": loss_d_ct.item(), "d_n": loss_d_n.item()}
 
     @torch.no_grad()
@@ -455,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lambda-identity", type=float, default=None)
     p.add_argument("--lambda-edge", type=float, default=None)
     p.add_argument("--lambda-ngf", type=float, default=None)
+    p.add_argument("--lambda-tv", type=float, default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = CONFIGS[a.config]
@@ -463,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("steps", a.steps), ("seed", a.seed), ("threads", a.threads),
                                    ("device", a.device),
                                    ("lambda_identity", a.lambda_identity), ("lambda_edge", a.lambda_edge),
-                                   ("lambda_ngf", a.lambda_ngf))
+                                   ("lambda_ngf", a.lambda_ngf), ("lambda_tv", a.lambda_tv))
                  if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
     hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress, init_from=a.init_from)
