@@ -119,6 +119,11 @@ CONFIGS: dict[str, TrainConfig] = {
     # the input (T1 <-> T1c): the paired term weighted to the pixels the contrasts change.
     "small_paired_change": TrainConfig(name="small_paired_change", lambda_paired=10.0, lambda_change=10.0,
                                        lr=1e-4, steps=1500),
+    # small_paired_change's weighting with the input gate, to fine-tune a small_paired_change run.
+    "small_paired_change_gate": TrainConfig(name="small_paired_change_gate", lambda_paired=10.0, lambda_change=10.0,
+                                            lr=5e-5, lr_gate_mult=40.0, steps=1500,
+                                            net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
+                                                               input_gate=True)),
     # A GPU: the seed's scale (BRATS: 274 volumes x 50 slices, 240x240, 50 epochs, batch 1).
     "full": TrainConfig(name="full", net=BrainNetConfig(ngf=64, ndf=64, enc_blocks=3, dec_blocks=3), n_train=250,
                         n_val=25, slices_per_subject=50, size=256, crop=256, batch_size=1, steps=50 * 250 * 50,

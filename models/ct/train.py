@@ -135,17 +135,22 @@ CONFIGS: dict[str, TrainConfig] = {
     # steps, warm restart to 6000: organ Dice 0.875, body SSIM 0.562; small_noid the same way
     # 0.849 / 0.535, and 0.862 / 0.549 with a second restart to 9000).
     "small_curve": TrainConfig(name="small_curve", lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE),
-    # Fine-tunes a small_curve run (--init-from): the mapping is learnt, now the CT's edges
-    # (NGF term) with a full-resolution skip to place them.
-    # Fine-tunes a small_curve(+NGF) run (--init-from) with the input blurred (sigma 1 px): the
-    # CycleGAN no longer carries the CT's noise into the pseudo-MRI as texture.
+    # Fine-tunes a small_curve(+NGF) run (--init-from) with the input blurred (sigma 1 px), in
+    # case the pseudo-MRI's texture were the CT's noise carried through. It is not: a pilot
+    # from the NGF run's step 7500 kept the texture (organ Dice 0.918 at 1500 of 3000 steps,
+    # stopped there).
     "small_curve_blur_ngf": TrainConfig(name="small_curve_blur_ngf", net=CycleNetConfig(ngf=12, ndf=16, input_blur=1.0),
                                         lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=20.0,
                                         lr=1e-4),
     # Fine-tunes a small_curve(+NGF) run (--init-from) with a total-variation term: the
     # pseudo-MRI's flat tissue stays flat instead of the blotchy texture the GAN draws there.
+    # The demo's last stage (after small_curve 3000 -> 6000 -> 9000:lambda_ngf=20): organ Dice
+    # 0.922 -> 0.935 (lambda_tv 2: 0.933).
     "small_curve_tv_ngf": TrainConfig(name="small_curve_tv_ngf", lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE,
-                                      lambda_ngf=20.0, lambda_tv=2.0, lr=1e-4, steps=1500),
+                                      lambda_ngf=20.0, lambda_tv=5.0, lr=1e-4, steps=1500),
+    # Fine-tunes a small_curve run (--init-from): the mapping is learnt, now the CT's edges (NGF
+    # term) with a full-resolution skip added to the learnt generator (`with_long_skip`) to place
+    # them. A pilot from v0.2.0 scored organ Dice 0.917 at 1250 of 3000 steps (stopped there).
     "small_curve_skip_ngf": TrainConfig(name="small_curve_skip_ngf", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
                                         lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=5.0,
                                         lr=1e-4),
