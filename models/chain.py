@@ -87,5 +87,6 @@ def add_chain_arguments(p: argparse.ArgumentParser, configs: Mapping[str, Any], 
     p.add_argument("--restart-to", nargs="*", default=[str(r) for r in restart_to],
                    help="then resume to each of these step counts in turn (warm restarts; '9000:lambda_ngf=20' "
                         "also changes options from there); none: no restart")
-    p.add_argument("--then", nargs="*", choices=sorted(configs), default=list(then),
-                   help="then fine-tune with each of these configs in turn, from the last weights; none: no stage")
+    p.add_argument("--then", nargs="*", choices=sorted(configs), default=None,
+                   help="then fine-tune with each of these configs in turn, from the last weights; none: no "
+                        f"stage (default: {' '.join(then) or 'none'} after the demo config, none after another)")

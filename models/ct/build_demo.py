@@ -43,12 +43,15 @@ DEMO_THEN: tuple[str, ...] = ("small_curve_tv_ngf",)  # then total variation (ho
 
 def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int = 2, steps: int | None = None,
           threads: int | None = None, version: str = DEMO_VERSION, checkpoint: Path | None = None,
-          restart_to: tuple[str | int, ...] = DEMO_RESTART_TO, then: tuple[str, ...] = DEMO_THEN) -> dict:
+          restart_to: tuple[str | int, ...] = DEMO_RESTART_TO, then: tuple[str, ...] | None = None) -> dict:
     """Train (unless a checkpoint is given), export, evaluate, write the card. `restart_to`:
     after the run, resume it with a schedule of each of these many steps in turn (warm
     restarts: the learning rate jumps back up, then decays to 0 again), as the committed
-    demo weights were made; `then`: fine-tuning configs after that (`models.chain`)."""
+    demo weights were made; `then`: fine-tuning configs after that (`models.chain`; by default
+    the demo's stages for the demo config, none for another)."""
     t0 = time.time()
+    if then is None:
+        then = DEMO_THEN if config == DEMO_CONFIG else ()
     if checkpoint is None:
         overrides = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
         checkpoint = train_chain(train, dataclasses.replace(CONFIGS[config], **overrides), run_dir, restart_to,
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             pass
     a.out.mkdir(parents=True, exist_ok=True)
     build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, version=a.version, checkpoint=a.checkpoint,
-          restart_to=tuple(a.restart_to), then=tuple(a.then))
+          restart_to=tuple(a.restart_to), then=None if a.then is None else tuple(a.then))
 
 
 if __name__ == "__main__":
