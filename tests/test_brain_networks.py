@@ -115,3 +115,20 @@ def test_change_weighted_paired_l1_counts_the_pixels_the_contrast_changes() -> N
     plain = paired_l1(copy, target, source).item() / paired_l1(blur, target, source).item()
     weighted = paired_l1(copy, target, source, 10.0).item() / paired_l1(blur, target, source, 10.0).item()
     assert weighted > 2 * plain  # copying the input costs far more once the change is weighted
+
+
+def test_structure_term_can_ask_for_the_targets_edges() -> None:
+    """With registered siblings, a target that adds an edge (the enhancing rim) is no longer
+    penalised for it: the structure term compares with the target's map."""
+    x = torch.full((2, 1, 32, 32), -0.5)
+    paired = x.expand(-1, 4, -1, -1).clone()
+    paired[:, 1:, 10:20, 10:20] = 0.9  # every other contrast adds a bright square (a rim on T1c)
+    src = torch.tensor([0, 0])
+    st, bg = torch.zeros_like(x), torch.zeros_like(x)
+    losses = {}
+    for from_target in (False, True):
+        cfg = dataclasses.replace(CONFIGS["tiny"], lambda_paired=1.0, structure_from_target=from_target)
+        torch.manual_seed(0)
+        m = MultiContrastGAN(cfg)
+        losses[from_target] = m.train_step(x, src, st, bg, torch.Generator().manual_seed(0), paired)["structure"]
+    assert losses[True] != losses[False]  # same network and targets, different structure reference
