@@ -129,6 +129,15 @@ def _ticker(total: int, progress: Progress) -> Callable[[int], None]:
     return tick
 
 
+def signal_void(pred: np.ndarray, hu: np.ndarray, spec: Mapping[str, Any] | None) -> np.ndarray:
+    """Air has no MR signal: where the CT is below `spec["below_hu"]` the pseudo-MRI takes
+    `spec["value"]` (the darkest output). Unpaired CycleGANs can draw an airway bright, and a
+    reader would take that for fluid. No spec (older cards): unchanged."""
+    if not spec:
+        return pred
+    return np.where(hu < float(spec["below_hu"]), np.float32(spec["value"]), pred).astype(np.float32)
+
+
 class PseudoMRIModel(_OnnxRunner):
     """CT (HU) -> one pseudo-MRI series in the CT's own geometry."""
 
@@ -136,7 +145,8 @@ class PseudoMRIModel(_OnnxRunner):
             source_label: str | None = None) -> list[SyntheticOutput]:
         vol = _check(volume)
         norm = normalise(vol, self.card.normalisation)
-        pred = self._predict(norm, None, _ticker(vol.shape[0], progress))
+        pred = signal_void(self._predict(norm, None, _ticker(vol.shape[0], progress)), vol,
+                           self.card.extra.get("signal_void"))
         stored = intensity.to_stored(pred, self.card.output_mapping)
         return [SyntheticOutput(label=self.card.output_label or "pseudo-MRI", pixels=stored)]
 

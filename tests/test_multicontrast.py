@@ -23,6 +23,7 @@ from dicom_synth.multicontrast import (
     hu_window,
     load_synthesis_model,
     normalise,
+    signal_void,
 )
 from dicom_synth.registry import load_card, sha256_file
 from models.brain.export import build_card as brain_card
@@ -92,8 +93,18 @@ def test_pseudo_mri_matches_torch_on_odd_sizes(weights: dict) -> None:
     x = torch.from_numpy(np.pad(hu_window(ct, window), ((0, 0), (0, 3), (0, 2)), constant_values=-1)[:, None])
     with torch.no_grad():
         ref = weights["g"](x).numpy()[:, 0, :37, :50]
-    expected = intensity.to_stored(ref, model.card.output_mapping)
+    expected = intensity.to_stored(np.where(ct < -500, -1.0, ref), model.card.output_mapping)  # air: void
     assert np.abs(out.pixels - expected).max() < 1e-4 * 4095 / 2 + 1e-3
+    assert (out.pixels[ct < -500] == 0).all() and (ct < -500).any()
+
+
+def test_pseudo_mri_air_is_a_signal_void_only_when_the_card_says_so() -> None:
+    pred = np.full((1, 4, 4), 0.8, np.float32)
+    hu = np.zeros((1, 4, 4), np.float32)
+    hu[0, 1:3, 1:3] = -1000.0  # the trachea
+    out = signal_void(pred, hu, {"below_hu": -500, "value": -1.0})
+    assert (out[0, 1:3, 1:3] == -1.0).all() and (out[hu > -500] == np.float32(0.8)).all()
+    assert signal_void(pred, hu, None) is pred  # an older card: untouched
 
 
 def test_brain_makes_one_series_per_missing_contrast(weights: dict) -> None:

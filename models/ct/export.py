@@ -58,6 +58,9 @@ def parity(generator: ResnetGenerator, onnx_path: Path, x: np.ndarray) -> float:
     return float(np.abs(out - ref).max())
 
 
+AIR_HU = -500.0  # below: air or lung, a signal void on every MR sequence
+
+
 def architecture(cfg: TrainConfig) -> str:
     """The card's one-paragraph description, true to the run's options."""
     losses = "L1 cycle and identity losses" if cfg.lambda_identity > 0 else (
@@ -104,6 +107,8 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
                   "series": "axial non-contrast CT in Hounsfield units (rescale applied), "
                             "head-and-neck or abdomen/pelvis"},
         "normalisation": cfg.normalisation(),
+        # applied by the runtime after the network (dicom_synth.multicontrast.signal_void)
+        "signal_void": {"below_hu": AIR_HU, "value": -1.0, "why": "air (airway, lung, bowel gas) has no MR signal"},
         "output_mapping": default_output_mapping(),
         "training": {k: v for k, v in cfg.to_dict().items() if k != "net"},
         "training_history": {k: v for k, v in (history or {}).items() if k != "subjects"},
