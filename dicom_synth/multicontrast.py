@@ -129,13 +129,26 @@ def _ticker(total: int, progress: Progress) -> Callable[[int], None]:
     return tick
 
 
+def enclosed(mask: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool: pixels with `mask` on both sides along their row and their column
+    (air inside the body: airway, lung, bowel gas; the air around it is not)."""
+    def run(a: np.ndarray, axis: int) -> np.ndarray:
+        fwd = np.maximum.accumulate(a, axis=axis)
+        back = np.flip(np.maximum.accumulate(np.flip(a, axis=axis), axis=axis), axis=axis)
+        return fwd & back
+
+    return run(mask, 1) & run(mask, 2)
+
+
 def signal_void(pred: np.ndarray, hu: np.ndarray, spec: Mapping[str, Any] | None) -> np.ndarray:
-    """Air has no MR signal: where the CT is below `spec["below_hu"]` the pseudo-MRI takes
-    `spec["value"]` (the darkest output). Unpaired CycleGANs can draw an airway bright, and a
-    reader would take that for fluid. No spec (older cards): unchanged."""
+    """Air has no MR signal: where the CT is below `spec["below_hu"]` inside the body, the
+    pseudo-MRI takes `spec["value"]` (the darkest output). Unpaired CycleGANs can draw an
+    airway bright, and a reader would take that for fluid. The air around the body keeps the
+    network's own background. No spec (older cards): unchanged."""
     if not spec:
         return pred
-    return np.where(hu < float(spec["below_hu"]), np.float32(spec["value"]), pred).astype(np.float32)
+    air = hu < float(spec["below_hu"])
+    return np.where(air & enclosed(~air), np.float32(spec["value"]), pred).astype(np.float32)
 
 
 class PseudoMRIModel(_OnnxRunner):

@@ -19,6 +19,7 @@ from dicom_synth import intensity
 from dicom_synth.multicontrast import (
     MultiContrastModel,
     PseudoMRIModel,
+    enclosed,
     hu_curve,
     hu_window,
     load_synthesis_model,
@@ -85,6 +86,7 @@ def test_pseudo_mri_matches_torch_on_odd_sizes(weights: dict) -> None:
     model = load_synthesis_model(load_card("pseudo_mri", weights["dir"]), threads=1, batch_size=2)
     assert isinstance(model, PseudoMRIModel)
     ct = np.random.default_rng(0).uniform(-1100, 1500, (3, 37, 50)).astype(np.float32)
+    ct[:, 10:14, 20:25] = -1000.0  # an airway, enclosed by the random "tissue" around it
     seen: list[float] = []
     (out,) = model.run(ct, progress=seen.append)
     assert out.label == "pseudo-MRI (T2-like)" and out.pixels.shape == ct.shape
@@ -93,17 +95,20 @@ def test_pseudo_mri_matches_torch_on_odd_sizes(weights: dict) -> None:
     x = torch.from_numpy(np.pad(hu_window(ct, window), ((0, 0), (0, 3), (0, 2)), constant_values=-1)[:, None])
     with torch.no_grad():
         ref = weights["g"](x).numpy()[:, 0, :37, :50]
-    expected = intensity.to_stored(np.where(ct < -500, -1.0, ref), model.card.output_mapping)  # air: void
+    void = (ct < -500) & enclosed(ct >= -500)
+    expected = intensity.to_stored(np.where(void, -1.0, ref), model.card.output_mapping)
     assert np.abs(out.pixels - expected).max() < 1e-4 * 4095 / 2 + 1e-3
-    assert (out.pixels[ct < -500] == 0).all() and (ct < -500).any()
+    assert (out.pixels[:, 10:14, 20:25] == 0).all()
 
 
-def test_pseudo_mri_air_is_a_signal_void_only_when_the_card_says_so() -> None:
-    pred = np.full((1, 4, 4), 0.8, np.float32)
-    hu = np.zeros((1, 4, 4), np.float32)
-    hu[0, 1:3, 1:3] = -1000.0  # the trachea
+def test_pseudo_mri_air_inside_the_body_is_a_signal_void_when_the_card_says_so() -> None:
+    pred = np.full((1, 9, 9), 0.8, np.float32)
+    hu = np.full((1, 9, 9), -1000.0, np.float32)  # air around the body
+    hu[0, 1:8, 1:8] = 40.0  # the neck
+    hu[0, 3:5, 3:5] = -1000.0  # the trachea
     out = signal_void(pred, hu, {"below_hu": -500, "value": -1.0})
-    assert (out[0, 1:3, 1:3] == -1.0).all() and (out[hu > -500] == np.float32(0.8)).all()
+    assert (out[0, 3:5, 3:5] == -1.0).all()
+    assert (out[hu > -500] == np.float32(0.8)).all() and out[0, 0, 0] == np.float32(0.8)  # outside: the network's
     assert signal_void(pred, hu, None) is pred  # an older card: untouched
 
 
