@@ -55,8 +55,8 @@ def train_chain(train: Callable[..., Any], cfg: Any, run_dir: Path, restart_to: 
                 then: Sequence[Any] = ()) -> Path:
     """`train(cfg, run_dir)`; then `train(cfg with steps=n and the restart's overrides, run_dir,
     resume=latest)` for each restart beyond the run's steps; then each config of `then` in
-    its own folder under run_dir, started from the previous checkpoint's weights
-    (`init_from`). The last checkpoint."""
+    its own folder under run_dir (`stage1_<name>`, ...), started from the previous
+    checkpoint's weights (`init_from`). The last checkpoint."""
     run_dir = Path(run_dir)
     train(cfg, run_dir)
     for r in map(Restart.parse, restart_to):
@@ -64,10 +64,10 @@ def train_chain(train: Callable[..., Any], cfg: Any, run_dir: Path, restart_to: 
             cfg = dataclasses.replace(cfg, steps=r.steps, **dict(r.overrides))
             train(cfg, run_dir, resume=run_dir / "latest.pt")
     last = run_dir / "latest.pt"
-    for stage in then:
+    for k, stage in enumerate(then, 1):  # a config may come twice: one folder per stage
         stage = dataclasses.replace(stage, threads=cfg.threads)
-        train(stage, run_dir / stage.name, init_from=last)
-        last = run_dir / stage.name / "latest.pt"
+        train(stage, run_dir / f"stage{k}_{stage.name}", init_from=last)
+        last = run_dir / f"stage{k}_{stage.name}" / "latest.pt"
     return last
 
 
