@@ -132,3 +132,26 @@ def test_structure_term_can_ask_for_the_targets_edges() -> None:
         m = MultiContrastGAN(cfg)
         losses[from_target] = m.train_step(x, src, st, bg, torch.Generator().manual_seed(0), paired)["structure"]
     assert losses[True] != losses[False]  # same network and targets, different structure reference
+
+
+def test_gate_is_told_to_pass_the_input_where_the_target_repeats_it() -> None:
+    from models.brain.train import gate_target_l1
+
+    source = torch.zeros(1, 1, 4, 4)
+    target = source.clone()
+    target[..., :2, :] = 0.8  # the enhancing part: drawn, not passed through
+    ideal = torch.ones_like(source)
+    ideal[..., :2, :] = 0.0
+    assert gate_target_l1(ideal, target, source, 0.15).item() == 0.0
+    assert gate_target_l1(torch.ones_like(source), target, source, 0.15).item() == pytest.approx(0.5)
+
+
+def test_gate_term_trains_and_is_reported() -> None:
+    cfg = dataclasses.replace(CONFIGS["tiny"], lambda_paired=1.0, lambda_gate=2.0,
+                              net=dataclasses.replace(CONFIGS["tiny"].net, input_gate=True))
+    m = MultiContrastGAN(cfg)
+    x = torch.full((2, 1, 32, 32), -0.5)
+    paired = x.expand(-1, 4, -1, -1).clone()
+    losses = m.train_step(x, torch.tensor([0, 1]), torch.zeros_like(x), torch.zeros_like(x),
+                          torch.Generator().manual_seed(0), paired)
+    assert losses["gate"] > 0.5  # the gate starts nearly closed where every target repeats the input

@@ -172,6 +172,7 @@ class Decoder(nn.Module):
         if source is None:
             raise ValueError("this decoder was built with an input gate: pass the source image")
         g = torch.sigmoid(self.gate(h))
+        self.last_gate = g  # for a training term on the gate; not part of the exported output
         return g * source + (1 - g) * y
 
 

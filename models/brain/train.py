@@ -83,6 +83,11 @@ class TrainConfig:
     # the *target's* instead of the input's, so edges the target adds (the enhancing rim) are
     # asked for, not penalised.
     structure_from_target: bool = False
+    # With the input gate and registered siblings: the gate is pulled towards 1 where the
+    # target equals the input within `gate_tolerance` ([-1, 1] units) and towards 0 elsewhere,
+    # so unchanged anatomy passes through and only what the contrast changes is drawn.
+    lambda_gate: float = 0.0
+    gate_tolerance: float = 0.15
     lr_gate_mult: float = 1.0  # learning rate of the decoder's input gate, times lr
     mirror: bool = True
     val_every: int = 250
@@ -137,6 +142,11 @@ CONFIGS: dict[str, TrainConfig] = {
                                                lr_gate_mult=40.0, steps=1500,
                                                net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
                                                                   input_gate=True)),
+    # small_paired_change_gate with the gate told where the target repeats the input.
+    "small_paired_change_gate_sup": TrainConfig(name="small_paired_change_gate_sup", lambda_paired=10.0,
+                                                lambda_change=10.0, lambda_gate=2.0, lr=5e-5, lr_gate_mult=40.0,
+                                                steps=1500, net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1,
+                                                                               dec_blocks=2, input_gate=True)),
     # A GPU: the seed's scale (BRATS: 274 volumes x 50 slices, 240x240, 50 epochs, batch 1).
     "full": TrainConfig(name="full", net=BrainNetConfig(ngf=64, ndf=64, enc_blocks=3, dec_blocks=3), n_train=250,
                         n_val=25, slices_per_subject=50, size=256, crop=256, batch_size=1, steps=50 * 250 * 50,
@@ -234,7 +244,10 @@ class MultiContrastGAN:
         x_in = F.dropout(x, c.input_dropout, training=True) if c.input_dropout > 0 else x
         code, sk = enc.encode(x_in)
         rec = dec(code, onehot(src, n), sk, x)  # the gate (if any) sees the clean input
-        y1, y2 = dec(code, onehot(t1, n), sk, x), dec(code, onehot(t2, n), sk, x)
+        y1 = dec(code, onehot(t1, n), sk, x)
+        g1 = getattr(dec, "last_gate", None)
+        y2 = dec(code, onehot(t2, n), sk, x)
+        g2 = getattr(dec, "last_gate", None)
         (code1, sk1), (code2, sk2) = enc.encode(y1), enc.encode(y2)
         cyc1, cyc2 = dec(code1, onehot(src, n), sk1, y1), dec(code2, onehot(src, n), sk2, y2)
         self.D.requires_grad_(False)
@@ -265,6 +278,12 @@ class MultiContrastGAN:
             loss_paired = (paired_l1(y1, paired[ar, t1.cpu()][:, None].to(y1), x, c.lambda_change)
                            + paired_l1(y2, paired[ar, t2.cpu()][:, None].to(y2), x, c.lambda_change))
             loss_g = loss_g + c.lambda_paired * loss_paired
+        loss_gate = x.new_zeros(())
+        if c.lambda_gate > 0 and paired is not None and g1 is not None:
+            ar = torch.arange(b)
+            loss_gate = (gate_target_l1(g1, paired[ar, t1.cpu()][:, None].to(x), x, c.gate_tolerance)
+                         + gate_target_l1(g2, paired[ar, t2.cpu()][:, None].to(x), x, c.gate_tolerance))
+            loss_g = loss_g + c.lambda_gate * loss_gate
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -280,7 +299,8 @@ class MultiContrastGAN:
         self.step += 1
         return {"adv": loss_adv.item(), "cls": loss_cls.item(), "rec": loss_rec.item(), "cycle": loss_cycle.item(),
                 "cycle_consistency": loss_cc.item(), "code": loss_code.item(), "structure": loss_struct.item(),
-                "background": loss_bg.item(), "paired": loss_paired.item(), "d": loss_d.item()}
+                "background": loss_bg.item(), "paired": loss_paired.item(), "gate": loss_gate.item(),
+                "d": loss_d.item()}
 
     @torch.no_grad()
     def validate(self, images: np.ndarray, background: np.ndarray, stride: int = 3) -> float:
@@ -322,6 +342,11 @@ def paired_l1(y: torch.Tensor, target: torch.Tensor, source: torch.Tensor, chang
         return F.l1_loss(y, target)
     w = 1.0 + change * (target - source).abs()
     return (w * (y - target).abs()).sum() / w.sum()
+
+
+def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """L1 between the decoder's gate and 1 where |target - source| < tolerance, else 0."""
+    return F.l1_loss(gate, ((target - source).abs() < tolerance).to(gate))
 
 
 def load_translator(ckpt_path: Path) -> tuple[ConditionalTranslator, TrainConfig, dict]:
