@@ -118,20 +118,22 @@ def test_change_weighted_paired_l1_counts_the_pixels_the_contrast_changes() -> N
 
 
 def test_structure_term_can_ask_for_the_targets_edges() -> None:
-    """With registered siblings, a target that adds an edge (the enhancing rim) is no longer
-    penalised for it: the structure term compares with the target's map."""
+    """With registered siblings, an edge the target adds (the enhancing rim) is asked for
+    instead of penalised: the reference map is the target's, not the input's."""
+    from models.brain.train import structure_reference
+
     x = torch.full((2, 1, 32, 32), -0.5)
     paired = x.expand(-1, 4, -1, -1).clone()
-    paired[:, 1:, 10:20, 10:20] = 0.9  # every other contrast adds a bright square (a rim on T1c)
-    src = torch.tensor([0, 0])
-    st, bg = torch.zeros_like(x), torch.zeros_like(x)
-    losses = {}
-    for from_target in (False, True):
-        cfg = dataclasses.replace(CONFIGS["tiny"], lambda_paired=1.0, structure_from_target=from_target)
-        torch.manual_seed(0)
-        m = MultiContrastGAN(cfg)
-        losses[from_target] = m.train_step(x, src, st, bg, torch.Generator().manual_seed(0), paired)["structure"]
-    assert losses[True] != losses[False]  # same network and targets, different structure reference
+    paired[:, 2, 10:20, 10:20] = 0.9  # T1c (index 2) adds a bright square
+    struct = torch.zeros_like(x)  # the flat input has no edges
+    to_t1c, to_t2 = torch.tensor([2, 2]), torch.tensor([1, 1])
+    seed = dataclasses.replace(CONFIGS["tiny"], lambda_paired=1.0)
+    paired_cfg = dataclasses.replace(seed, structure_from_target=True)
+    assert structure_reference(struct, paired, to_t1c, seed) is struct
+    ref = structure_reference(struct, paired, to_t1c, paired_cfg)
+    assert ref[:, 0, 10:20, 9:11].sum() > 0 and ref[:, 0, :5, :5].sum() == 0  # the square's border only
+    assert structure_reference(struct, paired, to_t2, paired_cfg).sum() == 0  # T2 adds nothing here
+    assert structure_reference(struct, None, to_t1c, paired_cfg) is struct  # no siblings: the seed's
 
 
 def test_gate_is_told_to_pass_the_input_where_the_target_repeats_it() -> None:

@@ -153,8 +153,10 @@ class Decoder(nn.Module):
             nn.init.constant_(self.gate[1].bias, -4.0)
 
     def forward(self, code: torch.Tensor, condition: torch.Tensor,
-                skips: list[torch.Tensor] | None = None, source: torch.Tensor | None = None) -> torch.Tensor:
-        """`source`: the image the code was encoded from (needed with `input_gate`)."""
+                skips: list[torch.Tensor] | None = None, source: torch.Tensor | None = None,
+                with_gate: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """`source`: the image the code was encoded from (needed with `input_gate`).
+        `with_gate`: also return the gate (None without one), for a training term on it."""
         tiled = condition[:, :, None, None].expand(-1, -1, code.shape[2], code.shape[3])
         h = torch.relu(self.inp_norm(self.inp(torch.cat([code, tiled], 1)), condition))
         for block in self.blocks:
@@ -168,12 +170,12 @@ class Decoder(nn.Module):
             h = torch.relu(norm(h, condition))
         y = self.out(h)
         if self.gate is None:
-            return y
+            return (y, None) if with_gate else y
         if source is None:
             raise ValueError("this decoder was built with an input gate: pass the source image")
         g = torch.sigmoid(self.gate(h))
-        self.last_gate = g  # for a training term on the gate; not part of the exported output
-        return g * source + (1 - g) * y
+        out = g * source + (1 - g) * y
+        return (out, g) if with_gate else out
 
 
 class ConditionalTranslator(nn.Module):

@@ -247,10 +247,8 @@ class MultiContrastGAN:
         x_in = F.dropout(x, c.input_dropout, training=True) if c.input_dropout > 0 else x
         code, sk = enc.encode(x_in)
         rec = dec(code, onehot(src, n), sk, x)  # the gate (if any) sees the clean input
-        y1 = dec(code, onehot(t1, n), sk, x)
-        g1 = getattr(dec, "last_gate", None)
-        y2 = dec(code, onehot(t2, n), sk, x)
-        g2 = getattr(dec, "last_gate", None)
+        y1, g1 = dec(code, onehot(t1, n), sk, x, with_gate=True)
+        y2, g2 = dec(code, onehot(t2, n), sk, x, with_gate=True)
         (code1, sk1), (code2, sk2) = enc.encode(y1), enc.encode(y2)
         cyc1, cyc2 = dec(code1, onehot(src, n), sk1, y1), dec(code2, onehot(src, n), sk2, y2)
         self.D.requires_grad_(False)
@@ -264,11 +262,7 @@ class MultiContrastGAN:
         loss_cycle = F.mse_loss(cyc1, x) + F.mse_loss(cyc2, x)
         loss_cc = F.mse_loss(cyc1, cyc2)
         loss_code = F.mse_loss(code1, code) + F.mse_loss(code2, code)
-        s1 = s2 = struct
-        if c.structure_from_target and paired is not None:
-            ar = torch.arange(b)
-            s1 = structure_map_torch(paired[ar, t1.cpu()][:, None].to(y1), c.beta)
-            s2 = structure_map_torch(paired[ar, t2.cpu()][:, None].to(y2), c.beta)
+        s1, s2 = (structure_reference(struct, paired, t, c) for t in (t1, t2))
         loss_struct = (F.mse_loss(structure_map_soft(y1, c.beta), s1)
                        + F.mse_loss(structure_map_soft(y2, c.beta), s2))
         loss_bg = (((y1 + 1) / 2 * bg) ** 2).mean() + (((y2 + 1) / 2 * bg) ** 2).mean()
@@ -345,6 +339,15 @@ def paired_l1(y: torch.Tensor, target: torch.Tensor, source: torch.Tensor, chang
         return F.l1_loss(y, target)
     w = 1.0 + change * (target - source).abs()
     return (w * (y - target).abs()).sum() / w.sum()
+
+
+def structure_reference(struct: torch.Tensor, paired: torch.Tensor | None, target: torch.Tensor,
+                        cfg: TrainConfig) -> torch.Tensor:
+    """The Algorithm-1 map a translation's edges are compared with: the input's (the seed), or
+    with `structure_from_target` and registered siblings the target contrast's own."""
+    if not cfg.structure_from_target or paired is None:
+        return struct
+    return structure_map_torch(paired[torch.arange(len(target)), target.cpu()][:, None].to(struct), cfg.beta)
 
 
 def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tensor, tolerance: float) -> torch.Tensor:

@@ -148,16 +148,14 @@ def with_long_skip(state: dict[str, torch.Tensor], cfg: CycleNetConfig) -> dict[
     plain = ResnetGenerator(dataclasses.replace(cfg, long_skip=False))
     plain.load_state_dict(state)
     skip = ResnetGenerator(dataclasses.replace(cfg, long_skip=True))
-    layers = list(plain.model)
-    n_head, n_tail = len(skip.head), 3
-    for dst, src in zip([*skip.head, *skip.body], layers[:-n_tail], strict=True):
+    layers = list(plain.model)  # ..., pad, conv, tanh: the tail is the last three
+    for dst, src in zip([*skip.head, *skip.body], layers[:-3], strict=True):
         dst.load_state_dict(src.state_dict())
     old, new = layers[-2], skip.tail[1]
     with torch.no_grad():
         new.weight.zero_()
         new.weight[:, :old.in_channels] = old.weight
         new.bias.copy_(old.bias)
-    assert n_head + len(skip.body) + n_tail == len(layers)
     return skip.state_dict()
 
 
