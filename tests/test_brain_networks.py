@@ -148,6 +148,24 @@ def test_gate_is_told_to_pass_the_input_where_the_target_repeats_it() -> None:
     assert gate_target_l1(torch.ones_like(source), target, source, 0.15).item() == pytest.approx(0.5)
 
 
+
+def test_gate_term_skips_samples_whose_target_does_not_repeat_the_input() -> None:
+    from models.brain.train import gate_target_l1
+
+    source = torch.zeros(2, 1, 4, 4)
+    target = source.clone()
+    target[0, :, 0, 0] = 0.8  # near-identity pair (T1 -> T1c): 15 of 16 pixels agree
+    target[1, :, :2, :] = 0.8  # a different contrast (FLAIR -> T1): half agree by chance
+    head = torch.ones_like(source)
+    closed = torch.zeros_like(source)  # every gate shut: wrong where the target repeats the input
+    both = gate_target_l1(closed, target, source, 0.15)
+    near = gate_target_l1(closed, target, source, 0.15, head, min_agreement=0.9)
+    assert both.item() == pytest.approx((15 / 16 + 8 / 16) / 2)
+    assert near.item() == pytest.approx(15 / 16 / 2)  # the second sample's gate is left free
+    outside = head.clone()
+    outside[0, :, 2:, :] = 0.0  # agreement counts inside the head only: 7 of 8 < 0.9
+    assert gate_target_l1(closed, target, source, 0.15, outside, min_agreement=0.9).item() == 0.0
+
 def test_gate_term_trains_and_is_reported() -> None:
     cfg = dataclasses.replace(CONFIGS["tiny"], lambda_paired=1.0, lambda_gate=2.0,
                               net=dataclasses.replace(CONFIGS["tiny"].net, input_gate=True))

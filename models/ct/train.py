@@ -156,6 +156,12 @@ CONFIGS: dict[str, TrainConfig] = {
     "small_curve_skip_ngf": TrainConfig(name="small_curve_skip_ngf", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
                                         lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=20.0,
                                         lambda_tv=5.0, lr=1e-4, steps=1500),
+    # small_curve_skip_ngf again, on three times the training subjects (24 per region and
+    # modality): eyes and parotids are a few slices per subject, and the GAN saw few of them.
+    "small_curve_skip_ngf_more": TrainConfig(name="small_curve_skip_ngf_more",
+                                             net=CycleNetConfig(ngf=12, ndf=16, long_skip=True), n_train=24,
+                                             lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=20.0,
+                                             lambda_tv=5.0, lr=1e-4, steps=1500),
     # A GPU: the usual CycleGAN widths, whole 256x256 slices, many subjects.
     "full": TrainConfig(name="full", net=CycleNetConfig(ngf=64, ndf=64), n_train=50, n_val=5,
                         slices_per_subject=48, size=256, crop=256, batch_size=1, steps=200_000,
