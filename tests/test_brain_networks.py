@@ -162,6 +162,8 @@ def test_gate_term_skips_samples_whose_target_does_not_repeat_the_input() -> Non
     near = gate_target_l1(closed, target, source, 0.15, head, min_agreement=0.9)
     assert both.item() == pytest.approx((15 / 16 + 8 / 16) / 2)
     assert near.item() == pytest.approx(15 / 16 / 2)  # the second sample's gate is left free
+    shut = gate_target_l1(torch.full_like(source, 0.25), target, source, 0.15, head, 0.9, close_others=True)
+    assert shut.item() == pytest.approx((0.75 * 15 / 16 + 0.25 * 1 / 16 + 0.25) / 2)  # the second: towards 0
     outside = head.clone()
     outside[0, :, 2:, :] = 0.0  # agreement counts inside the head only: 7 of 8 < 0.9
     assert gate_target_l1(closed, target, source, 0.15, outside, min_agreement=0.9).item() == 0.0

@@ -92,6 +92,9 @@ class TrainConfig:
     # tolerance) over at least this fraction of the head (T1 <-> T1c, not FLAIR -> T1, where
     # a pixel matches by chance); 0: every sample.
     gate_min_agreement: float = 0.0
+    # ...and the gates of the other samples are pulled shut (towards 0 everywhere) instead of
+    # left free: a gate opened for T1 -> T1c otherwise opens for FLAIR -> T1c too.
+    gate_close_others: bool = False
     lr_gate_mult: float = 1.0  # learning rate of the decoder's input gate, times lr
     mirror: bool = True
     val_every: int = 250
@@ -162,6 +165,13 @@ CONFIGS: dict[str, TrainConfig] = {
                                                  lr=5e-5, lr_gate_mult=40.0, steps=1500,
                                                  net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
                                                                     input_gate=True)),
+    # small_paired_change_gate_near with the other samples' gates pulled shut.
+    "small_paired_change_gate_near_closed": TrainConfig(name="small_paired_change_gate_near_closed",
+                                                        lambda_paired=10.0, lambda_change=10.0, lambda_gate=5.0,
+                                                        gate_min_agreement=0.9, gate_close_others=True, lr=5e-5,
+                                                        lr_gate_mult=40.0, steps=1500,
+                                                        net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1,
+                                                                           dec_blocks=2, input_gate=True)),
     # A GPU: the seed's scale (BRATS: 274 volumes x 50 slices, 240x240, 50 epochs, batch 1).
     "full": TrainConfig(name="full", net=BrainNetConfig(ngf=64, ndf=64, enc_blocks=3, dec_blocks=3), n_train=250,
                         n_val=25, slices_per_subject=50, size=256, crop=256, batch_size=1, steps=50 * 250 * 50,
@@ -291,9 +301,9 @@ class MultiContrastGAN:
         if c.lambda_gate > 0 and paired is not None and g1 is not None:
             ar = torch.arange(b)
             loss_gate = (gate_target_l1(g1, paired[ar, t1.cpu()][:, None].to(x), x, c.gate_tolerance,
-                                        1 - bg, c.gate_min_agreement)
+                                        1 - bg, c.gate_min_agreement, c.gate_close_others)
                          + gate_target_l1(g2, paired[ar, t2.cpu()][:, None].to(x), x, c.gate_tolerance,
-                                          1 - bg, c.gate_min_agreement))
+                                          1 - bg, c.gate_min_agreement, c.gate_close_others))
             loss_g = loss_g + c.lambda_gate * loss_gate
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -365,17 +375,21 @@ def structure_reference(struct: torch.Tensor, paired: torch.Tensor | None, targe
 
 
 def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tensor, tolerance: float,
-                   head: torch.Tensor | None = None, min_agreement: float = 0.0) -> torch.Tensor:
+                   head: torch.Tensor | None = None, min_agreement: float = 0.0,
+                   close_others: bool = False) -> torch.Tensor:
     """L1 between the decoder's gate and 1 where |target - source| < tolerance, else 0.
     With `min_agreement` > 0, only samples whose target agrees with the source on at least
-    that fraction of `head` (B,1,h,w; 1 inside) count; the others' gates are left free."""
+    that fraction of `head` (B,1,h,w; 1 inside) are told so; the others' gates are left free,
+    or with `close_others` told 0 everywhere."""
     same = ((target - source).abs() < tolerance).to(gate)
-    per_sample = (gate - same).abs().flatten(1).mean(1)
     if min_agreement <= 0:
-        return per_sample.mean()
+        return (gate - same).abs().mean()
     area = head.flatten(1).sum(1).clamp_min(1.0)
-    agree = (same * head).flatten(1).sum(1) / area
-    return (per_sample * (agree >= min_agreement).to(gate)).mean()
+    near = ((same * head).flatten(1).sum(1) / area >= min_agreement).to(gate)
+    per_sample_same = (gate - same).abs().flatten(1).mean(1)
+    if not close_others:
+        return (near * per_sample_same).mean()
+    return (near * per_sample_same + (1 - near) * gate.flatten(1).mean(1)).mean()
 
 
 def load_translator(ckpt_path: Path) -> tuple[ConditionalTranslator, TrainConfig, dict]:
