@@ -167,6 +167,11 @@ CONFIGS: dict[str, TrainConfig] = {
                                            net=CycleNetConfig(ngf=12, ndf=16, long_skip=True), n_train=48,
                                            lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=20.0,
                                            lambda_tv=5.0, lr=1e-4, steps=3000),
+    # And on 96, to fine-tune a small_curve_skip_ngf_48 run.
+    "small_curve_skip_ngf_96": TrainConfig(name="small_curve_skip_ngf_96",
+                                           net=CycleNetConfig(ngf=12, ndf=16, long_skip=True), n_train=96,
+                                           lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=20.0,
+                                           lambda_tv=5.0, lr=1e-4, steps=3000),
     # A GPU: the usual CycleGAN widths, whole 256x256 slices, many subjects.
     "full": TrainConfig(name="full", net=CycleNetConfig(ngf=64, ndf=64), n_train=50, n_val=5,
                         slices_per_subject=48, size=256, crop=256, batch_size=1, steps=200_000,
