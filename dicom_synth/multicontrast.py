@@ -7,8 +7,9 @@ The card's `runtime` field picks the runner:
   HU window and scaled linearly to [-1, 1] (absolute HU carry the tissue information, so no
   per-slice scaling); one output series.
 - "conditional_contrast": inputs `input` (N, 1, H, W) and `condition` (N, C), a one-hot
-  target contrast; the source is per-slice min-max scaled as the card says; one output
-  series per contrast the study lacks (every card contrast except the source's).
+  target contrast (and `source` (N, C), the input's contrast, when the card's conditioning
+  names a `source_input`); the source is per-slice min-max scaled as the card says; one
+  output series per contrast the study lacks (every card contrast except the source's).
 
 numpy + onnxruntime only (no torch, no scipy): this runs inside the worker.
 """
@@ -174,6 +175,7 @@ class MultiContrastModel(_OnnxRunner):
         if not self.contrasts:
             raise ValueError(f"{card.name}: card has no conditioning.contrasts")
         self.cond_input = str(cond.get("input", "condition"))
+        self.source_input = cond.get("source_input")  # a graph that also takes the source contrast
         self.labels: dict[str, str] = dict(cond.get("labels") or {})
         self.source_labels: dict[str, str] = dict(cond.get("source_labels") or {})
 
@@ -199,11 +201,12 @@ class MultiContrastModel(_OnnxRunner):
         vol = _check(volume)
         norm = normalise(vol, self.card.normalisation)
         tick = _ticker(vol.shape[0] * len(targets), progress)
+        eye = np.eye(len(self.contrasts), dtype=np.float32)
+        source = {str(self.source_input): eye[self.contrasts.index(self.source_contrast(source_label))]
+                  } if self.source_input else {}
         outputs = []
         for target in targets:
-            onehot = np.zeros(len(self.contrasts), np.float32)
-            onehot[self.contrasts.index(target)] = 1.0
-            pred = self._predict(norm, {self.cond_input: onehot}, tick)
+            pred = self._predict(norm, {self.cond_input: eye[self.contrasts.index(target)], **source}, tick)
             outputs.append(SyntheticOutput(label=self.labels.get(target, target.upper()),
                                            pixels=intensity.to_stored(pred, self.card.output_mapping)))
         return outputs

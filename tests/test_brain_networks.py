@@ -177,3 +177,30 @@ def test_gate_term_trains_and_is_reported() -> None:
     losses = m.train_step(x, torch.tensor([0, 1]), torch.zeros_like(x), torch.zeros_like(x),
                           torch.Generator().manual_seed(0), paired)
     assert losses["gate"] > 0.5  # the gate starts nearly closed where every target repeats the input
+
+
+def test_gate_knows_the_source_contrast_exports_and_warm_starts_from_a_gated_run(tmp_path: Path) -> None:
+    gate_net = dataclasses.replace(CONFIGS["tiny"].net, input_gate=True)
+    gated = dataclasses.replace(CONFIGS["tiny"], net=gate_net, steps=2)
+    train(gated, tmp_path / "gate", progress=False)
+    paired = dataclasses.replace(gated, net=dataclasses.replace(gate_net, gate_source=True), lambda_paired=1.0,
+                                 lambda_gate=1.0, gate_min_agreement=0.9)
+    hist = train(paired, tmp_path / "pair", progress=False, init_from=tmp_path / "gate" / "latest.pt")
+    assert hist["init_from"]["new_layers"] == ["decoder.gate_pair"]
+    t, _, _ = load_translator(tmp_path / "pair" / "latest.pt")
+    with pytest.raises(ValueError, match="source_condition"):
+        t(torch.zeros(1, 1, 32, 32), torch.eye(4)[:1])
+    # the pair bias opens T1 -> T1c alone: the same target from FLAIR keeps its gate
+    x, cond = parity_inputs(4, n=1, h=32, w=32)
+    t1, t1c, flair = (torch.eye(4)[[i]] for i in (0, 2, 3))
+    with torch.no_grad():
+        t.decoder.gate_pair.zero_()
+        t.decoder.gate_pair[0, 2] = 30.0
+        xt = torch.from_numpy(x)
+        assert float((t(xt, t1c, t1) - xt).abs().max()) < 1e-6
+        assert float((t(xt, t1c, flair) - xt).abs().max()) > 0.1
+    path = export_onnx(t, tmp_path / "p.onnx", 4)
+    assert parity(t, path, *parity_inputs(4, n=4, h=48, w=64)) < 1e-4
+    card = build_card("brain_contrasts", path, paired, version="0.0.1")
+    assert card["conditioning"]["source_input"] == "source"
+    assert "source_input" not in build_card("brain_contrasts", path, gated, version="0.0.1")["conditioning"]

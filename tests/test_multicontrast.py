@@ -5,6 +5,7 @@ falls back to SynthesisModel."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -125,6 +126,26 @@ def test_brain_makes_one_series_per_missing_contrast(weights: dict) -> None:
         ref = weights["t"](x, torch.tensor([[0, 0, 0, 1.0]] * 2)).numpy()[:, 0]
     np.testing.assert_allclose(outs[2].pixels, intensity.to_stored(ref, model.card.output_mapping), atol=0.5)
     assert [o.label for o in model.run(vol, source_label="flair")] == ["T1", "T2", "T1c"]
+
+
+def test_brain_feeds_the_source_contrast_when_the_card_names_its_input(tmp_path: Path) -> None:
+    net = BrainNetConfig(ngf=4, ndf=4, enc_blocks=1, dec_blocks=1, input_gate=True, gate_source=True)
+    t = _randomise(ConditionalTranslator(net))
+    with torch.no_grad():
+        t.decoder.gate_pair.zero_()
+        t.decoder.gate_pair[0, 2] = 30.0  # T1 -> T1c passes the input through
+    p = brain_export(t, tmp_path / "brain_contrasts.onnx", 4)
+    cfg = dataclasses.replace(BRAIN_CONFIGS["tiny"], net=net)
+    (tmp_path / "brain_contrasts.card.json").write_text(
+        json.dumps(brain_card("brain_contrasts", p, cfg, version="0.0.1")))
+    model = load_synthesis_model(load_card("brain_contrasts", tmp_path), threads=1)
+    vol = np.random.default_rng(2).uniform(0, 3000, (2, 40, 36)).astype(np.float32)
+    passed = intensity.to_stored(intensity.normalise_slices(vol), model.card.output_mapping)
+    t1c_from_t1 = model.run(vol, source_label="brain_t1")[1]
+    t1c_from_flair = model.run(vol, source_label="brain_flair")[2]
+    assert t1c_from_t1.label == t1c_from_flair.label == "T1c"
+    np.testing.assert_allclose(t1c_from_t1.pixels, passed, atol=0.5)
+    assert np.abs(t1c_from_flair.pixels.astype(float) - passed).max() > 100
 
 
 def test_brain_refuses_without_a_known_source(weights: dict) -> None:

@@ -35,9 +35,19 @@ INTENDED_USE = (
     "a synthetic FLAIR may miss or invent lesions.")
 
 
-def conditioning() -> dict[str, Any]:
+def conditioning(gate_source: bool = False) -> dict[str, Any]:
+    """The card's conditioning block; with `gate_source` the graph also takes the source
+    contrast as a one-hot input named `source_input`."""
     return {"input": "condition", "encoding": "one-hot, float32 (N, C)", "contrasts": list(CONTRASTS),
-            "labels": dict(LABELS), "source_labels": {f"brain_{c}": c for c in CONTRASTS}}
+            "labels": dict(LABELS), "source_labels": {f"brain_{c}": c for c in CONTRASTS},
+            **({"source_input": SOURCE_INPUT} if gate_source else {})}
+
+
+SOURCE_INPUT = "source"
+
+
+def _sources(model: ConditionalTranslator) -> bool:
+    return model.decoder.gate_pair is not None
 
 
 def export_onnx(model: ConditionalTranslator, path: Path, n_contrasts: int, opset: int = OPSET) -> Path:
@@ -48,10 +58,14 @@ def export_onnx(model: ConditionalTranslator, path: Path, n_contrasts: int, opse
     cond[0, 0] = 1.0
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (x, cond), str(path), input_names=["input", "condition"], output_names=["output"],
-                      dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "condition": {0: "batch"},
-                                    "output": {0: "batch", 2: "height", 3: "width"}},
-                      opset_version=opset, dynamo=False)
+    args, names = (x, cond), ["input", "condition"]
+    axes = {"input": {0: "batch", 2: "height", 3: "width"}, "condition": {0: "batch"},
+            "output": {0: "batch", 2: "height", 3: "width"}}
+    if _sources(model):
+        args, names = (x, cond, torch.roll(cond, 1, 1)), [*names, SOURCE_INPUT]
+        axes[SOURCE_INPUT] = {0: "batch"}
+    torch.onnx.export(model, args, str(path), input_names=names, output_names=["output"],
+                      dynamic_axes=axes, opset_version=opset, dynamo=False)
     return path
 
 
@@ -60,10 +74,13 @@ def parity(model: ConditionalTranslator, onnx_path: Path, x: np.ndarray, cond: n
     import onnxruntime as ort
 
     model.eval()
+    feeds = {"input": x, "condition": cond}
+    if _sources(model):
+        feeds[SOURCE_INPUT] = np.roll(cond, 1, axis=1)  # some source other than the target
     with torch.no_grad():
-        ref = model(torch.from_numpy(x), torch.from_numpy(cond)).numpy()
+        ref = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (out,) = sess.run(None, {"input": x, "condition": cond})
+    (out,) = sess.run(None, feeds)
     return float(np.abs(out - ref).max())
 
 
@@ -86,7 +103,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
         "output_label": "missing brain contrasts",
         "output_modality": "MR",
         "runtime": CONDITIONAL,
-        "conditioning": conditioning(),
+        "conditioning": conditioning(cfg.net.gate_source and cfg.net.input_gate),
         "architecture": (
             "Seed 002 conditional generator: one encoder to a contrast-independent code, one "
             "decoder conditioned on a one-hot target contrast (tiled and stacked with the code, and "

@@ -38,6 +38,9 @@ class BrainNetConfig:
     d_layers: int = 3
     skips: bool = True  # U-Net skips from encoder to decoder (not in the seed's figure)
     input_gate: bool = False  # out = g*input + (1-g)*decoded, g per pixel (not in the seed, see Decoder)
+    # The gate also knows the source contrast: a learnt bias per (source, target) pair, so it
+    # can open for T1 -> T1c and stay as it is for FLAIR -> T1c (the graph takes a `source` one-hot).
+    gate_source: bool = False
 
     @property
     def spatial_multiple(self) -> int:
@@ -127,7 +130,8 @@ class Decoder(nn.Module):
     a few structures (T1 -> T1c: only enhancing tissue changes), the input's own pixels,
     noise and detail pass through instead of being re-drawn by a narrow decoder. Not in the
     seed; initialised nearly closed (g ~ 0.02), so a network trained without it starts from
-    where it was."""
+    where it was. With `gate_source` the gate's logit also gets a learnt bias for the
+    (source, target) pair (zero at first: the same function)."""
 
     def __init__(self, cfg: BrainNetConfig):
         super().__init__()
@@ -151,11 +155,14 @@ class Decoder(nn.Module):
             self.gate = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ch, 1, 3))
             nn.init.zeros_(self.gate[1].weight)
             nn.init.constant_(self.gate[1].bias, -4.0)
+        self.gate_pair = nn.Parameter(torch.zeros(n, n)) if cfg.input_gate and cfg.gate_source else None
 
     def forward(self, code: torch.Tensor, condition: torch.Tensor,
                 skips: list[torch.Tensor] | None = None, source: torch.Tensor | None = None,
-                with_gate: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-        """`source`: the image the code was encoded from (needed with `input_gate`).
+                with_gate: bool = False, source_condition: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """`source`: the image the code was encoded from (needed with `input_gate`);
+        `source_condition`: its contrast, one-hot (needed with `gate_source`).
         `with_gate`: also return the gate (None without one), for a training term on it."""
         tiled = condition[:, :, None, None].expand(-1, -1, code.shape[2], code.shape[3])
         h = torch.relu(self.inp_norm(self.inp(torch.cat([code, tiled], 1)), condition))
@@ -173,7 +180,12 @@ class Decoder(nn.Module):
             return (y, None) if with_gate else y
         if source is None:
             raise ValueError("this decoder was built with an input gate: pass the source image")
-        g = torch.sigmoid(self.gate(h))
+        logit = self.gate(h)
+        if self.gate_pair is not None:
+            if source_condition is None:
+                raise ValueError("this decoder's gate knows the source contrast: pass source_condition")
+            logit = logit + ((source_condition @ self.gate_pair) * condition).sum(1)[:, None, None, None]
+        g = torch.sigmoid(logit)
         out = g * source + (1 - g) * y
         return (out, g) if with_gate else out
 
@@ -187,9 +199,10 @@ class ConditionalTranslator(nn.Module):
         self.decoder = Decoder(cfg)
         self.multiple = cfg.spatial_multiple
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, condition: torch.Tensor,
+                source_condition: torch.Tensor | None = None) -> torch.Tensor:
         code, skips = self.encoder.encode(x)
-        return self.decoder(code, condition, skips, x)
+        return self.decoder(code, condition, skips, x, source_condition=source_condition)
 
 
 class ContrastDiscriminator(nn.Module):

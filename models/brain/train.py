@@ -172,6 +172,13 @@ CONFIGS: dict[str, TrainConfig] = {
                                                         lr_gate_mult=40.0, steps=1500,
                                                         net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1,
                                                                            dec_blocks=2, input_gate=True)),
+    # small_paired_change_gate_near with the gate knowing the source contrast (`gate_source`):
+    # the T1 <-> T1c gates open without opening FLAIR -> T1c's.
+    "small_paired_change_gate_pair": TrainConfig(name="small_paired_change_gate_pair", lambda_paired=10.0,
+                                                 lambda_change=10.0, lambda_gate=5.0, gate_min_agreement=0.9,
+                                                 lr=5e-5, lr_gate_mult=40.0, steps=1500,
+                                                 net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
+                                                                    input_gate=True, gate_source=True)),
     # A GPU: the seed's scale (BRATS: 274 volumes x 50 slices, 240x240, 50 epochs, batch 1).
     "full": TrainConfig(name="full", net=BrainNetConfig(ngf=64, ndf=64, enc_blocks=3, dec_blocks=3), n_train=250,
                         n_val=25, slices_per_subject=50, size=256, crop=256, batch_size=1, steps=50 * 250 * 50,
@@ -236,8 +243,8 @@ class MultiContrastGAN:
         init_weights(self.T)
         init_weights(self.D)
         betas = (cfg.beta1, 0.999)
-        gate = [p for n, p in self.T.named_parameters() if n.startswith("decoder.gate.")]
-        rest = [p for n, p in self.T.named_parameters() if not n.startswith("decoder.gate.")]
+        gate = [p for n, p in self.T.named_parameters() if n.startswith("decoder.gate")]
+        rest = [p for n, p in self.T.named_parameters() if not n.startswith("decoder.gate")]
         groups = [{"params": rest, "lr_mult": 1.0}]
         if gate:
             groups.append({"params": gate, "lr_mult": cfg.lr_gate_mult})
@@ -268,11 +275,13 @@ class MultiContrastGAN:
         enc, dec = self.T.encoder, self.T.decoder
         x_in = F.dropout(x, c.input_dropout, training=True) if c.input_dropout > 0 else x
         code, sk = enc.encode(x_in)
-        rec = dec(code, onehot(src, n), sk, x)  # the gate (if any) sees the clean input
-        y1, g1 = dec(code, onehot(t1, n), sk, x, with_gate=True)
-        y2, g2 = dec(code, onehot(t2, n), sk, x, with_gate=True)
+        s1h, t1h, t2h = onehot(src, n), onehot(t1, n), onehot(t2, n)
+        rec = dec(code, s1h, sk, x, source_condition=s1h)  # the gate (if any) sees the clean input
+        y1, g1 = dec(code, t1h, sk, x, with_gate=True, source_condition=s1h)
+        y2, g2 = dec(code, t2h, sk, x, with_gate=True, source_condition=s1h)
         (code1, sk1), (code2, sk2) = enc.encode(y1), enc.encode(y2)
-        cyc1, cyc2 = dec(code1, onehot(src, n), sk1, y1), dec(code2, onehot(src, n), sk2, y2)
+        cyc1 = dec(code1, s1h, sk1, y1, source_condition=t1h)
+        cyc2 = dec(code2, s1h, sk2, y2, source_condition=t2h)
         self.D.requires_grad_(False)
         loss_adv = x.new_zeros(())
         loss_cls = x.new_zeros(())
@@ -338,7 +347,8 @@ class MultiContrastGAN:
                 if t == s:
                     continue
                 cond = onehot(torch.full((len(imgs),), t, dtype=torch.long), n).to(self.device)
-                pred = self.T.decoder(code, cond, sk, x).cpu().numpy()[:, 0]
+                scond = onehot(torch.full((len(imgs),), s, dtype=torch.long), n).to(self.device)
+                pred = self.T.decoder(code, cond, sk, x, source_condition=scond).cpu().numpy()[:, 0]
                 m = fg[:, s]
                 total += float(np.abs(pred - imgs[:, t])[m].sum()) / 2.0
                 count += int(m.sum())
@@ -450,7 +460,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
     elif init_from is not None:
         ckpt = torch.load(init_from, map_location="cpu", weights_only=False)
         missing, unexpected = model.T.load_state_dict(ckpt["T"], strict=False)
-        if unexpected or any(not k.startswith("decoder.gate.") for k in missing):
+        if unexpected or any(not k.startswith("decoder.gate") for k in missing):
             raise ValueError(f"{init_from} does not fit this network: missing {missing}, unexpected {unexpected}")
         model.D.load_state_dict(ckpt["D"])
         history["init_from"] = {"checkpoint": str(init_from), "step": int(ckpt["step"]),
