@@ -179,6 +179,14 @@ CONFIGS: dict[str, TrainConfig] = {
                                                  lr=5e-5, lr_gate_mult=40.0, steps=1500,
                                                  net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
                                                                     input_gate=True, gate_source=True)),
+    # small_paired_change_gate_pair with the other pairs' gates pulled shut (their pair bias can
+    # shut them without shutting T1 <-> T1c's), to fine-tune a small_paired_change_gate_pair run.
+    "small_paired_change_gate_pair_closed": TrainConfig(name="small_paired_change_gate_pair_closed",
+                                                        lambda_paired=10.0, lambda_change=10.0, lambda_gate=5.0,
+                                                        gate_min_agreement=0.9, gate_close_others=True, lr=5e-5,
+                                                        lr_gate_mult=40.0, steps=1500,
+                                                        net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
+                                                                           input_gate=True, gate_source=True)),
     # A GPU: the seed's scale (BRATS: 274 volumes x 50 slices, 240x240, 50 epochs, batch 1).
     "full": TrainConfig(name="full", net=BrainNetConfig(ngf=64, ndf=64, enc_blocks=3, dec_blocks=3), n_train=250,
                         n_val=25, slices_per_subject=50, size=256, crop=256, batch_size=1, steps=50 * 250 * 50,

@@ -1,7 +1,7 @@
 """Rebuild the demo pseudo-MRI model from nothing: phantom data, unpaired CycleGAN training
 (config `small_curve`: 3000 steps, a warm restart to 6000, another to 9000 with the NGF
-structure term on, then the fine-tuning stages `small_curve_tv_ngf` and `small_curve_skip_ngf`;
-2 CPU cores), ONNX export
+structure term on, then the fine-tuning stages `small_curve_tv_ngf`, `small_curve_skip_ngf`
+and the same on 24, 48 and 96 training subjects; 2 CPU cores), ONNX export
 with a parity check, evaluation on phantom test subjects against the baselines through the
 registry, and the model card with the figures.
 
@@ -36,11 +36,13 @@ from models.dce.export import write_card
 
 NAME = "pseudo_mri"
 DEMO_CONFIG = "small_curve"  # seed 004's CycleGAN at CPU width, no identity term, soft-tissue HU curve
-DEMO_VERSION = "0.3.0"
+DEMO_VERSION = "0.4.0"
 # 3000 steps, a warm restart to 6000, another to 9000 with the NGF structure term switched on
 DEMO_RESTART_TO: tuple[str | int, ...] = (6000, "9000:lambda_ngf=20")
-# then total variation, then a long skip (how v0.3.0 was made)
-DEMO_THEN: tuple[str, ...] = ("small_curve_tv_ngf", "small_curve_skip_ngf")
+# then total variation, then a long skip, then the same on 24, 48 and 96 training subjects
+# per region and modality (how v0.4.0 was made)
+DEMO_THEN: tuple[str, ...] = ("small_curve_tv_ngf", "small_curve_skip_ngf", "small_curve_skip_ngf_more",
+                              "small_curve_skip_ngf_48", "small_curve_skip_ngf_96")
 
 
 def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int = 2, steps: int | None = None,
