@@ -203,4 +203,5 @@ def test_gate_knows_the_source_contrast_exports_and_warm_starts_from_a_gated_run
     assert parity(t, path, *parity_inputs(4, n=4, h=48, w=64)) < 1e-4
     card = build_card("brain_contrasts", path, paired, version="0.0.1")
     assert card["conditioning"]["source_input"] == "source"
+    assert "per (source, target) pair" in card["architecture"] and "Not in the seed" in card["architecture"]
     assert "source_input" not in build_card("brain_contrasts", path, gated, version="0.0.1")["conditioning"]

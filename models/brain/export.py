@@ -91,6 +91,23 @@ def parity_inputs(n_contrasts: int, n: int = 4, h: int = 96, w: int = 80) -> tup
     return x, cond
 
 
+def _not_in_seed(cfg: TrainConfig) -> str:
+    """What this network and its training add to the seed, for the card's architecture text."""
+    parts = []
+    if cfg.lambda_paired > 0:
+        parts.append("an L1 pull to the registered sibling contrast"
+                     + (", weighted where the contrast changes" if cfg.lambda_change > 0 else ""))
+    if cfg.net.input_gate:
+        parts.append("a per-pixel input gate (output = g*input + (1-g)*decoded)"
+                     + (" with a learnt bias per (source, target) pair, so the graph also takes the "
+                        "source contrast" if cfg.net.gate_source else ""))
+    if cfg.lambda_gate > 0:
+        parts.append("the gate told to pass the input where the registered target repeats it"
+                     + (f" (pairs agreeing on >= {cfg.gate_min_agreement:.0%} of the head)"
+                        if cfg.gate_min_agreement > 0 else ""))
+    return (" Not in the seed: " + "; ".join(parts) + ".") if parts else ""
+
+
 def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
                metrics: dict[str, Any] | None = None, training_data: dict[str, Any] | None = None,
                history: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -110,7 +127,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
             "scaling/shifting every instance norm), U-Net skips, PatchGAN discriminator with "
             "adversarial and class heads; LSGAN, class guidance, reconstruction, cycle, cycle- and "
             "code-consistency, Algorithm-1 structure and Algorithm-2 background losses; "
-            "InstanceNorm without running statistics."),
+            "InstanceNorm without running statistics." + _not_in_seed(cfg)),
         "net": cfg.net.to_dict(),
         "input": {"name": "input", "layout": "NCHW", "channels": 1, "dtype": "float32",
                   "spatial_multiple": cfg.net.spatial_multiple,

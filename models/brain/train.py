@@ -179,6 +179,12 @@ CONFIGS: dict[str, TrainConfig] = {
                                                  lr=5e-5, lr_gate_mult=40.0, steps=1500,
                                                  net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
                                                                     input_gate=True, gate_source=True)),
+    # small_paired_change_gate_pair with three times the weight on what the contrast changes.
+    "small_paired_change30_gate_pair": TrainConfig(name="small_paired_change30_gate_pair", lambda_paired=10.0,
+                                                   lambda_change=30.0, lambda_gate=5.0, gate_min_agreement=0.9,
+                                                   lr=5e-5, lr_gate_mult=40.0, steps=1500,
+                                                   net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
+                                                                      input_gate=True, gate_source=True)),
     # small_paired_change_gate_pair with the other pairs' gates pulled shut (their pair bias can
     # shut them without shutting T1 <-> T1c's), to fine-tune a small_paired_change_gate_pair run.
     "small_paired_change_gate_pair_closed": TrainConfig(name="small_paired_change_gate_pair_closed",
