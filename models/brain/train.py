@@ -95,6 +95,9 @@ class TrainConfig:
     # ...and the gates of the other samples are pulled shut (towards 0 everywhere) instead of
     # left free: a gate opened for T1 -> T1c otherwise opens for FLAIR -> T1c too.
     gate_close_others: bool = False
+    # ...and the pixels where the target differs weigh as much in total as those where it
+    # repeats the input (the enhancing rim is a few pixels; unweighted, the gate opens over it).
+    gate_balanced: bool = False
     lr_gate_mult: float = 1.0  # learning rate of the decoder's input gate, times lr
     mirror: bool = True
     val_every: int = 250
@@ -179,6 +182,13 @@ CONFIGS: dict[str, TrainConfig] = {
                                                  lr=5e-5, lr_gate_mult=40.0, steps=1500,
                                                  net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
                                                                     input_gate=True, gate_source=True)),
+    # small_paired_change_gate_pair with the gate term balanced between the pixels the contrast
+    # changes and the rest (`gate_balanced`): the gate stays shut over the enhancing rim.
+    "small_paired_change_gate_pair_bal": TrainConfig(name="small_paired_change_gate_pair_bal", lambda_paired=10.0,
+                                                     lambda_change=10.0, lambda_gate=5.0, gate_min_agreement=0.9,
+                                                     gate_balanced=True, lr=5e-5, lr_gate_mult=40.0, steps=1500,
+                                                     net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
+                                                                        input_gate=True, gate_source=True)),
     # small_paired_change_gate_pair with three times the weight on what the contrast changes.
     "small_paired_change30_gate_pair": TrainConfig(name="small_paired_change30_gate_pair", lambda_paired=10.0,
                                                    lambda_change=30.0, lambda_gate=5.0, gate_min_agreement=0.9,
@@ -324,9 +334,9 @@ class MultiContrastGAN:
         if c.lambda_gate > 0 and paired is not None and g1 is not None:
             ar = torch.arange(b)
             loss_gate = (gate_target_l1(g1, paired[ar, t1.cpu()][:, None].to(x), x, c.gate_tolerance,
-                                        1 - bg, c.gate_min_agreement, c.gate_close_others)
+                                        1 - bg, c.gate_min_agreement, c.gate_close_others, c.gate_balanced)
                          + gate_target_l1(g2, paired[ar, t2.cpu()][:, None].to(x), x, c.gate_tolerance,
-                                          1 - bg, c.gate_min_agreement, c.gate_close_others))
+                                          1 - bg, c.gate_min_agreement, c.gate_close_others, c.gate_balanced))
             loss_g = loss_g + c.lambda_gate * loss_gate
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -400,17 +410,24 @@ def structure_reference(struct: torch.Tensor, paired: torch.Tensor | None, targe
 
 def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tensor, tolerance: float,
                    head: torch.Tensor | None = None, min_agreement: float = 0.0,
-                   close_others: bool = False) -> torch.Tensor:
+                   close_others: bool = False, balanced: bool = False) -> torch.Tensor:
     """L1 between the decoder's gate and 1 where |target - source| < tolerance, else 0.
     With `min_agreement` > 0, only samples whose target agrees with the source on at least
     that fraction of `head` (B,1,h,w; 1 inside) are told so; the others' gates are left free,
-    or with `close_others` told 0 everywhere."""
+    or with `close_others` told 0 everywhere. `balanced`: per sample, the mean error where
+    the target repeats the source and the mean where it differs count alike."""
     same = ((target - source).abs() < tolerance).to(gate)
+    err = (gate - same).abs().flatten(1)
+    if balanced:
+        s = same.flatten(1)
+        per_sample_same = 0.5 * ((err * s).sum(1) / s.sum(1).clamp_min(1.0)
+                                 + (err * (1 - s)).sum(1) / (1 - s).sum(1).clamp_min(1.0))
+    else:
+        per_sample_same = err.mean(1)
     if min_agreement <= 0:
-        return (gate - same).abs().mean()
+        return per_sample_same.mean()
     area = head.flatten(1).sum(1).clamp_min(1.0)
     near = ((same * head).flatten(1).sum(1) / area >= min_agreement).to(gate)
-    per_sample_same = (gate - same).abs().flatten(1).mean(1)
     if not close_others:
         return (near * per_sample_same).mean()
     return (near * per_sample_same + (1 - near) * gate.flatten(1).mean(1)).mean()
