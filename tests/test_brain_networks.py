@@ -165,7 +165,7 @@ def test_gate_term_skips_samples_whose_target_does_not_repeat_the_input() -> Non
     shut = gate_target_l1(torch.full_like(source, 0.25), target, source, 0.15, head, 0.9, close_others=True)
     assert shut.item() == pytest.approx((0.75 * 15 / 16 + 0.25 * 1 / 16 + 0.25) / 2)  # the second: towards 0
     # balanced: the one changed pixel of the first sample weighs as much as its 15 others
-    opened = torch.ones_like(source)
+    opened = torch.ones_like(source[:1])
     assert gate_target_l1(opened, target[:1], source[:1], 0.15, head[:1], 0.9).item() == pytest.approx(1 / 16)
     assert gate_target_l1(opened, target[:1], source[:1], 0.15, head[:1], 0.9, balanced=True).item() == 0.5
     outside = head.clone()
