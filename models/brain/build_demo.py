@@ -1,7 +1,8 @@
 """Rebuild the demo brain-contrast model from nothing: phantom subjects, unpaired training of
 seed 002's conditional translator (config `small_paired`: 3000 steps, a warm restart to 4500,
-then the fine-tuning stages `small_paired_change` and twice `small_paired_change_gate`, 1500
-steps each; 2 CPU cores), ONNX export with a parity
+then the fine-tuning stages `small_paired_change`, twice `small_paired_change_gate`, twice
+`small_paired_change_gate_pair`, `small_paired_change_gate_pair_bal` and
+`small_paired_change30_gate_pair_bal`, 1500 steps each; 2 CPU cores), ONNX export with a parity
 check, evaluation of all 12 directions on phantom test subjects against both baselines
 through the registry, and the model card with the figures.
 
@@ -37,10 +38,14 @@ NAME = "brain_contrasts"
 
 
 DEMO_CONFIG = "small_paired"  # the seed's losses plus an L1 pull to the registered sibling (see train.py)
-DEMO_VERSION = "0.3.0"
+DEMO_VERSION = "0.4.0"
 DEMO_RESTART_TO: tuple[str | int, ...] = (4500,)  # 3000 steps, then a warm restart to 4500
-# then change-weighted paired L1, then twice the same with the input gate (how v0.3.0 was made)
-DEMO_THEN: tuple[str, ...] = ("small_paired_change", "small_paired_change_gate", "small_paired_change_gate")
+# then change-weighted paired L1, twice the same with the input gate, twice with the gate
+# knowing the source and told where T1 <-> T1c repeat the input, then that term balanced
+# over the rim, then the rim weighted 3x (how v0.4.0 was made)
+DEMO_THEN: tuple[str, ...] = ("small_paired_change", "small_paired_change_gate", "small_paired_change_gate",
+                              "small_paired_change_gate_pair", "small_paired_change_gate_pair",
+                              "small_paired_change_gate_pair_bal", "small_paired_change30_gate_pair_bal")
 
 
 def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int = 4, steps: int | None = None,

@@ -189,6 +189,13 @@ CONFIGS: dict[str, TrainConfig] = {
                                                      gate_balanced=True, lr=5e-5, lr_gate_mult=40.0, steps=1500,
                                                      net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
                                                                         input_gate=True, gate_source=True)),
+    # Both: the rim's gate shut and three times the weight on drawing it.
+    "small_paired_change30_gate_pair_bal": TrainConfig(name="small_paired_change30_gate_pair_bal",
+                                                       lambda_paired=10.0, lambda_change=30.0, lambda_gate=5.0,
+                                                       gate_min_agreement=0.9, gate_balanced=True, lr=5e-5,
+                                                       lr_gate_mult=40.0, steps=1500,
+                                                       net=BrainNetConfig(ngf=12, ndf=12, enc_blocks=1, dec_blocks=2,
+                                                                          input_gate=True, gate_source=True)),
     # small_paired_change_gate_pair with three times the weight on what the contrast changes.
     "small_paired_change30_gate_pair": TrainConfig(name="small_paired_change30_gate_pair", lambda_paired=10.0,
                                                    lambda_change=30.0, lambda_gate=5.0, gate_min_agreement=0.9,
