@@ -168,6 +168,8 @@ def test_gate_term_skips_samples_whose_target_does_not_repeat_the_input() -> Non
     opened = torch.ones_like(source[:1])
     assert gate_target_l1(opened, target[:1], source[:1], 0.15, head[:1], 0.9).item() == pytest.approx(1 / 16)
     assert gate_target_l1(opened, target[:1], source[:1], 0.15, head[:1], 0.9, balanced=True).item() == 0.5
+    weighted = gate_target_l1(opened, target[:1], source[:1], 0.15, head[:1], 0.9, change_weight=5.0)
+    assert weighted.item() == pytest.approx(5 / 20)  # between the plain mean and the balanced one
     outside = head.clone()
     outside[0, :, 2:, :] = 0.0  # agreement counts inside the head only: 7 of 8 < 0.9
     assert gate_target_l1(closed, target, source, 0.15, outside, min_agreement=0.9).item() == 0.0

@@ -98,6 +98,8 @@ class TrainConfig:
     # ...and the pixels where the target differs weigh as much in total as those where it
     # repeats the input (the enhancing rim is a few pixels; unweighted, the gate opens over it).
     gate_balanced: bool = False
+    # ...or, unbalanced, each pixel where the target differs weighs this many times the others.
+    gate_change_weight: float = 1.0
     lr_gate_mult: float = 1.0  # learning rate of the decoder's input gate, times lr
     mirror: bool = True
     val_every: int = 250
@@ -180,6 +182,9 @@ CONFIGS: dict[str, TrainConfig] = {
     # body SSIM 0.865, 10 shortfall cells, all T1->T1c; tumour 0.94 of the input's).
     "small_paired_change30_gate_pair_bal": _gated_stage("small_paired_change30_gate_pair_bal", gate_source=True,
                                                         **_NEAR, gate_balanced=True, lambda_change=30.0),
+    # Between the two: the changed pixels weigh 5x in the gate term instead of half the total.
+    "small_paired_change30_gate_pair_w5": _gated_stage("small_paired_change30_gate_pair_w5", gate_source=True,
+                                                       **_NEAR, gate_change_weight=5.0, lambda_change=30.0),
     # small_paired_change_gate_pair with three times the weight on what changes, unbalanced
     # (after two pair stages: 4 shortfall cells, ties at two decimals, but the T1c it makes
     # from a T1 is the T1: tumour 0.995 of the input's).
@@ -318,10 +323,9 @@ class MultiContrastGAN:
         loss_gate = x.new_zeros(())
         if c.lambda_gate > 0 and paired is not None and g1 is not None:
             ar = torch.arange(b)
-            loss_gate = (gate_target_l1(g1, paired[ar, t1.cpu()][:, None].to(x), x, c.gate_tolerance,
-                                        1 - bg, c.gate_min_agreement, c.gate_close_others, c.gate_balanced)
-                         + gate_target_l1(g2, paired[ar, t2.cpu()][:, None].to(x), x, c.gate_tolerance,
-                                          1 - bg, c.gate_min_agreement, c.gate_close_others, c.gate_balanced))
+            loss_gate = sum(gate_target_l1(g, paired[ar, t.cpu()][:, None].to(x), x, c.gate_tolerance, 1 - bg,
+                                           c.gate_min_agreement, c.gate_close_others, c.gate_balanced,
+                                           c.gate_change_weight) for g, t in ((g1, t1), (g2, t2)))
             loss_g = loss_g + c.lambda_gate * loss_gate
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -395,12 +399,14 @@ def structure_reference(struct: torch.Tensor, paired: torch.Tensor | None, targe
 
 def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tensor, tolerance: float,
                    head: torch.Tensor | None = None, min_agreement: float = 0.0,
-                   close_others: bool = False, balanced: bool = False) -> torch.Tensor:
+                   close_others: bool = False, balanced: bool = False, change_weight: float = 1.0
+                   ) -> torch.Tensor:
     """L1 between the decoder's gate and 1 where |target - source| < tolerance, else 0.
     With `min_agreement` > 0, only samples whose target agrees with the source on at least
     that fraction of `head` (B,1,h,w; 1 inside) are told so; the others' gates are left free,
     or with `close_others` told 0 everywhere. `balanced`: per sample, the mean error where
-    the target repeats the source and the mean where it differs count alike."""
+    the target repeats the source and the mean where it differs count alike; else each pixel
+    where it differs weighs `change_weight` times the others."""
     same = ((target - source).abs() < tolerance).to(gate)
     err = (gate - same).abs().flatten(1)
     if balanced:
@@ -408,7 +414,8 @@ def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tenso
         per_sample_same = 0.5 * ((err * s).sum(1) / s.sum(1).clamp_min(1.0)
                                  + (err * (1 - s)).sum(1) / (1 - s).sum(1).clamp_min(1.0))
     else:
-        per_sample_same = err.mean(1)
+        w = 1.0 + (change_weight - 1.0) * (1 - same.flatten(1))
+        per_sample_same = (err * w).sum(1) / w.sum(1)
     if min_agreement <= 0:
         return per_sample_same.mean()
     area = head.flatten(1).sum(1).clamp_min(1.0)
