@@ -183,6 +183,8 @@ CONFIGS: dict[str, TrainConfig] = {
     "small_paired_change30_gate_pair_bal": _gated_stage("small_paired_change30_gate_pair_bal", gate_source=True,
                                                         **_NEAR, gate_balanced=True, lambda_change=30.0),
     # Between the two: the changed pixels weigh 5x in the gate term instead of half the total.
+    # After two pair stages: like change30_gate_pair (4 cells, ties; tumour 0.995 of the
+    # input's): 5x does not keep the rim's gate shut, only balancing does.
     "small_paired_change30_gate_pair_w5": _gated_stage("small_paired_change30_gate_pair_w5", gate_source=True,
                                                        **_NEAR, gate_change_weight=5.0, lambda_change=30.0),
     # small_paired_change_gate_pair with three times the weight on what changes, unbalanced
