@@ -35,15 +35,15 @@ INTENDED_USE = (
     "a synthetic FLAIR may miss or invent lesions.")
 
 
+SOURCE_INPUT = "source"  # the graph's source-contrast input, when the gate knows the source
+
+
 def conditioning(gate_source: bool = False) -> dict[str, Any]:
     """The card's conditioning block; with `gate_source` the graph also takes the source
     contrast as a one-hot input named `source_input`."""
     return {"input": "condition", "encoding": "one-hot, float32 (N, C)", "contrasts": list(CONTRASTS),
             "labels": dict(LABELS), "source_labels": {f"brain_{c}": c for c in CONTRASTS},
             **({"source_input": SOURCE_INPUT} if gate_source else {})}
-
-
-SOURCE_INPUT = "source"
 
 
 def _sources(model: ConditionalTranslator) -> bool:
@@ -104,7 +104,8 @@ def _not_in_seed(cfg: TrainConfig) -> str:
     if cfg.lambda_gate > 0:
         parts.append("the gate told to pass the input where the registered target repeats it"
                      + (f" (pairs agreeing on >= {cfg.gate_min_agreement:.0%} of the head)"
-                        if cfg.gate_min_agreement > 0 else ""))
+                        if cfg.gate_min_agreement > 0 else "")
+                     + (" and to shut where it changes, both weighing alike" if cfg.gate_balanced else ""))
     return (" Not in the seed: " + "; ".join(parts) + ".") if parts else ""
 
 
