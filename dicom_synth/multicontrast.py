@@ -191,19 +191,15 @@ class MultiContrastModel(_OnnxRunner):
                              f"{sorted(self.source_labels) + self.contrasts}")
         return contrast
 
-    def targets(self, source_label: str | None) -> list[str]:
-        src = self.source_contrast(source_label)
-        return [c for c in self.contrasts if c != src]
-
     def run(self, volume: np.ndarray, progress: Progress = None, *,
             source_label: str | None = None) -> list[SyntheticOutput]:
-        targets = self.targets(source_label)
+        src = self.source_contrast(source_label)
+        targets = [c for c in self.contrasts if c != src]
         vol = _check(volume)
         norm = normalise(vol, self.card.normalisation)
         tick = _ticker(vol.shape[0] * len(targets), progress)
         eye = np.eye(len(self.contrasts), dtype=np.float32)
-        source = {str(self.source_input): eye[self.contrasts.index(self.source_contrast(source_label))]
-                  } if self.source_input else {}
+        source = {str(self.source_input): eye[self.contrasts.index(src)]} if self.source_input else {}
         outputs = []
         for target in targets:
             pred = self._predict(norm, {self.cond_input: eye[self.contrasts.index(target)], **source}, tick)

@@ -148,7 +148,6 @@ def test_gate_is_told_to_pass_the_input_where_the_target_repeats_it() -> None:
     assert gate_target_l1(torch.ones_like(source), target, source, 0.15).item() == pytest.approx(0.5)
 
 
-
 def test_gate_term_skips_samples_whose_target_does_not_repeat_the_input() -> None:
     from models.brain.train import gate_target_l1
 
@@ -173,6 +172,7 @@ def test_gate_term_skips_samples_whose_target_does_not_repeat_the_input() -> Non
     outside = head.clone()
     outside[0, :, 2:, :] = 0.0  # agreement counts inside the head only: 7 of 8 < 0.9
     assert gate_target_l1(closed, target, source, 0.15, outside, min_agreement=0.9).item() == 0.0
+
 
 def test_gate_term_trains_and_is_reported() -> None:
     cfg = dataclasses.replace(CONFIGS["tiny"], lambda_paired=1.0, lambda_gate=2.0,

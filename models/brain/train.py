@@ -413,18 +413,18 @@ def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tenso
     err = (gate - same).abs().flatten(1)
     if balanced:
         s = same.flatten(1)
-        per_sample_same = 0.5 * ((err * s).sum(1) / s.sum(1).clamp_min(1.0)
+        per_sample = 0.5 * ((err * s).sum(1) / s.sum(1).clamp_min(1.0)
                                  + (err * (1 - s)).sum(1) / (1 - s).sum(1).clamp_min(1.0))
     else:
         w = 1.0 + (change_weight - 1.0) * (1 - same.flatten(1))
-        per_sample_same = (err * w).sum(1) / w.sum(1)
+        per_sample = (err * w).sum(1) / w.sum(1)
     if min_agreement <= 0:
-        return per_sample_same.mean()
+        return per_sample.mean()
     area = head.flatten(1).sum(1).clamp_min(1.0)
     near = ((same * head).flatten(1).sum(1) / area >= min_agreement).to(gate)
     if not close_others:
-        return (near * per_sample_same).mean()
-    return (near * per_sample_same + (1 - near) * gate.flatten(1).mean(1)).mean()
+        return (near * per_sample).mean()
+    return (near * per_sample + (1 - near) * gate.flatten(1).mean(1)).mean()
 
 
 def load_translator(ckpt_path: Path) -> tuple[ConditionalTranslator, TrainConfig, dict]:

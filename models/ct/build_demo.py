@@ -41,7 +41,7 @@ DEMO_VERSION = "0.4.0"
 DEMO_RESTART_TO: tuple[str | int, ...] = (6000, "9000:lambda_ngf=20")
 # then total variation, then a long skip, then the same on 24, 48 and 96 training subjects
 # per region and modality (how v0.4.0 was made)
-DEMO_THEN: tuple[str, ...] = ("small_curve_tv_ngf", "small_curve_skip_ngf", "small_curve_skip_ngf_more",
+DEMO_THEN: tuple[str, ...] = ("small_curve_tv_ngf", "small_curve_skip_ngf", "small_curve_skip_ngf_24",
                               "small_curve_skip_ngf_48", "small_curve_skip_ngf_96")
 
 

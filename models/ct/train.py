@@ -154,17 +154,18 @@ CONFIGS: dict[str, TrainConfig] = {
                                       lambda_ngf=20.0, lambda_tv=5.0, lr=1e-4, steps=1500),
     # Fine-tunes a small_curve_tv_ngf run (--init-from) with a full-resolution skip added to the
     # learnt generator (`with_long_skip`: same function at the start), so the last layer sees
-    # where the CT's edges are. The demo's last stage: organ Dice 0.934 -> 0.938, body SSIM
-    # 0.620 -> 0.625, unit SSIM 0.637 -> 0.689 (with the air void). An earlier pilot straight
+    # where the CT's edges are. A demo stage (v0.3.0's last): organ Dice 0.934 -> 0.938, body
+    # SSIM 0.620 -> 0.625, unit SSIM 0.637 -> 0.689 (with the air void). An earlier pilot straight
     # from v0.2.0 (NGF 5, no TV) scored 0.917 at 1250 of 3000 steps.
     "small_curve_skip_ngf": _SKIP_NGF,
     # small_curve_skip_ngf again, on three times the training subjects (24 per region and
-    # modality): eyes and parotids are a few slices per subject, and the GAN saw few of them.
+    # modality; the run that made v0.4.0 called it small_curve_skip_ngf_more): eyes and
+    # parotids are a few slices per subject, and the GAN saw few of them.
     # Demo stages, this and the next two (organ Dice on 2 / 6 test subjects per region, body
     # SSIM on 2): after small_curve_skip_ngf 0.938 / 0.932, 0.625; this 0.942 / 0.936, 0.636;
     # 48 subjects 0.945 / 0.940, 0.654; 96 subjects 0.945 / 0.940, 0.661.
-    "small_curve_skip_ngf_more": dataclasses.replace(_SKIP_NGF, name="small_curve_skip_ngf_more", n_train=24),
-    # The same on 48 subjects per region and modality, to fine-tune a small_curve_skip_ngf_more run.
+    "small_curve_skip_ngf_24": dataclasses.replace(_SKIP_NGF, name="small_curve_skip_ngf_24", n_train=24),
+    # The same on 48 subjects per region and modality, to fine-tune a small_curve_skip_ngf_24 run.
     "small_curve_skip_ngf_48": dataclasses.replace(_SKIP_NGF, name="small_curve_skip_ngf_48", n_train=48, steps=3000),
     # And on 96, to fine-tune a small_curve_skip_ngf_48 run.
     "small_curve_skip_ngf_96": dataclasses.replace(_SKIP_NGF, name="small_curve_skip_ngf_96", n_train=96, steps=3000),
