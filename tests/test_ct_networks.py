@@ -54,9 +54,12 @@ def test_train_and_eval_mode_compute_the_same_function() -> None:
     torch.testing.assert_close(a, g(x))
 
 
-@pytest.mark.parametrize(("long_skip", "input_blur"), [(False, 0.0), (True, 0.0), (False, 1.0), (True, 1.0)])
-def test_onnx_parity_dynamic_batch_and_size(tmp_path: Path, long_skip: bool, input_blur: float) -> None:
-    g = ResnetGenerator(CycleNetConfig(ngf=4, long_skip=long_skip, input_blur=input_blur))
+@pytest.mark.parametrize(("long_skip", "input_blur", "input_basis"),
+                         [(False, 0.0, ()), (True, 0.0, ()), (False, 1.0, ()), (True, 1.0, ()),
+                          (True, 0.0, (-0.3, 0.0, 0.4))])
+def test_onnx_parity_dynamic_batch_and_size(tmp_path: Path, long_skip: bool, input_blur: float,
+                                            input_basis: tuple[float, ...]) -> None:
+    g = ResnetGenerator(CycleNetConfig(ngf=4, long_skip=long_skip, input_blur=input_blur, input_basis=input_basis))
     for p in g.parameters():  # non-trivial weights
         nn.init.normal_(p, 0, 0.3)
     path = export_onnx(g, tmp_path / "g.onnx")
@@ -182,6 +185,45 @@ def test_input_blur_removes_noise_keeps_flat_regions_and_loads_plain_weights() -
         assert torch.allclose(blurred(x), plain(GaussianBlur(1.0)(x)), atol=1e-6)
 
 
+def test_soft_bins_peak_at_their_centres_and_load_weights_learnt_without_them() -> None:
+    from models.ct.networks import SoftBins, with_input_basis
+
+    x = torch.tensor([-0.3, 0.0, 0.4]).view(1, 1, 1, 3)
+    bins = SoftBins((-0.3, 0.0, 0.4), 0.08)(x)
+    assert bins.shape == (1, 4, 1, 3)
+    assert torch.equal(bins[:, 0], x[:, 0])  # the input itself is kept
+    assert torch.allclose(bins[0, 1:, 0].diagonal(), torch.ones(3))  # each bin fires at its centre
+    assert float(bins[0, 2, 0, 0]) < 1e-6  # -0.3 is 3.75 widths from 0.0
+    for long_skip in (False, True):
+        cfg = CycleNetConfig(ngf=4, long_skip=long_skip)
+        plain = ResnetGenerator(cfg)
+        for p in plain.parameters():
+            nn.init.normal_(p, 0, 0.3)
+        binned_cfg = dataclasses.replace(cfg, input_basis=(-0.3, 0.0, 0.4))
+        binned = ResnetGenerator(binned_cfg)
+        binned.load_state_dict(with_input_basis(plain.state_dict(), binned_cfg))
+        x = torch.rand(2, 1, 32, 32) * 2 - 1
+        with torch.no_grad():
+            assert torch.allclose(binned(x), plain(x), atol=1e-6)  # same function to start with
+
+
+def test_a_run_with_soft_bins_warm_starts_from_one_without_and_its_config_survives_json(tmp_path: Path) -> None:
+    tiny = CONFIGS["tiny"]
+    train(dataclasses.replace(tiny, net=dataclasses.replace(tiny.net, long_skip=True), steps=1), tmp_path / "a",
+          progress=False)
+    binned = dataclasses.replace(tiny, net=dataclasses.replace(tiny.net, long_skip=True, input_basis=[-0.2, 0.3]),
+                                 steps=1)
+    assert binned.net.input_basis == (-0.2, 0.3)  # lists from JSON become tuples
+    hist = train(binned, tmp_path / "b", init_from=tmp_path / "a" / "latest.pt", progress=False)
+    assert hist["init_from"]["input_basis_added"] is True
+    ckpt = torch.load(tmp_path / "b" / "latest.pt", weights_only=False)
+    assert TrainConfig.from_dict(json.loads(json.dumps(ckpt["config"]))) == binned
+    assert ckpt["G"]["head.1.weight"].shape[1] == 3
+    # and from itself (no bins added twice)
+    again = train(binned, tmp_path / "c", init_from=tmp_path / "b" / "latest.pt", progress=False)
+    assert again["init_from"]["input_basis_added"] is False
+
+
 def test_card_architecture_names_every_option_that_is_not_in_the_seed() -> None:
     from models.ct.export import architecture
 
@@ -190,3 +232,5 @@ def test_card_architecture_names_every_option_that_is_not_in_the_seed() -> None:
     text = architecture(CONFIGS["small_curve_blur_ngf"])
     assert "Gaussian blur (sigma 1 px)" in text and "normalised-gradient-field" in text and "HU curve" in text
     assert "full-resolution skip" in architecture(CONFIGS["small_curve_skip_ngf"])
+    assert "total-variation" in architecture(CONFIGS["small_curve_skip_ngf"])
+    assert "13 soft bins" in architecture(CONFIGS["small_curve_skip_ngf_bins"])

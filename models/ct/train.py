@@ -37,7 +37,14 @@ from dicom_synth.intensity import normalise_slices
 from dicom_synth.multicontrast import HU_CURVE, HU_WINDOW, normalise
 from models.brain.structure import structure_map_soft, structure_map_torch
 from models.chain import carried_times
-from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, init_weights, with_long_skip
+from models.ct.networks import (
+    CycleNetConfig,
+    PatchDiscriminator,
+    ResnetGenerator,
+    init_weights,
+    with_input_basis,
+    with_long_skip,
+)
 from models.ct.phantom import REGIONS, generate_subject, split_seeds
 from models.ct.structure_loss import ngf_loss, total_variation
 
@@ -45,6 +52,17 @@ from models.ct.structure_loss import ngf_loss, total_variation
 # marrow ~0.75, cortical bone ~0.93.
 SOFT_TISSUE_CURVE: tuple[tuple[float, float], ...] = (
     (-1000.0, -1.0), (-200.0, -0.85), (-100.0, -0.7), (-10.0, -0.4), (100.0, 0.6), (300.0, 0.8), (1500.0, 1.0))
+
+# Centres of the generator's soft bins (`CycleNetConfig.input_basis`), in HU: fat, the fat /
+# water mixtures, then every 10 HU across water and soft tissue, thyroid, marrow.
+SOFT_BIN_HU: tuple[float, ...] = (-100.0, -60.0, -20.0, 0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 250.0)
+
+
+def curve_values(hu: tuple[float, ...], curve: tuple[tuple[float, float], ...] = SOFT_TISSUE_CURVE
+                 ) -> tuple[float, ...]:
+    """HU -> the generator's input value under a piecewise-linear curve."""
+    knots, values = zip(*curve, strict=True)
+    return tuple(round(float(v), 4) for v in np.interp(hu, knots, values))
 
 
 @dataclass(frozen=True)
@@ -169,6 +187,12 @@ CONFIGS: dict[str, TrainConfig] = {
     "small_curve_skip_ngf_48": dataclasses.replace(_SKIP_NGF, name="small_curve_skip_ngf_48", n_train=48, steps=3000),
     # And on 96, to fine-tune a small_curve_skip_ngf_48 run.
     "small_curve_skip_ngf_96": dataclasses.replace(_SKIP_NGF, name="small_curve_skip_ngf_96", n_train=96, steps=3000),
+    # small_curve_skip_ngf_48 with soft bins of the input (`CycleNetConfig.input_basis`) added
+    # to a learnt generator (zero weights: same function at the start), to fine-tune a
+    # small_curve_skip_ngf_96 run: vitreous (10 HU) came out as grey as white matter (28 HU).
+    "small_curve_skip_ngf_bins": dataclasses.replace(
+        _SKIP_NGF, name="small_curve_skip_ngf_bins", n_train=48, steps=3000,
+        net=dataclasses.replace(_SKIP_NGF.net, input_basis=curve_values(SOFT_BIN_HU))),
     # A GPU: the usual CycleGAN widths, whole 256x256 slices, many subjects.
     "full": TrainConfig(name="full", net=CycleNetConfig(ngf=64, ndf=64), n_train=50, n_val=5,
                         slices_per_subject=48, size=256, crop=256, batch_size=1, steps=200_000,
@@ -397,16 +421,22 @@ def init_from_checkpoint(model: CycleGAN, path: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     src = CycleNetConfig(**ckpt["config"]["net"])
     dst = model.cfg.net
-    if (dataclasses.replace(src, long_skip=dst.long_skip, input_blur=dst.input_blur) != dst
+    adds_bins = bool(dst.input_basis) and not src.input_basis
+    if (dataclasses.replace(src, long_skip=dst.long_skip, input_blur=dst.input_blur,
+                            input_basis=dst.input_basis if adds_bins else src.input_basis,
+                            input_basis_width=dst.input_basis_width if adds_bins else src.input_basis_width) != dst
             or (src.long_skip and not dst.long_skip)):
         raise ValueError(f"{path} does not fit this network: {src} -> {dst}")
     for name, net in model.nets.items():
         state = ckpt[name]
         if name in ("G", "F") and dst.long_skip and not src.long_skip:
             state = with_long_skip(state, src)
+        if name in ("G", "F") and adds_bins:
+            state = with_input_basis(state, dataclasses.replace(src, long_skip=dst.long_skip,
+                                                                input_basis=dst.input_basis))
         net.load_state_dict(state)
     return {"checkpoint": str(path), "step": int(ckpt["step"]), "config": ckpt["config"]["name"],
-            "long_skip_added": bool(dst.long_skip and not src.long_skip),
+            "long_skip_added": bool(dst.long_skip and not src.long_skip), "input_basis_added": adds_bins,
             **carried_times(ckpt.get("history", {}))}
 
 
