@@ -23,8 +23,40 @@ def test_build_with_a_warm_restart_writes_a_loadable_card(tmp_path: Path) -> Non
     assert card["export_parity_max_abs"] < 1e-4
     assert "truth_mri" in card["metrics"]["structure_dice"]
     assert load_card("pseudo_mri", tmp_path / "w").sha256 == card["sha256"]
-    assert "Organ Dice" in (tmp_path / "run" / "table.md").read_text()
+    table = (tmp_path / "run" / "table.md").read_text()
+    assert "Organ Dice" in table
+    # the demo's CT-guided filter is in the graph, on the card, and the HU map gets it as a reference
+    assert card["post_filter"] == {"kind": "joint_bilateral", "guide": "the network's input (normalised CT)",
+                                   "radius": 3, "sigma_px": 2.0, "sigma_range": 0.1}
+    assert "joint bilateral filter guided by the CT (7x7" in card["architecture"]
+    assert "hu_map_filtered" in card["metrics"]["table"] and "| hu_map_filtered |" in table
     json.dumps(card)
+
+
+def test_build_without_the_post_filter_says_so_in_its_command(tmp_path: Path) -> None:
+    card = build_demo.build(tmp_path / "w", tmp_path / "run", config="tiny", n_test=1, restart_to=(),
+                            post_filter=None)
+    assert card["build"]["command"].endswith("--config tiny --steps 3 --restart-to --no-post-filter")
+    assert "post_filter" not in card and "bilateral" not in card["architecture"]
+    assert "hu_map_filtered" not in card["metrics"]["table"]
+
+
+def test_post_filter_arguments() -> None:
+    import argparse
+
+    from models.ct.export import add_post_filter_argument, post_filter_from
+    from models.ct.networks import GuidedFilter
+
+    p = argparse.ArgumentParser()
+    add_post_filter_argument(p, build_demo.DEMO_POST_FILTER)
+    assert post_filter_from(p.parse_args([]).post_filter) == build_demo.DEMO_POST_FILTER
+    assert post_filter_from(p.parse_args(["--no-post-filter"]).post_filter) is None
+    custom = p.parse_args(["--post-filter", "2", "1.5", "0.05"]).post_filter
+    assert post_filter_from(custom) == GuidedFilter(2, 1.5, 0.05)
+    with pytest.raises(ValueError, match="whole number"):
+        post_filter_from([2.5, 1.0, 0.1])
+    with pytest.raises(ValueError, match="positive sigmas"):
+        GuidedFilter(2, 1.0, 0.0)
 
 
 def test_build_with_a_restart_that_switches_a_term_on_then_a_fine_tuning_stage(tmp_path: Path, monkeypatch) -> None:

@@ -224,6 +224,42 @@ def test_a_run_with_soft_bins_warm_starts_from_one_without_and_its_config_surviv
     assert again["init_from"]["input_basis_added"] is False
 
 
+def test_guided_filter_flattens_a_tissue_without_blurring_across_the_ct_boundary() -> None:
+    from models.ct.networks import GaussianBlur, GuidedFilter, GuidedSmoothing
+
+    rng = torch.Generator().manual_seed(0)
+    left = torch.zeros(1, 1, 48, 48, dtype=torch.bool)
+    left[..., :24] = True
+    guide = torch.where(left, -0.5, 0.3) + 0.03 * torch.randn(1, 1, 48, 48, generator=rng)  # CT with quantum noise
+    image = torch.where(left, 0.2, 0.8) + 0.05 * torch.randn(1, 1, 48, 48, generator=rng)  # a blotchy pseudo-MRI
+    out = GuidedSmoothing(GuidedFilter(radius=3, sigma_px=2.0, sigma_range=0.1))(image, guide)
+    for side in (left, ~left):
+        assert out[side].std() < 0.5 * image[side].std()  # flat tissue comes out flat
+    # the columns next to the boundary keep their own tissue's value (a plain blur mixes them)
+    assert abs(float(out[..., 23].mean()) - 0.2) < 0.02 and abs(float(out[..., 24].mean()) - 0.8) < 0.02
+    blurred = GaussianBlur(2.0)(image)
+    assert abs(float(blurred[..., 23].mean()) - 0.2) > 0.1
+    # a flat image stays what it was, whatever the guide
+    flat = torch.full((2, 1, 16, 16), 0.4)
+    assert torch.allclose(GuidedSmoothing(GuidedFilter())(flat, torch.randn(2, 1, 16, 16)), flat, atol=1e-6)
+
+
+def test_generator_with_the_guided_filter_exports_with_parity(tmp_path: Path) -> None:
+    from models.ct.networks import FilteredGenerator, GuidedFilter
+
+    g = ResnetGenerator(CycleNetConfig(ngf=4, long_skip=True))
+    for p in g.parameters():
+        nn.init.normal_(p, 0, 0.3)
+    filtered = FilteredGenerator(g, GuidedFilter())
+    path = export_onnx(filtered, tmp_path / "g.onnx")
+    for shape in ((1, 1, 64, 64), (3, 1, 40, 72)):
+        x = np.random.default_rng(2).uniform(-1, 1, shape).astype(np.float32)
+        assert parity(filtered, path, x) < 1e-4
+    with torch.no_grad():
+        x = torch.from_numpy(np.random.default_rng(3).uniform(-1, 1, (1, 1, 32, 32)).astype(np.float32))
+        assert not torch.allclose(filtered(x), g(x), atol=1e-3)  # the filter is in the exported function
+
+
 def test_card_architecture_names_every_option_that_is_not_in_the_seed() -> None:
     from models.ct.export import architecture
 

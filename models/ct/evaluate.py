@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_synth import intensity
-from dicom_synth.multicontrast import load_synthesis_model
+from dicom_synth.multicontrast import load_synthesis_model, normalise
 from dicom_synth.registry import load_card
 from models.ct.phantom import ORGANS, REGIONS, L, generate_subject, split_seeds
 from models.dce.evaluate import score_case, shortfalls, summarise, unit_slices
@@ -240,8 +240,30 @@ def save_panel(path: Path, tiles: list[tuple[str, np.ndarray]], title: str = "")
     return path
 
 
+def guided_reference(post_filter: dict | None, normalisation: dict):
+    """The model card's post filter as a function (image01, ct_hu) -> image01, to pass a
+    baseline through the same filter the model's graph ends with (None without one)."""
+    if not post_filter:
+        return None
+    import torch
+
+    from models.ct.networks import GuidedFilter, GuidedSmoothing
+
+    smoothing = GuidedSmoothing(GuidedFilter(int(post_filter["radius"]), float(post_filter["sigma_px"]),
+                                             float(post_filter["sigma_range"])))
+
+    def apply(img01: np.ndarray, ct_hu: np.ndarray) -> np.ndarray:
+        guide = torch.from_numpy(normalise(ct_hu, normalisation).astype(np.float32)[:, None])
+        with torch.no_grad():
+            return smoothing(torch.from_numpy(img01.astype(np.float32)[:, None]), guide).numpy()[:, 0]
+    return apply
+
+
 def evaluate(cases: Iterable[dict], model, baselines: dict[str, PiecewiseMap],
              panels_dir: Path | None = None) -> dict:
+    """Every case through the model and the baselines. When the card names a post filter,
+    `hu_map_filtered` (the HU map through that same filter) is added as a reference."""
+    filtered = guided_reference(model.card.extra.get("post_filter"), model.card.normalisation)
     results, seconds, n_total = [], 0.0, 0
     coverage: dict[str, dict[str, int]] = {}
     for case in cases:
@@ -254,6 +276,8 @@ def evaluate(cases: Iterable[dict], model, baselines: dict[str, PiecewiseMap],
         y01 = unit_slices(mr)
         body = body_mask_ct(ct)
         preds = {"model": p01, **{k: unit_slices(f(ct)) for k, f in baselines.items()}}
+        if filtered is not None and "hu_map" in preds:
+            preds["hu_map_filtered"] = filtered(preds["hu_map"], ct)
         scores = score_case(y01, preds, body)
         structure = structure_scores({"truth_mri": y01, **preds}, case["labels"], case["organs"], y01,
                                      case.get("fractions"), coverage=coverage)
@@ -292,7 +316,9 @@ def summarise_structure(cases: list[dict]) -> dict:
 
 def format_tables(res: dict) -> str:
     lines = [f"{res['n_series']} series, {res['n_slices']} slices; mean ± sd (SSIM/PSNR per slice, "
-             "MAE/MSE/r per series); lut_paired is a reference that saw registered pairs",
+             "MAE/MSE/r per series); lut_paired is a reference that saw registered pairs"
+             + ("; hu_map_filtered is the HU map through the model's CT-guided filter (reference)"
+                if "hu_map_filtered" in res["table"] else ""),
              "| method | convention | SSIM | PSNR dB | MAE | MSE | Pearson r |", "|---|---|---|---|---|---|---|"]
     for method, convs in res["table"].items():
         for conv, r in convs.items():

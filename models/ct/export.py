@@ -19,7 +19,7 @@ import torch
 from dicom_synth.intensity import default_output_mapping
 from dicom_synth.multicontrast import PSEUDO_MRI
 from dicom_synth.registry import sha256_file
-from models.ct.networks import ResnetGenerator
+from models.ct.networks import FilteredGenerator, GuidedFilter, ResnetGenerator
 from models.ct.train import TrainConfig, load_generator
 from models.dce.export import write_card
 
@@ -61,7 +61,30 @@ def parity(generator: ResnetGenerator, onnx_path: Path, x: np.ndarray) -> float:
 AIR_HU = -500.0  # below: air or lung, a signal void on every MR sequence
 
 
-def architecture(cfg: TrainConfig) -> str:
+def add_post_filter_argument(p: argparse.ArgumentParser, default: GuidedFilter | None) -> None:
+    """`--post-filter RADIUS SIGMA_PX SIGMA_RANGE` / `--no-post-filter` (see `GuidedFilter`)."""
+    d = "none" if default is None else f"{default.radius} {default.sigma_px:g} {default.sigma_range:g}"
+    p.add_argument("--post-filter", nargs=3, type=float, metavar=("RADIUS", "SIGMA_PX", "SIGMA_RANGE"),
+                   default=None if default is None else [default.radius, default.sigma_px, default.sigma_range],
+                   help=f"CT-guided joint bilateral filter exported after the generator (default: {d})")
+    p.add_argument("--no-post-filter", dest="post_filter", action="store_const", const=None)
+
+
+def post_filter_from(values: list[float] | None) -> GuidedFilter | None:
+    if values is None:
+        return None
+    radius, sigma_px, sigma_range = values
+    if radius != int(radius):
+        raise ValueError(f"the filter's radius is a whole number of pixels, not {radius}")
+    return GuidedFilter(int(radius), float(sigma_px), float(sigma_range))
+
+
+def exported_network(generator: ResnetGenerator, post_filter: GuidedFilter | None) -> torch.nn.Module:
+    """The generator, followed by the guided filter when there is one: what goes to ONNX."""
+    return generator if post_filter is None else FilteredGenerator(generator, post_filter)
+
+
+def architecture(cfg: TrainConfig, post_filter: GuidedFilter | None = None) -> str:
     """The card's one-paragraph description, true to the run's options."""
     losses = "L1 cycle and identity losses" if cfg.lambda_identity > 0 else (
         "L1 cycle loss (the seed's identity term switched off: it holds the CT->MRI generator near "
@@ -84,6 +107,11 @@ def architecture(cfg: TrainConfig) -> str:
         extras.append(f"a total-variation term x{cfg.lambda_tv:g} on the pseudo-MRI (not in the seed)")
     if cfg.hu_curve is not None:
         extras.append("a soft-tissue HU curve as input normalisation")
+    if post_filter is not None:
+        side = 2 * post_filter.radius + 1
+        extras.append(f"after the generator, in the graph, a joint bilateral filter guided by the CT ({side}x{side}, "
+                      f"sigma {post_filter.sigma_px:g} px, range sigma "
+                      f"{post_filter.sigma_range:g} input units; no weights, not in the seed)")
     return ("CycleGAN as in seed 004: ResNet generator with 2 residual blocks, upsample-then-convolve "
             "with one transposed convolution, 70x70 PatchGAN per domain plus a denoising discriminator on "
             f"the MRI side, LSGAN, {losses}; InstanceNorm without running statistics"
@@ -93,9 +121,9 @@ def architecture(cfg: TrainConfig) -> str:
 
 def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
                metrics: dict[str, Any] | None = None, training_data: dict[str, Any] | None = None,
-               history: dict[str, Any] | None = None) -> dict[str, Any]:
+               history: dict[str, Any] | None = None, post_filter: GuidedFilter | None = None) -> dict[str, Any]:
     """Everything the runtime needs to run the file as it was validated."""
-    return {
+    card = {
         "name": name,
         "task": "pseudo_mri",
         "version": version,
@@ -104,7 +132,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
         "output_label": OUTPUT_LABEL,
         "output_modality": "MR",
         "runtime": PSEUDO_MRI,
-        "architecture": architecture(cfg),
+        "architecture": architecture(cfg, post_filter),
         "net": cfg.net.to_dict(),
         "input": {"name": "input", "layout": "NCHW", "channels": 1, "dtype": "float32",
                   "spatial_multiple": cfg.net.spatial_multiple,
@@ -127,6 +155,9 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "opset": OPSET,
     }
+    if post_filter is not None:
+        card["post_filter"] = post_filter.to_dict()
+    return card
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,13 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="pseudo_mri")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--metrics", type=Path, default=None, help="JSON from models.ct.evaluate")
+    add_post_filter_argument(p, None)
     a = p.parse_args(argv)
+    post_filter = post_filter_from(a.post_filter)
     g, cfg, ckpt = load_generator(a.checkpoint)
+    g = exported_network(g, post_filter)
     onnx_path = export_onnx(g, a.out / f"{a.name}.onnx")
     x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 128, 96)).astype(np.float32)
     delta = parity(g, onnx_path, x)
     metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
-    card = build_card(a.name, onnx_path, cfg, version=a.version, metrics=metrics, history=ckpt.get("history"))
+    card = build_card(a.name, onnx_path, cfg, version=a.version, metrics=metrics, history=ckpt.get("history"),
+                      post_filter=post_filter)
     card["export_parity_max_abs"] = delta
     print(write_card(card, a.out, a.name), f"parity max|Δ| = {delta:.2e}")
     return 0

@@ -193,6 +193,10 @@ CONFIGS: dict[str, TrainConfig] = {
     "small_curve_skip_ngf_bins": dataclasses.replace(
         _SKIP_NGF, name="small_curve_skip_ngf_bins", n_train=48, steps=3000,
         net=dataclasses.replace(_SKIP_NGF.net, input_basis=curve_values(SOFT_BIN_HU))),
+    # The same on 96 subjects per region and modality.
+    "small_curve_skip_ngf_bins_96": dataclasses.replace(
+        _SKIP_NGF, name="small_curve_skip_ngf_bins_96", n_train=96, steps=3000,
+        net=dataclasses.replace(_SKIP_NGF.net, input_basis=curve_values(SOFT_BIN_HU))),
     # A GPU: the usual CycleGAN widths, whole 256x256 slices, many subjects.
     "full": TrainConfig(name="full", net=CycleNetConfig(ngf=64, ndf=64), n_train=50, n_val=5,
                         slices_per_subject=48, size=256, crop=256, batch_size=1, steps=200_000,
