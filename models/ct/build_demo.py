@@ -1,9 +1,10 @@
 """Rebuild the demo pseudo-MRI model from nothing: phantom data, unpaired CycleGAN training
 (config `small_curve`: 3000 steps, a warm restart to 6000, another to 9000 with the NGF
 structure term on, then the fine-tuning stages `small_curve_tv_ngf`, `small_curve_skip_ngf`
-and the same on 24, 48 and 96 training subjects; 2 CPU cores), ONNX export
-with a parity check, evaluation on phantom test subjects against the baselines through the
-registry, and the model card with the figures.
+and the same on 24, 48 and 96 training subjects; 2 CPU cores), ONNX export of the generator
+followed by the CT-guided filter (`GuidedFilter`, v0.5.0 on) with a parity check,
+evaluation on phantom test subjects against the baselines through the registry, and the
+model card with the figures.
 
     nice python -m models.ct.build_demo --out models/weights
     python -m models.ct.build_demo --if-missing          # `make run`: only when no card exists
@@ -44,7 +45,7 @@ from models.dce.export import write_card
 
 NAME = "pseudo_mri"
 DEMO_CONFIG = "small_curve"  # seed 004's CycleGAN at CPU width, no identity term, soft-tissue HU curve
-DEMO_VERSION = "0.4.0"
+DEMO_VERSION = "0.5.0"
 # 3000 steps, a warm restart to 6000, another to 9000 with the NGF structure term switched on
 DEMO_RESTART_TO: tuple[str | int, ...] = (6000, "9000:lambda_ngf=20")
 # then total variation, then a long skip, then the same on 24, 48 and 96 training subjects
