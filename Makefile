@@ -52,6 +52,7 @@ lint: $(VENV)/.dev
 bench: $(VENV)/.dev system-deps
 	$(PY) bench/bench_listener.py
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_pseudo_mri.py
 
 clean:
 	rm -rf var .pytest_cache

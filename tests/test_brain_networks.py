@@ -211,3 +211,13 @@ def test_gate_knows_the_source_contrast_exports_and_warm_starts_from_a_gated_run
     assert card["conditioning"]["source_input"] == "source"
     assert "per (source, target) pair" in card["architecture"] and "Not in the seed" in card["architecture"]
     assert "source_input" not in build_card("brain_contrasts", path, gated, version="0.0.1")["conditioning"]
+    # the input-guided filter after it: same three inputs, still in parity
+    from models.brain.networks import FilteredTranslator
+    from models.guided_filter import GuidedFilter
+
+    filtered = FilteredTranslator(t, GuidedFilter(2, 2.0, 0.04))
+    fpath = export_onnx(filtered, tmp_path / "f.onnx", 4)
+    assert parity(filtered, fpath, *parity_inputs(4, n=4, h=48, w=64)) < 1e-4
+    with torch.no_grad():
+        xt = torch.from_numpy(parity_inputs(4, n=1, h=32, w=32)[0])
+        assert float((filtered(xt, t1c, flair) - t(xt, t1c, flair)).abs().max()) > 1e-3

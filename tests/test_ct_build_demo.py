@@ -26,7 +26,7 @@ def test_build_with_a_warm_restart_writes_a_loadable_card(tmp_path: Path) -> Non
     table = (tmp_path / "run" / "table.md").read_text()
     assert "Organ Dice" in table
     # the demo's CT-guided filter is in the graph, on the card, and the HU map gets it as a reference
-    assert card["post_filter"] == {"kind": "joint_bilateral", "guide": "the network's input (normalised CT)",
+    assert card["post_filter"] == {"kind": "joint_bilateral", "guide": "the network's input (normalised)",
                                    "radius": 3, "sigma_px": 2.0, "sigma_range": 0.1}
     assert "joint bilateral filter guided by the CT (7x7" in card["architecture"]
     assert "hu_map_filtered" in card["metrics"]["table"] and "| hu_map_filtered |" in table
@@ -44,8 +44,7 @@ def test_build_without_the_post_filter_says_so_in_its_command(tmp_path: Path) ->
 def test_post_filter_arguments() -> None:
     import argparse
 
-    from models.ct.export import add_post_filter_argument, post_filter_from
-    from models.ct.networks import GuidedFilter
+    from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_from
 
     p = argparse.ArgumentParser()
     add_post_filter_argument(p, build_demo.DEMO_POST_FILTER)

@@ -225,7 +225,8 @@ def test_a_run_with_soft_bins_warm_starts_from_one_without_and_its_config_surviv
 
 
 def test_guided_filter_flattens_a_tissue_without_blurring_across_the_ct_boundary() -> None:
-    from models.ct.networks import GaussianBlur, GuidedFilter, GuidedSmoothing
+    from models.ct.networks import GaussianBlur
+    from models.guided_filter import GuidedFilter, GuidedSmoothing
 
     rng = torch.Generator().manual_seed(0)
     left = torch.zeros(1, 1, 48, 48, dtype=torch.bool)
@@ -245,7 +246,8 @@ def test_guided_filter_flattens_a_tissue_without_blurring_across_the_ct_boundary
 
 
 def test_generator_with_the_guided_filter_exports_with_parity(tmp_path: Path) -> None:
-    from models.ct.networks import FilteredGenerator, GuidedFilter
+    from models.ct.networks import FilteredGenerator
+    from models.guided_filter import GuidedFilter
 
     g = ResnetGenerator(CycleNetConfig(ngf=4, long_skip=True))
     for p in g.parameters():

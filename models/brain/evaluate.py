@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from dicom_synth import intensity
-from dicom_synth.multicontrast import load_synthesis_model
+from dicom_synth.multicontrast import load_synthesis_model, normalise
 from dicom_synth.registry import load_card
 from models.brain.phantom import CONTRASTS, generate_subject, split_seeds
 from models.ct.evaluate import save_panel
 from models.dce.evaluate import body_mask, score_case, shortfalls, summarise, unit_slices
+from models.guided_filter import filter_numpy
 
 QUANTILES = np.linspace(0, 100, 101)
 
@@ -64,7 +65,10 @@ def phantom_cases(n: int, n_slices: int = 16, size: int = 128) -> Iterable[dict]
 
 
 def evaluate(cases: Iterable[dict], model, histmatch: HistogramMatch, panels_dir: Path | None = None) -> dict:
-    """Score every direction of every case; pooled and per-direction tables."""
+    """Score every direction of every case; pooled and per-direction tables. When the card
+    names a post filter, `identity_filtered` (the input through that same filter) is added
+    as a reference."""
+    filtered = filter_numpy(model.card.extra.get("post_filter"))
     per_dir: dict[str, list[dict]] = {}
     pooled: list[dict] = []
     lesion: dict[str, dict[str, list[float]]] = {}  # direction -> method -> [sum |error|, pixels]
@@ -88,6 +92,8 @@ def evaluate(cases: Iterable[dict], model, histmatch: HistogramMatch, panels_dir
             for tgt, out in zip(targets, outs, strict=True):
                 p01 = (intensity.from_stored(out.pixels, model.card.output_mapping) + 1.0) / 2.0
                 preds = {"model": p01, "identity": imgs01[src], "histmatch": histmatch(imgs01[src], mask, tgt)}
+                if filtered is not None:
+                    preds["identity_filtered"] = filtered(imgs01[src], normalise(x, model.card.normalisation))
                 rec = {"id": case["id"], "direction": f"{src}->{tgt}", "n_slices": int(x.shape[0]),
                        "scores": score_case(imgs01[tgt], preds, mask)}
                 per_dir.setdefault(rec["direction"], []).append(rec)
@@ -132,17 +138,19 @@ def format_tables(res: dict) -> str:
     for method, convs in res["table"].items():
         for conv, r in convs.items():
             lines.append(f"| {method} | {conv} | {_row(r)} |")
-    lines += ["", "Per direction, body convention (SSIM / PSNR dB / MAE; model vs identity vs histmatch)",
-              "| direction | model | identity | histmatch |", "|---|---|---|---|"]
+    methods = [m for m in ("model", "identity", "histmatch", "identity_filtered") if m in res["table"]]
+    header = ["| direction | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    lines += ["", "Per direction, body convention (SSIM / PSNR dB / MAE)"
+              + ("; identity_filtered is the input through the model's input-guided filter (reference)"
+                 if "identity_filtered" in methods else ""), *header]
     for d, t in sorted(res["directions"].items()):
         cells = [f"{t[m]['body']['ssim'][0]:.3f} / {t[m]['body']['psnr'][0]:.2f} / {t[m]['body']['mae'][0]:.4f}"
-                 for m in ("model", "identity", "histmatch")]
+                 for m in methods]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     if res.get("lesion_mae"):
-        lines += ["", "Inside the tumour (unit images, MAE over all its pixels; what T1c adds is here)",
-                  "| direction | model | identity | histmatch |", "|---|---|---|---|"]
+        lines += ["", "Inside the tumour (unit images, MAE over all its pixels; what T1c adds is here)", *header]
         for d, ms in sorted(res["lesion_mae"].items()):
-            lines.append(f"| {d} | " + " | ".join(f"{ms[m]:.4f}" for m in ("model", "identity", "histmatch")) + " |")
+            lines.append(f"| {d} | " + " | ".join(f"{ms[m]:.4f}" for m in methods) + " |")
     lines += ["", "Where the model does not beat a baseline (mean, every convention and metric):"]
     misses = [f"- pooled: {m}" for m in shortfalls(res["table"], ("identity", "histmatch"))]
     misses += [f"- {d}: {m}" for d, t in sorted(res["directions"].items())

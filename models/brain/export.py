@@ -21,10 +21,11 @@ import torch
 from dicom_synth.intensity import PER_SLICE_MINMAX, default_output_mapping
 from dicom_synth.multicontrast import CONDITIONAL
 from dicom_synth.registry import sha256_file
-from models.brain.networks import ConditionalTranslator
+from models.brain.networks import ConditionalTranslator, FilteredTranslator
 from models.brain.phantom import CONTRASTS
 from models.brain.train import TrainConfig, load_translator
 from models.dce.export import write_card
+from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_from
 
 OPSET = 17
 LABELS = {"t1": "T1", "t2": "T2", "t1c": "T1c", "flair": "FLAIR"}
@@ -44,6 +45,11 @@ def conditioning(gate_source: bool = False) -> dict[str, Any]:
     return {"input": "condition", "encoding": "one-hot, float32 (N, C)", "contrasts": list(CONTRASTS),
             "labels": dict(LABELS), "source_labels": {f"brain_{c}": c for c in CONTRASTS},
             **({"source_input": SOURCE_INPUT} if gate_source else {})}
+
+
+def exported_network(translator: ConditionalTranslator, post_filter: GuidedFilter | None) -> torch.nn.Module:
+    """The translator, followed by the input-guided filter when there is one: what goes to ONNX."""
+    return translator if post_filter is None else FilteredTranslator(translator, post_filter)
 
 
 def _sources(model: ConditionalTranslator) -> bool:
@@ -91,7 +97,7 @@ def parity_inputs(n_contrasts: int, n: int = 4, h: int = 96, w: int = 80) -> tup
     return x, cond
 
 
-def _not_in_seed(cfg: TrainConfig) -> str:
+def _not_in_seed(cfg: TrainConfig, post_filter: GuidedFilter | None = None) -> str:
     """What this network and its training add to the seed, for the card's architecture text."""
     parts = []
     if cfg.lambda_paired > 0:
@@ -106,13 +112,18 @@ def _not_in_seed(cfg: TrainConfig) -> str:
                      + (f" (pairs agreeing on >= {cfg.gate_min_agreement:.0%} of the head)"
                         if cfg.gate_min_agreement > 0 else "")
                      + (" and to shut where it changes, both weighing alike" if cfg.gate_balanced else ""))
+    if post_filter is not None:
+        side = 2 * post_filter.radius + 1
+        parts.append(f"after the network, in the graph, a joint bilateral filter guided by the input series ({side}x"
+                     f"{side}, sigma {post_filter.sigma_px:g} px, range sigma {post_filter.sigma_range:g} input units; "
+                     "no weights)")
     return (" Not in the seed: " + "; ".join(parts) + ".") if parts else ""
 
 
 def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
                metrics: dict[str, Any] | None = None, training_data: dict[str, Any] | None = None,
-               history: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
+               history: dict[str, Any] | None = None, post_filter: GuidedFilter | None = None) -> dict[str, Any]:
+    card = {
         "name": name,
         "task": "brain_contrasts",
         "version": version,
@@ -128,7 +139,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
             "scaling/shifting every instance norm), U-Net skips, PatchGAN discriminator with "
             "adversarial and class heads; LSGAN, class guidance, reconstruction, cycle, cycle- and "
             "code-consistency, Algorithm-1 structure and Algorithm-2 background losses; "
-            "InstanceNorm without running statistics." + _not_in_seed(cfg)),
+            "InstanceNorm without running statistics." + _not_in_seed(cfg, post_filter)),
         "net": cfg.net.to_dict(),
         "input": {"name": "input", "layout": "NCHW", "channels": 1, "dtype": "float32",
                   "spatial_multiple": cfg.net.spatial_multiple,
@@ -148,6 +159,9 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "opset": OPSET,
     }
+    if post_filter is not None:
+        card["post_filter"] = post_filter.to_dict()
+    return card
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,12 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="brain_contrasts")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--metrics", type=Path, default=None, help="JSON from models.brain.evaluate")
+    add_post_filter_argument(p, None)
     a = p.parse_args(argv)
+    post_filter = post_filter_from(a.post_filter)
     t, cfg, ckpt = load_translator(a.checkpoint)
+    t = exported_network(t, post_filter)
     onnx_path = export_onnx(t, a.out / f"{a.name}.onnx", cfg.net.n_contrasts)
     delta = parity(t, onnx_path, *parity_inputs(cfg.net.n_contrasts))
     metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
-    card = build_card(a.name, onnx_path, cfg, version=a.version, metrics=metrics, history=ckpt.get("history"))
+    card = build_card(a.name, onnx_path, cfg, version=a.version, metrics=metrics, history=ckpt.get("history"),
+                      post_filter=post_filter)
     card["export_parity_max_abs"] = delta
     print(write_card(card, a.out, a.name), f"parity max|Δ| = {delta:.2e}")
     return 0

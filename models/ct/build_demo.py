@@ -30,18 +30,11 @@ from dicom_synth.registry import UnknownModelError, default_models_dir, load_car
 from models.chain import add_chain_arguments, chain_command, train_chain
 from models.ct import evaluate as ev
 from models.ct import memory
-from models.ct.export import (
-    add_post_filter_argument,
-    build_card,
-    export_onnx,
-    exported_network,
-    parity,
-    post_filter_from,
-)
-from models.ct.networks import GuidedFilter
+from models.ct.export import build_card, export_onnx, exported_network, parity
 from models.ct.phantom import SPLIT_BASE
 from models.ct.train import CONFIGS, load_generator, peak_rss_mb, train
 from models.dce.export import write_card
+from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_flags, post_filter_from
 
 NAME = "pseudo_mri"
 DEMO_CONFIG = "small_curve"  # seed 004's CycleGAN at CPU width, no identity term, soft-tissue HU curve
@@ -49,7 +42,7 @@ DEMO_VERSION = "0.5.0"
 # 3000 steps, a warm restart to 6000, another to 9000 with the NGF structure term switched on
 DEMO_RESTART_TO: tuple[str | int, ...] = (6000, "9000:lambda_ngf=20")
 # then total variation, then a long skip, then the same on 24, 48 and 96 training subjects
-# per region and modality (how v0.4.0 was made)
+# per region and modality (how v0.4.0 was made; v0.5.0 is the same generator)
 DEMO_THEN: tuple[str, ...] = ("small_curve_tv_ngf", "small_curve_skip_ngf", "small_curve_skip_ngf_24",
                               "small_curve_skip_ngf_48", "small_curve_skip_ngf_96")
 # exported after the generator (v0.5.0 on): chosen on the validation subjects (42000..42002 per
@@ -119,9 +112,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
                                "gpu_estimate_small": memory.estimate(cfg),
                                "gpu_estimate_full": memory.estimate(CONFIGS["full"])}
     command = chain_command("models.ct.build_demo", config, CONFIGS, steps, restart_to, then)
-    if post_filter != DEMO_POST_FILTER:
-        command += (" --no-post-filter" if post_filter is None else
-                    f" --post-filter {post_filter.radius} {post_filter.sigma_px:g} {post_filter.sigma_range:g}")
+    command += post_filter_flags(post_filter, DEMO_POST_FILTER)
     card["build"] = {"command": command,
                      "total_seconds": round(time.time() - t0, 1),
                      "train_seconds": history.get("train_seconds"),

@@ -39,6 +39,7 @@ from dicom_synth.multicontrast import load_synthesis_model, normalise
 from dicom_synth.registry import load_card
 from models.ct.phantom import ORGANS, REGIONS, L, generate_subject, split_seeds
 from models.dce.evaluate import score_case, shortfalls, summarise, unit_slices
+from models.guided_filter import filter_numpy
 
 HU_KNOTS = (-1000, -900, -500, -200, -150, -120, -100, -80, -60, -40, -20, 0, 10, 20, 30, 40, 50, 60,
             70, 80, 100, 150, 200, 300, 500, 800, 1200, 2000)
@@ -240,30 +241,11 @@ def save_panel(path: Path, tiles: list[tuple[str, np.ndarray]], title: str = "")
     return path
 
 
-def guided_reference(post_filter: dict | None, normalisation: dict):
-    """The model card's post filter as a function (image01, ct_hu) -> image01, to pass a
-    baseline through the same filter the model's graph ends with (None without one)."""
-    if not post_filter:
-        return None
-    import torch
-
-    from models.ct.networks import GuidedFilter, GuidedSmoothing
-
-    smoothing = GuidedSmoothing(GuidedFilter(int(post_filter["radius"]), float(post_filter["sigma_px"]),
-                                             float(post_filter["sigma_range"])))
-
-    def apply(img01: np.ndarray, ct_hu: np.ndarray) -> np.ndarray:
-        guide = torch.from_numpy(normalise(ct_hu, normalisation).astype(np.float32)[:, None])
-        with torch.no_grad():
-            return smoothing(torch.from_numpy(img01.astype(np.float32)[:, None]), guide).numpy()[:, 0]
-    return apply
-
-
 def evaluate(cases: Iterable[dict], model, baselines: dict[str, PiecewiseMap],
              panels_dir: Path | None = None) -> dict:
     """Every case through the model and the baselines. When the card names a post filter,
     `hu_map_filtered` (the HU map through that same filter) is added as a reference."""
-    filtered = guided_reference(model.card.extra.get("post_filter"), model.card.normalisation)
+    filtered = filter_numpy(model.card.extra.get("post_filter"))
     results, seconds, n_total = [], 0.0, 0
     coverage: dict[str, dict[str, int]] = {}
     for case in cases:
@@ -277,7 +259,7 @@ def evaluate(cases: Iterable[dict], model, baselines: dict[str, PiecewiseMap],
         body = body_mask_ct(ct)
         preds = {"model": p01, **{k: unit_slices(f(ct)) for k, f in baselines.items()}}
         if filtered is not None and "hu_map" in preds:
-            preds["hu_map_filtered"] = filtered(preds["hu_map"], ct)
+            preds["hu_map_filtered"] = filtered(preds["hu_map"], normalise(ct, model.card.normalisation))
         scores = score_case(y01, preds, body)
         structure = structure_scores({"truth_mri": y01, **preds}, case["labels"], case["organs"], y01,
                                      case.get("fractions"), coverage=coverage)

@@ -19,9 +19,10 @@ import torch
 from dicom_synth.intensity import default_output_mapping
 from dicom_synth.multicontrast import PSEUDO_MRI
 from dicom_synth.registry import sha256_file
-from models.ct.networks import FilteredGenerator, GuidedFilter, ResnetGenerator
+from models.ct.networks import FilteredGenerator, ResnetGenerator
 from models.ct.train import TrainConfig, load_generator
 from models.dce.export import write_card
+from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_from
 
 OPSET = 17
 OUTPUT_LABEL = "pseudo-MRI (T2-like)"
@@ -59,24 +60,6 @@ def parity(generator: ResnetGenerator, onnx_path: Path, x: np.ndarray) -> float:
 
 
 AIR_HU = -500.0  # below: air or lung, a signal void on every MR sequence
-
-
-def add_post_filter_argument(p: argparse.ArgumentParser, default: GuidedFilter | None) -> None:
-    """`--post-filter RADIUS SIGMA_PX SIGMA_RANGE` / `--no-post-filter` (see `GuidedFilter`)."""
-    d = "none" if default is None else f"{default.radius} {default.sigma_px:g} {default.sigma_range:g}"
-    p.add_argument("--post-filter", nargs=3, type=float, metavar=("RADIUS", "SIGMA_PX", "SIGMA_RANGE"),
-                   default=None if default is None else [default.radius, default.sigma_px, default.sigma_range],
-                   help=f"CT-guided joint bilateral filter exported after the generator (default: {d})")
-    p.add_argument("--no-post-filter", dest="post_filter", action="store_const", const=None)
-
-
-def post_filter_from(values: list[float] | None) -> GuidedFilter | None:
-    if values is None:
-        return None
-    radius, sigma_px, sigma_range = values
-    if radius != int(radius):
-        raise ValueError(f"the filter's radius is a whole number of pixels, not {radius}")
-    return GuidedFilter(int(radius), float(sigma_px), float(sigma_range))
 
 
 def exported_network(generator: ResnetGenerator, post_filter: GuidedFilter | None) -> torch.nn.Module:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.guided_filter import GuidedFilter, GuidedSmoothing
+
 
 @dataclass(frozen=True)
 class CycleNetConfig:
@@ -193,53 +195,6 @@ def with_input_basis(state: dict[str, torch.Tensor], cfg: CycleNetConfig) -> dic
     extra = torch.zeros(w.shape[0], w.shape[1] * len(cfg.input_basis), *w.shape[2:], dtype=w.dtype)
     state[key] = torch.cat([w, extra], 1)
     return state
-
-
-@dataclass(frozen=True)
-class GuidedFilter:
-    """A joint bilateral filter of the pseudo-MRI guided by the CT it came from (not in the
-    seed; no weights): each pixel becomes the mean of its (2 radius + 1)^2 neighbours,
-    weighted by distance (Gaussian, `sigma_px`) and by how close the neighbour's CT value is
-    to its own (Gaussian, `sigma_range`, in the generator's input units: 0.1 is ~11 HU in soft
-    tissue). Flat CT tissue comes out flat instead of the GAN's blotches, and every boundary
-    stays where the CT has it, which is seed 004's point: the pseudo-MRI shares the CT's frame."""
-
-    radius: int = 3
-    sigma_px: float = 2.0
-    sigma_range: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.radius < 1 or self.sigma_px <= 0 or self.sigma_range <= 0:
-            raise ValueError(f"a guided filter needs radius >= 1 and positive sigmas: {self}")
-
-    def to_dict(self) -> dict:
-        return {"kind": "joint_bilateral", "guide": "the network's input (normalised CT)", **asdict(self)}
-
-
-class GuidedSmoothing(nn.Module):
-    """`GuidedFilter` as a module: (image, guide) -> filtered image, both (N, 1, H, W), any
-    size (reflect padding); part of the exported graph."""
-
-    def __init__(self, spec: GuidedFilter):
-        super().__init__()
-        self.spec = spec
-        r = spec.radius
-        self.offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
-        self.spatial = [math.exp(-(dy * dy + dx * dx) / (2.0 * spec.sigma_px**2)) for dy, dx in self.offsets]
-        self.pad = nn.ReflectionPad2d(r)
-
-    def forward(self, image: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        r, h, w = self.spec.radius, image.shape[-2], image.shape[-1]
-        img, gd = self.pad(image), self.pad(guide)
-        scale = -0.5 / self.spec.sigma_range**2
-        num = torch.zeros_like(image)
-        den = torch.zeros_like(image)
-        for (dy, dx), ws in zip(self.offsets, self.spatial, strict=True):
-            g = gd[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-            wt = ws * torch.exp(scale * (g - guide) ** 2)
-            num = num + wt * img[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-            den = den + wt
-        return num / den  # den >= 1: the centre pixel weighs 1
 
 
 class FilteredGenerator(nn.Module):
