@@ -33,6 +33,13 @@ class GuidedFilter:
     def to_dict(self) -> dict:
         return {"kind": "joint_bilateral", "guide": "the network's input (normalised)", **asdict(self)}
 
+    def limitation(self, input_name: str) -> str:
+        """What the filter costs, for a model card's limitations."""
+        side = 2 * self.radius + 1
+        return (f" The output is smoothed by a filter guided by the {input_name}: a boundary the "
+                f"{input_name} does not show (a synthetic enhancement, an MR-only interface) is "
+                f"smoothed over up to {side}x{side} pixels.")
+
 
 class GuidedSmoothing(nn.Module):
     """`GuidedFilter` as a module: (image, guide) -> filtered image, both (N, 1, H, W), any

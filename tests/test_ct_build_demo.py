@@ -29,6 +29,7 @@ def test_build_with_a_warm_restart_writes_a_loadable_card(tmp_path: Path) -> Non
     assert card["post_filter"] == {"kind": "joint_bilateral", "guide": "the network's input (normalised)",
                                    "radius": 3, "sigma_px": 2.0, "sigma_range": 0.1}
     assert "joint bilateral filter guided by the CT (7x7" in card["architecture"]
+    assert "a boundary the CT does not show" in card["limitations"]
     assert "hu_map_filtered" in card["metrics"]["table"] and "| hu_map_filtered |" in table
     json.dumps(card)
 

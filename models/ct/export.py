@@ -140,6 +140,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
     }
     if post_filter is not None:
         card["post_filter"] = post_filter.to_dict()
+        card["limitations"] += post_filter.limitation("CT")
     return card
 
 
