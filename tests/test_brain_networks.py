@@ -174,6 +174,44 @@ def test_gate_term_skips_samples_whose_target_does_not_repeat_the_input() -> Non
     assert gate_target_l1(closed, target, source, 0.15, outside, min_agreement=0.9).item() == 0.0
 
 
+def test_gate_term_shuts_the_gate_over_the_annotated_tumour_where_the_target_repeats_the_input() -> None:
+    from models.brain.train import gate_target_l1, lesion_mask
+
+    source = torch.zeros(1, 1, 4, 4)
+    target = source.clone()
+    target[..., 0, 0] = 0.8  # 15 of 16 pixels agree: a T1 -> T1c sample
+    head = torch.ones_like(source)
+    tumour = torch.zeros_like(source)
+    tumour[..., 3, 2:] = 1.0  # two pixels the T1c happens to repeat, inside the annotated tumour
+    opened = torch.ones_like(source)
+    assert gate_target_l1(opened, target, source, 0.15, head, 0.9).item() == pytest.approx(1 / 16)
+    # told shut there too; the sample still counts as agreeing (judged from the images alone)
+    assert gate_target_l1(opened, target, source, 0.15, head, 0.9, changed=tumour).item() == pytest.approx(3 / 16)
+    ideal = torch.ones_like(source)
+    ideal[..., 0, 0] = 0.0
+    ideal[..., 3, 2:] = 0.0
+    assert gate_target_l1(ideal, target, source, 0.15, head, 0.9, changed=tumour).item() == 0.0
+    frac = np.zeros((2, 9, 9), np.float32)
+    frac[0, 4, 4] = 0.3  # partly tumour: counts
+    grown = lesion_mask(frac, 2)
+    assert grown[0].sum() == 13 and grown[1].sum() == 0  # a 2-pixel diamond; a slice without tumour stays empty
+    assert lesion_mask(frac, 0).sum() == 1
+
+
+def test_runs_with_the_tumour_in_the_gate_term_load_and_crop_the_annotation() -> None:
+    from models.brain.train import build_data, sample_batch
+
+    cfg = dataclasses.replace(CONFIGS["tiny"], gate_lesion_margin=1)
+    data = build_data(cfg, progress=False)
+    assert data.lesion is not None and data.lesion.shape == data.images[:, 0].shape
+    assert set(np.unique(data.lesion)) <= {0.0, 1.0}
+    *_, les = sample_batch(data, cfg, np.random.default_rng(0))
+    assert les.shape == (cfg.batch_size, 1, cfg.crop, cfg.crop)
+    plain = build_data(CONFIGS["tiny"], progress=False)
+    assert plain.lesion is None
+    assert sample_batch(plain, CONFIGS["tiny"], np.random.default_rng(0))[-1] is None
+
+
 def test_gate_term_trains_and_is_reported() -> None:
     cfg = dataclasses.replace(CONFIGS["tiny"], lambda_paired=1.0, lambda_gate=2.0,
                               net=dataclasses.replace(CONFIGS["tiny"].net, input_gate=True))
@@ -211,6 +249,9 @@ def test_gate_knows_the_source_contrast_exports_and_warm_starts_from_a_gated_run
     assert card["conditioning"]["source_input"] == "source"
     assert "per (source, target) pair" in card["architecture"] and "Not in the seed" in card["architecture"]
     assert "source_input" not in build_card("brain_contrasts", path, gated, version="0.0.1")["conditioning"]
+    lesion = dataclasses.replace(paired, gate_lesion_margin=2)
+    text = build_card("brain_contrasts", path, lesion, version="0.0.1")["architecture"]
+    assert "annotated tumour grown by 2 px" in text
     # the input-guided filter after it: same three inputs, still in parity
     from models.brain.networks import FilteredTranslator
     from models.guided_filter import GuidedFilter

@@ -112,6 +112,9 @@ def _not_in_seed(cfg: TrainConfig, post_filter: GuidedFilter | None = None) -> s
                      + (f" (pairs agreeing on >= {cfg.gate_min_agreement:.0%} of the head)"
                         if cfg.gate_min_agreement > 0 else "")
                      + (" and to shut where it changes, both weighing alike" if cfg.gate_balanced else ""))
+    if cfg.lambda_gate > 0 and cfg.gate_lesion_margin >= 0:
+        parts.append(f"the gate told to shut over the annotated tumour grown by {cfg.gate_lesion_margin} px "
+                     "(training used the phantom's tumour labels)")
     if post_filter is not None:
         side = 2 * post_filter.radius + 1
         parts.append(f"after the network, in the graph, a joint bilateral filter guided by the input series ({side}x"

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from tqdm import tqdm
 
 from dicom_synth.intensity import normalise_slices
@@ -100,6 +101,11 @@ class TrainConfig:
     gate_balanced: bool = False
     # ...or, unbalanced, each pixel where the target differs weighs this many times the others.
     gate_change_weight: float = 1.0
+    # With a tumour annotation (the phantom's rim and necrotic core; BRATS ships one too): the
+    # tumour, grown by this many pixels, counts as "changes" in the gate term even where this
+    # sample's target happens to repeat the input, so the gate shuts over all of it and only
+    # there draws what the input cannot show (the rim is nearly invisible on T1). -1: off.
+    gate_lesion_margin: int = -1
     lr_gate_mult: float = 1.0  # learning rate of the decoder's input gate, times lr
     mirror: bool = True
     val_every: int = 250
@@ -195,6 +201,10 @@ CONFIGS: dict[str, TrainConfig] = {
     # adopted: v0.5.0 (balanced) draws it at 0.92 and loses 5.
     "small_paired_change30_gate_pair_w20": _gated_stage("small_paired_change30_gate_pair_w20", gate_source=True,
                                                         **_NEAR, gate_change_weight=20.0, lambda_change=30.0),
+    # 20x with the annotated tumour (grown by 2 px) counted as changing in the gate term.
+    "small_paired_change30_gate_pair_w20_lesion": _gated_stage(
+        "small_paired_change30_gate_pair_w20_lesion", gate_source=True, **_NEAR, gate_change_weight=20.0,
+        lambda_change=30.0, gate_lesion_margin=2),
     "small_paired_change30_gate_pair_w50": _gated_stage("small_paired_change30_gate_pair_w50", gate_source=True,
                                                         **_NEAR, gate_change_weight=50.0, lambda_change=30.0),
     # small_paired_change_gate_pair with three times the weight on what changes, unbalanced
@@ -224,6 +234,7 @@ class BrainData:
     background: np.ndarray
     val_images: np.ndarray
     val_background: np.ndarray
+    lesion: np.ndarray | None = None  # (slices, H, W) 0/1, with `gate_lesion_margin`
 
 
 def prepare(images: np.ndarray, beta: float, p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,20 +248,34 @@ def prepare(images: np.ndarray, beta: float, p: int) -> tuple[np.ndarray, np.nda
     return s, b
 
 
-def load_subjects(seeds: list[int], cfg: TrainConfig, desc: str, progress: bool) -> np.ndarray:
+def lesion_mask(tumour_fraction: np.ndarray, margin: int) -> np.ndarray:
+    """(N, H, W) tumour fraction -> 0/1 mask of the tumour grown by `margin` pixels per slice."""
+    m = tumour_fraction > 0
+    if margin > 0:
+        m = np.stack([ndimage.binary_dilation(k, iterations=margin) if k.any() else k for k in m])
+    return m.astype(np.float32)
+
+
+def load_subjects(seeds: list[int], cfg: TrainConfig, desc: str, progress: bool,
+                  lesions: list[np.ndarray] | None = None) -> np.ndarray:
+    """(slices, contrasts, H, W) in [-1, 1]; with `lesions`, each subject's `lesion_mask` is
+    appended to it."""
     out = []
     for seed in tqdm(seeds, desc=desc, disable=not progress, leave=False):
         subj = generate_subject(seed, n_slices=cfg.slices_per_subject, size=cfg.size)
         out.append(np.stack([normalise_slices(subj.images[c]) for c in CONTRASTS], 1))
+        if lesions is not None:
+            lesions.append(lesion_mask(subj.tumour_fraction, cfg.gate_lesion_margin))
     return np.concatenate(out)
 
 
 def build_data(cfg: TrainConfig, progress: bool = True) -> BrainData:
-    train = load_subjects(split_seeds("train", cfg.n_train), cfg, "train subjects", progress)
+    lesions: list[np.ndarray] | None = [] if cfg.gate_lesion_margin >= 0 else None
+    train = load_subjects(split_seeds("train", cfg.n_train), cfg, "train subjects", progress, lesions)
     val = load_subjects(split_seeds("val", cfg.n_val), cfg, "val subjects", progress)
     s, b = prepare(train, cfg.beta, cfg.mask_expand)
     _, vb = prepare(val, cfg.beta, cfg.mask_expand)
-    return BrainData(train, s, b, val, vb)
+    return BrainData(train, s, b, val, vb, None if lesions is None else np.concatenate(lesions))
 
 
 def onehot(idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -287,9 +312,11 @@ class MultiContrastGAN:
                 g["lr"] = c.lr * frac * g.get("lr_mult", 1.0)
 
     def train_step(self, x: torch.Tensor, src: torch.Tensor, struct: torch.Tensor, bg: torch.Tensor,
-                   gen: torch.Generator, paired: torch.Tensor | None = None) -> dict[str, float]:
+                   gen: torch.Generator, paired: torch.Tensor | None = None,
+                   lesion: torch.Tensor | None = None) -> dict[str, float]:
         """x (B,1,h,w) of contrasts src (B,); struct/bg its Algorithm-1/2 maps; `paired`
-        (B, C, h, w) registered siblings, used only when lambda_paired > 0."""
+        (B, C, h, w) registered siblings, used only when lambda_paired > 0; `lesion` (B,1,h,w)
+        the grown tumour mask, used by the gate term when given."""
         c, n = self.cfg, self.cfg.net.n_contrasts
         self._set_lr()
         b = x.shape[0]
@@ -337,7 +364,7 @@ class MultiContrastGAN:
             ar = torch.arange(b)
             loss_gate = sum(gate_target_l1(g, paired[ar, t.cpu()][:, None].to(x), x, c.gate_tolerance, 1 - bg,
                                            c.gate_min_agreement, c.gate_close_others, c.gate_balanced,
-                                           c.gate_change_weight) for g, t in ((g1, t1), (g2, t2)))
+                                           c.gate_change_weight, changed=lesion) for g, t in ((g1, t1), (g2, t2)))
             loss_g = loss_g + c.lambda_gate * loss_gate
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -411,15 +438,18 @@ def structure_reference(struct: torch.Tensor, paired: torch.Tensor | None, targe
 
 def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tensor, tolerance: float,
                    head: torch.Tensor | None = None, min_agreement: float = 0.0,
-                   close_others: bool = False, balanced: bool = False, change_weight: float = 1.0
-                   ) -> torch.Tensor:
+                   close_others: bool = False, balanced: bool = False, change_weight: float = 1.0,
+                   changed: torch.Tensor | None = None) -> torch.Tensor:
     """L1 between the decoder's gate and 1 where |target - source| < tolerance, else 0.
     With `min_agreement` > 0, only samples whose target agrees with the source on at least
     that fraction of `head` (B,1,h,w; 1 inside) are told so; the others' gates are left free,
     or with `close_others` told 0 everywhere. `balanced`: per sample, the mean error where
     the target repeats the source and the mean where it differs count alike; else each pixel
-    where it differs weighs `change_weight` times the others."""
-    same = ((target - source).abs() < tolerance).to(gate)
+    where it differs weighs `change_weight` times the others. `changed` (B,1,h,w; 1 inside):
+    pixels told 0 whatever the target (the annotated tumour; which samples agree is still
+    judged from the images alone)."""
+    agrees = ((target - source).abs() < tolerance).to(gate)
+    same = agrees if changed is None else agrees * (1 - changed.to(gate))
     err = (gate - same).abs().flatten(1)
     if balanced:
         s = same.flatten(1)
@@ -431,7 +461,7 @@ def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tenso
     if min_agreement <= 0:
         return per_sample.mean()
     area = head.flatten(1).sum(1).clamp_min(1.0)
-    near = ((same * head).flatten(1).sum(1) / area >= min_agreement).to(gate)
+    near = ((agrees * head).flatten(1).sum(1) / area >= min_agreement).to(gate)
     if not close_others:
         return (near * per_sample).mean()
     return (near * per_sample + (1 - near) * gate.flatten(1).mean(1)).mean()
@@ -456,6 +486,7 @@ def sample_batch(data: BrainData, cfg: TrainConfig, rng: np.random.Generator,
     x = np.empty((b, 1, cs, cs), np.float32)
     st, bg = np.empty_like(x), np.empty_like(x)
     pr = np.empty((b, n, cs, cs), np.float32)
+    les = np.zeros_like(x)
     for i in range(b):
         for _ in range(6):
             y0, x0 = (int(v) for v in rng.integers(0, h - cs + 1, size=2))
@@ -468,8 +499,10 @@ def sample_batch(data: BrainData, cfg: TrainConfig, rng: np.random.Generator,
         st[i, 0] = data.structure[idx[i], src[i]][win][sl]
         bg[i, 0] = data.background[idx[i], src[i]][win][sl]
         pr[i] = data.images[idx[i]][(slice(None), *win)][(slice(None), *sl)]
+        if data.lesion is not None:
+            les[i, 0] = data.lesion[idx[i]][win][sl]
     return (torch.from_numpy(x), torch.from_numpy(src), torch.from_numpy(st), torch.from_numpy(bg),
-            torch.from_numpy(pr))
+            torch.from_numpy(pr), None if data.lesion is None else torch.from_numpy(les))
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress: bool = True,
@@ -515,9 +548,10 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
                desc=f"multicontrast {cfg.name}")
     for step in bar:
         crop = cfg.size if step >= cfg.full_size_from * cfg.steps else cfg.crop
-        x, src, st, bg, pr = sample_batch(data, cfg, rng, crop)
+        x, src, st, bg, pr, les = sample_batch(data, cfg, rng, crop)
         dev = model.device
-        losses = model.train_step(x.to(dev), src, st.to(dev), bg.to(dev), gen, pr if cfg.lambda_paired > 0 else None)
+        losses = model.train_step(x.to(dev), src, st.to(dev), bg.to(dev), gen, pr if cfg.lambda_paired > 0 else None,
+                                  None if les is None else les.to(dev))
         bar.set_postfix(rec=f"{losses['rec']:.3f}", cyc=f"{losses['cycle']:.3f}", d=f"{losses['d']:.2f}")
         if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
             val = model.validate(data.val_images, data.val_background)
