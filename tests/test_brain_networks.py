@@ -191,6 +191,8 @@ def test_gate_term_shuts_the_gate_over_the_annotated_tumour_where_the_target_rep
     ideal[..., 0, 0] = 0.0
     ideal[..., 3, 2:] = 0.0
     assert gate_target_l1(ideal, target, source, 0.15, head, 0.9, changed=tumour).item() == 0.0
+    heavy = gate_target_l1(opened, target, source, 0.15, head, 0.9, changed=tumour, changed_weight=10.0)
+    assert heavy.item() == pytest.approx((1 + 2 * 10) / (1 + 2 * 10 + 13))  # the tumour's two pixels weigh 10 each
     frac = np.zeros((2, 9, 9), np.float32)
     frac[0, 4, 4] = 0.3  # partly tumour: counts
     grown = lesion_mask(frac, 2)

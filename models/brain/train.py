@@ -106,6 +106,8 @@ class TrainConfig:
     # sample's target happens to repeat the input, so the gate shuts over all of it and only
     # there draws what the input cannot show (the rim is nearly invisible on T1). -1: off.
     gate_lesion_margin: int = -1
+    # ...and each of those pixels weighs this many times the unchanged ones (0: as any changed pixel).
+    gate_lesion_weight: float = 0.0
     lr_gate_mult: float = 1.0  # learning rate of the decoder's input gate, times lr
     mirror: bool = True
     val_every: int = 250
@@ -205,6 +207,10 @@ CONFIGS: dict[str, TrainConfig] = {
     "small_paired_change30_gate_pair_w20_lesion": _gated_stage(
         "small_paired_change30_gate_pair_w20_lesion", gate_source=True, **_NEAR, gate_change_weight=20.0,
         lambda_change=30.0, gate_lesion_margin=2),
+    # ... with the tumour's pixels weighing 200x in the gate term.
+    "small_paired_change30_gate_pair_w20_lesion200": _gated_stage(
+        "small_paired_change30_gate_pair_w20_lesion200", gate_source=True, **_NEAR, gate_change_weight=20.0,
+        lambda_change=30.0, gate_lesion_margin=2, gate_lesion_weight=200.0),
     "small_paired_change30_gate_pair_w50": _gated_stage("small_paired_change30_gate_pair_w50", gate_source=True,
                                                         **_NEAR, gate_change_weight=50.0, lambda_change=30.0),
     # small_paired_change_gate_pair with three times the weight on what changes, unbalanced
@@ -364,7 +370,8 @@ class MultiContrastGAN:
             ar = torch.arange(b)
             loss_gate = sum(gate_target_l1(g, paired[ar, t.cpu()][:, None].to(x), x, c.gate_tolerance, 1 - bg,
                                            c.gate_min_agreement, c.gate_close_others, c.gate_balanced,
-                                           c.gate_change_weight, changed=lesion) for g, t in ((g1, t1), (g2, t2)))
+                                           c.gate_change_weight, changed=lesion, changed_weight=c.gate_lesion_weight)
+                            for g, t in ((g1, t1), (g2, t2)))
             loss_g = loss_g + c.lambda_gate * loss_gate
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -439,7 +446,7 @@ def structure_reference(struct: torch.Tensor, paired: torch.Tensor | None, targe
 def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tensor, tolerance: float,
                    head: torch.Tensor | None = None, min_agreement: float = 0.0,
                    close_others: bool = False, balanced: bool = False, change_weight: float = 1.0,
-                   changed: torch.Tensor | None = None) -> torch.Tensor:
+                   changed: torch.Tensor | None = None, changed_weight: float = 0.0) -> torch.Tensor:
     """L1 between the decoder's gate and 1 where |target - source| < tolerance, else 0.
     With `min_agreement` > 0, only samples whose target agrees with the source on at least
     that fraction of `head` (B,1,h,w; 1 inside) are told so; the others' gates are left free,
@@ -447,7 +454,8 @@ def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tenso
     the target repeats the source and the mean where it differs count alike; else each pixel
     where it differs weighs `change_weight` times the others. `changed` (B,1,h,w; 1 inside):
     pixels told 0 whatever the target (the annotated tumour; which samples agree is still
-    judged from the images alone)."""
+    judged from the images alone), each weighing `changed_weight` times an unchanged pixel
+    when that is > 0 (unbalanced only)."""
     agrees = ((target - source).abs() < tolerance).to(gate)
     same = agrees if changed is None else agrees * (1 - changed.to(gate))
     err = (gate - same).abs().flatten(1)
@@ -457,6 +465,9 @@ def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tenso
                                  + (err * (1 - s)).sum(1) / (1 - s).sum(1).clamp_min(1.0))
     else:
         w = 1.0 + (change_weight - 1.0) * (1 - same.flatten(1))
+        if changed is not None and changed_weight > 0:
+            c = changed.to(gate).flatten(1)
+            w = w * (1 - c) + changed_weight * c
         per_sample = (err * w).sum(1) / w.sum(1)
     if min_agreement <= 0:
         return per_sample.mean()
