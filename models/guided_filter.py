@@ -1,5 +1,7 @@
-"""A joint bilateral filter guided by the network's own input, exported after a generator
-(`GuidedFilter`, `GuidedSmoothing`), and the command-line options that choose it."""
+"""A joint bilateral filter guided by the network's own input, exported after a generator:
+its settings (`GuidedFilter`), a NumPy version for the evaluations' reference rows, and the
+command-line options that choose it. Torch-free; the exported module is
+`models.ct.networks.GuidedSmoothing`."""
 
 from __future__ import annotations
 
@@ -8,8 +10,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -33,38 +33,40 @@ class GuidedFilter:
     def to_dict(self) -> dict:
         return {"kind": "joint_bilateral", "guide": "the network's input (normalised)", **asdict(self)}
 
+    @classmethod
+    def from_card(cls, card_filter: dict | None) -> GuidedFilter | None:
+        """A model card's `post_filter` block (None: none)."""
+        if not card_filter:
+            return None
+        return cls(int(card_filter["radius"]), float(card_filter["sigma_px"]), float(card_filter["sigma_range"]))
+
+    def offsets(self) -> list[tuple[int, int, float]]:
+        """(dy, dx, spatial weight) of every neighbour, the centre included (weight 1)."""
+        r = self.radius
+        return [(dy, dx, math.exp(-(dy * dy + dx * dx) / (2.0 * self.sigma_px**2)))
+                for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+
+    def smooth(self, image: np.ndarray, guide: np.ndarray) -> np.ndarray:
+        """The filter on (N, H, W) arrays, as the exported graph computes it, to pass a
+        baseline through the same filter a model ends with."""
+        r, (h, w) = self.radius, image.shape[-2:]
+        pad = ((0, 0), (r, r), (r, r))
+        img = np.pad(image.astype(np.float32), pad, mode="reflect")
+        gd = np.pad(guide.astype(np.float32), pad, mode="reflect")
+        num, den = np.zeros((len(image), h, w), np.float32), np.zeros((len(image), h, w), np.float32)
+        for dy, dx, ws in self.offsets():
+            win = (slice(None), slice(r + dy, r + dy + h), slice(r + dx, r + dx + w))
+            wt = ws * np.exp(-0.5 * (gd[win] - gd[:, r:r + h, r:r + w]) ** 2 / self.sigma_range**2)
+            num += wt * img[win]
+            den += wt
+        return num / den
+
     def limitation(self, input_name: str) -> str:
         """What the filter costs, for a model card's limitations."""
         side = 2 * self.radius + 1
         return (f" The output is smoothed by a filter guided by the {input_name}: a boundary the "
                 f"{input_name} does not show (a synthetic enhancement, an MR-only interface) is "
                 f"smoothed over up to {side}x{side} pixels.")
-
-
-class GuidedSmoothing(nn.Module):
-    """`GuidedFilter` as a module: (image, guide) -> filtered image, both (N, 1, H, W), any
-    size (reflect padding); part of the exported graph."""
-
-    def __init__(self, spec: GuidedFilter):
-        super().__init__()
-        self.spec = spec
-        r = spec.radius
-        self.offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
-        self.spatial = [math.exp(-(dy * dy + dx * dx) / (2.0 * spec.sigma_px**2)) for dy, dx in self.offsets]
-        self.pad = nn.ReflectionPad2d(r)
-
-    def forward(self, image: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        r, h, w = self.spec.radius, image.shape[-2], image.shape[-1]
-        img, gd = self.pad(image), self.pad(guide)
-        scale = -0.5 / self.spec.sigma_range**2
-        num = torch.zeros_like(image)
-        den = torch.zeros_like(image)
-        for (dy, dx), ws in zip(self.offsets, self.spatial, strict=True):
-            g = gd[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-            wt = ws * torch.exp(scale * (g - guide) ** 2)
-            num = num + wt * img[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-            den = den + wt
-        return num / den  # den >= 1: the centre pixel weighs 1
 
 
 def add_post_filter_argument(p: argparse.ArgumentParser, default: GuidedFilter | None) -> None:
@@ -92,18 +94,3 @@ def post_filter_flags(post_filter: GuidedFilter | None, default: GuidedFilter | 
     if post_filter is None:
         return " --no-post-filter"
     return f" --post-filter {post_filter.radius} {post_filter.sigma_px:g} {post_filter.sigma_range:g}"
-
-
-def filter_numpy(card_filter: dict | None):
-    """A card's `post_filter` as a function (image (N, H, W), guide (N, H, W)) -> filtered
-    image, to pass a baseline through the filter a model's graph ends with (None without)."""
-    if not card_filter:
-        return None
-    smoothing = GuidedSmoothing(GuidedFilter(int(card_filter["radius"]), float(card_filter["sigma_px"]),
-                                             float(card_filter["sigma_range"])))
-
-    def apply(image: np.ndarray, guide: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return smoothing(torch.from_numpy(image.astype(np.float32)[:, None]),
-                             torch.from_numpy(guide.astype(np.float32)[:, None])).numpy()[:, 0]
-    return apply

@@ -53,7 +53,7 @@ def test_evaluate_scores_every_direction(tmp_path: Path) -> None:
 
 
 def test_a_card_with_a_post_filter_runs_the_filtered_graph_and_adds_the_filtered_input(tmp_path: Path) -> None:
-    from models.brain.export import exported_network
+    from models.ct.networks import with_post_filter
     from models.guided_filter import GuidedFilter
 
     torch.manual_seed(0)
@@ -61,7 +61,7 @@ def test_a_card_with_a_post_filter_runs_the_filtered_graph_and_adds_the_filtered
     for p in t.parameters():
         nn.init.normal_(p, 0, 0.2)
     spec = GuidedFilter(2, 2.0, 0.04)
-    path = export_onnx(exported_network(t, spec), tmp_path / "w" / "brain_contrasts.onnx", 4)
+    path = export_onnx(with_post_filter(t, spec), tmp_path / "w" / "brain_contrasts.onnx", 4)
     card = build_card("brain_contrasts", path, CONFIGS["tiny"], version="0.0.1", post_filter=spec)
     assert card["post_filter"]["radius"] == 2 and "guided by the input series (5x5" in card["architecture"]
     (tmp_path / "w" / "brain_contrasts.card.json").write_text(json.dumps(card))

@@ -255,10 +255,10 @@ def test_gate_knows_the_source_contrast_exports_and_warm_starts_from_a_gated_run
     text = build_card("brain_contrasts", path, lesion, version="0.0.1")["architecture"]
     assert "annotated tumour grown by 2 px" in text
     # the input-guided filter after it: same three inputs, still in parity
-    from models.brain.networks import FilteredTranslator
+    from models.ct.networks import with_post_filter
     from models.guided_filter import GuidedFilter
 
-    filtered = FilteredTranslator(t, GuidedFilter(2, 2.0, 0.04))
+    filtered = with_post_filter(t, GuidedFilter(2, 2.0, 0.04))
     fpath = export_onnx(filtered, tmp_path / "f.onnx", 4)
     assert parity(filtered, fpath, *parity_inputs(4, n=4, h=48, w=64)) < 1e-4
     with torch.no_grad():

@@ -225,8 +225,8 @@ def test_a_run_with_soft_bins_warm_starts_from_one_without_and_its_config_surviv
 
 
 def test_guided_filter_flattens_a_tissue_without_blurring_across_the_ct_boundary() -> None:
-    from models.ct.networks import GaussianBlur
-    from models.guided_filter import GuidedFilter, GuidedSmoothing
+    from models.ct.networks import GaussianBlur, GuidedSmoothing
+    from models.guided_filter import GuidedFilter
 
     rng = torch.Generator().manual_seed(0)
     left = torch.zeros(1, 1, 48, 48, dtype=torch.bool)
@@ -245,14 +245,28 @@ def test_guided_filter_flattens_a_tissue_without_blurring_across_the_ct_boundary
     assert torch.allclose(GuidedSmoothing(GuidedFilter())(flat, torch.randn(2, 1, 16, 16)), flat, atol=1e-6)
 
 
+def test_the_numpy_filter_the_evaluations_use_is_the_exported_one() -> None:
+    from models.ct.networks import GuidedSmoothing
+    from models.guided_filter import GuidedFilter
+
+    rng = np.random.default_rng(4)
+    image, guide = rng.uniform(0, 1, (2, 2, 40, 56)).astype(np.float32)
+    for spec in (GuidedFilter(), GuidedFilter(2, 1.0, 0.04)):
+        with torch.no_grad():
+            ref = GuidedSmoothing(spec)(torch.from_numpy(image[:, None]), torch.from_numpy(guide[:, None])).numpy()
+        assert np.abs(spec.smooth(image, guide) - ref[:, 0]).max() < 1e-5
+    assert GuidedFilter.from_card(GuidedFilter(2, 1.0, 0.04).to_dict()) == GuidedFilter(2, 1.0, 0.04)
+    assert GuidedFilter.from_card(None) is None
+
+
 def test_generator_with_the_guided_filter_exports_with_parity(tmp_path: Path) -> None:
-    from models.ct.networks import FilteredGenerator
+    from models.ct.networks import with_post_filter
     from models.guided_filter import GuidedFilter
 
     g = ResnetGenerator(CycleNetConfig(ngf=4, long_skip=True))
     for p in g.parameters():
         nn.init.normal_(p, 0, 0.3)
-    filtered = FilteredGenerator(g, GuidedFilter())
+    filtered = with_post_filter(g, GuidedFilter())
     path = export_onnx(filtered, tmp_path / "g.onnx")
     for shape in ((1, 1, 64, 64), (3, 1, 40, 72)):
         x = np.random.default_rng(2).uniform(-1, 1, shape).astype(np.float32)

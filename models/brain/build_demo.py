@@ -27,10 +27,11 @@ import torch
 from dicom_synth.multicontrast import load_synthesis_model
 from dicom_synth.registry import UnknownModelError, default_models_dir, load_card
 from models.brain import evaluate as ev
-from models.brain.export import build_card, export_onnx, exported_network, parity, parity_inputs
+from models.brain.export import build_card, export_onnx, parity, parity_inputs
 from models.brain.phantom import SPLIT_BASE
 from models.brain.train import CONFIGS, load_translator, train
 from models.chain import add_chain_arguments, chain_command, train_chain
+from models.ct.networks import with_post_filter
 from models.ct.train import peak_rss_mb
 from models.dce.export import write_card
 from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_flags, post_filter_from
@@ -72,7 +73,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
     t, cfg, ckpt = load_translator(checkpoint)
     hist_file = Path(checkpoint).parent / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.exists() else ckpt.get("history", {})
-    t = exported_network(t, post_filter)
+    t = with_post_filter(t, post_filter)
     onnx_path = export_onnx(t, Path(out_dir) / f"{NAME}.onnx", cfg.net.n_contrasts)
     delta = parity(t, onnx_path, *parity_inputs(cfg.net.n_contrasts, h=128, w=128))
     if delta >= 1e-4:

@@ -29,7 +29,7 @@ from dicom_synth.registry import load_card
 from models.brain.phantom import CONTRASTS, generate_subject, split_seeds
 from models.ct.evaluate import save_panel
 from models.dce.evaluate import body_mask, score_case, shortfalls, summarise, unit_slices
-from models.guided_filter import filter_numpy
+from models.guided_filter import GuidedFilter
 
 QUANTILES = np.linspace(0, 100, 101)
 
@@ -68,7 +68,7 @@ def evaluate(cases: Iterable[dict], model, histmatch: HistogramMatch, panels_dir
     """Score every direction of every case; pooled and per-direction tables. When the card
     names a post filter, `identity_filtered` (the input through that same filter) is added
     as a reference."""
-    filtered = filter_numpy(model.card.extra.get("post_filter"))
+    post_filter = GuidedFilter.from_card(model.card.extra.get("post_filter"))
     per_dir: dict[str, list[dict]] = {}
     pooled: list[dict] = []
     lesion: dict[str, dict[str, list[float]]] = {}  # direction -> method -> [sum |error|, pixels]
@@ -92,8 +92,8 @@ def evaluate(cases: Iterable[dict], model, histmatch: HistogramMatch, panels_dir
             for tgt, out in zip(targets, outs, strict=True):
                 p01 = (intensity.from_stored(out.pixels, model.card.output_mapping) + 1.0) / 2.0
                 preds = {"model": p01, "identity": imgs01[src], "histmatch": histmatch(imgs01[src], mask, tgt)}
-                if filtered is not None:
-                    preds["identity_filtered"] = filtered(imgs01[src], normalise(x, model.card.normalisation))
+                if post_filter is not None:
+                    preds["identity_filtered"] = post_filter.smooth(imgs01[src], normalise(x, model.card.normalisation))
                 rec = {"id": case["id"], "direction": f"{src}->{tgt}", "n_slices": int(x.shape[0]),
                        "scores": score_case(imgs01[tgt], preds, mask)}
                 per_dir.setdefault(rec["direction"], []).append(rec)

@@ -21,9 +21,10 @@ import torch
 from dicom_synth.intensity import PER_SLICE_MINMAX, default_output_mapping
 from dicom_synth.multicontrast import CONDITIONAL
 from dicom_synth.registry import sha256_file
-from models.brain.networks import ConditionalTranslator, FilteredTranslator
+from models.brain.networks import ConditionalTranslator
 from models.brain.phantom import CONTRASTS
 from models.brain.train import TrainConfig, load_translator
+from models.ct.networks import with_post_filter
 from models.dce.export import write_card
 from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_from
 
@@ -47,13 +48,9 @@ def conditioning(gate_source: bool = False) -> dict[str, Any]:
             **({"source_input": SOURCE_INPUT} if gate_source else {})}
 
 
-def exported_network(translator: ConditionalTranslator, post_filter: GuidedFilter | None) -> torch.nn.Module:
-    """The translator, followed by the input-guided filter when there is one: what goes to ONNX."""
-    return translator if post_filter is None else FilteredTranslator(translator, post_filter)
-
-
-def _sources(model: ConditionalTranslator) -> bool:
-    return model.decoder.gate_pair is not None
+def _sources(model: torch.nn.Module) -> bool:
+    """Whether the graph takes the source contrast (a translator, or one behind `FilteredNetwork`)."""
+    return getattr(model, "network", model).decoder.gate_pair is not None
 
 
 def export_onnx(model: ConditionalTranslator, path: Path, n_contrasts: int, opset: int = OPSET) -> Path:
@@ -179,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     post_filter = post_filter_from(a.post_filter)
     t, cfg, ckpt = load_translator(a.checkpoint)
-    t = exported_network(t, post_filter)
+    t = with_post_filter(t, post_filter)
     onnx_path = export_onnx(t, a.out / f"{a.name}.onnx", cfg.net.n_contrasts)
     delta = parity(t, onnx_path, *parity_inputs(cfg.net.n_contrasts))
     metrics = json.loads(a.metrics.read_text()) if a.metrics else {}

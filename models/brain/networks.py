@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from models.ct.networks import ResidualBlock
-from models.guided_filter import GuidedFilter, GuidedSmoothing
 
 
 @dataclass(frozen=True)
@@ -226,21 +225,3 @@ class ContrastDiscriminator(nn.Module):
         h = self.trunk(x)
         return self.adv(h), self.cls(h).mean(dim=(2, 3))
 
-
-class FilteredTranslator(nn.Module):
-    """The translator followed by `GuidedSmoothing` guided by its own input (the source
-    contrast): what is exported when the card names a `post_filter`. Same inputs."""
-
-    def __init__(self, translator: ConditionalTranslator, spec: GuidedFilter):
-        super().__init__()
-        self.translator = translator
-        self.smoothing = GuidedSmoothing(spec)
-        self.multiple = translator.multiple
-
-    @property
-    def decoder(self) -> Decoder:
-        return self.translator.decoder
-
-    def forward(self, x: torch.Tensor, condition: torch.Tensor,
-                source_condition: torch.Tensor | None = None) -> torch.Tensor:
-        return self.smoothing(self.translator(x, condition, source_condition), x)

@@ -30,7 +30,8 @@ from dicom_synth.registry import UnknownModelError, default_models_dir, load_car
 from models.chain import add_chain_arguments, chain_command, train_chain
 from models.ct import evaluate as ev
 from models.ct import memory
-from models.ct.export import build_card, export_onnx, exported_network, parity
+from models.ct.export import build_card, export_onnx, parity
+from models.ct.networks import with_post_filter
 from models.ct.phantom import SPLIT_BASE
 from models.ct.train import CONFIGS, load_generator, peak_rss_mb, train
 from models.dce.export import write_card
@@ -70,7 +71,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
     g, cfg, ckpt = load_generator(checkpoint)
     hist_file = Path(checkpoint).parent / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.exists() else ckpt.get("history", {})
-    g = exported_network(g, post_filter)
+    g = with_post_filter(g, post_filter)
     onnx_path = export_onnx(g, Path(out_dir) / f"{NAME}.onnx")
     x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 128, 128)).astype(np.float32)
     delta = parity(g, onnx_path, x)

@@ -39,7 +39,7 @@ from dicom_synth.multicontrast import load_synthesis_model, normalise
 from dicom_synth.registry import load_card
 from models.ct.phantom import ORGANS, REGIONS, L, generate_subject, split_seeds
 from models.dce.evaluate import score_case, shortfalls, summarise, unit_slices
-from models.guided_filter import filter_numpy
+from models.guided_filter import GuidedFilter
 
 HU_KNOTS = (-1000, -900, -500, -200, -150, -120, -100, -80, -60, -40, -20, 0, 10, 20, 30, 40, 50, 60,
             70, 80, 100, 150, 200, 300, 500, 800, 1200, 2000)
@@ -245,7 +245,7 @@ def evaluate(cases: Iterable[dict], model, baselines: dict[str, PiecewiseMap],
              panels_dir: Path | None = None) -> dict:
     """Every case through the model and the baselines. When the card names a post filter,
     `hu_map_filtered` (the HU map through that same filter) is added as a reference."""
-    filtered = filter_numpy(model.card.extra.get("post_filter"))
+    post_filter = GuidedFilter.from_card(model.card.extra.get("post_filter"))
     results, seconds, n_total = [], 0.0, 0
     coverage: dict[str, dict[str, int]] = {}
     for case in cases:
@@ -258,8 +258,8 @@ def evaluate(cases: Iterable[dict], model, baselines: dict[str, PiecewiseMap],
         y01 = unit_slices(mr)
         body = body_mask_ct(ct)
         preds = {"model": p01, **{k: unit_slices(f(ct)) for k, f in baselines.items()}}
-        if filtered is not None and "hu_map" in preds:
-            preds["hu_map_filtered"] = filtered(preds["hu_map"], normalise(ct, model.card.normalisation))
+        if post_filter is not None and "hu_map" in preds:
+            preds["hu_map_filtered"] = post_filter.smooth(preds["hu_map"], normalise(ct, model.card.normalisation))
         scores = score_case(y01, preds, body)
         structure = structure_scores({"truth_mri": y01, **preds}, case["labels"], case["organs"], y01,
                                      case.get("fractions"), coverage=coverage)

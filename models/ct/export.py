@@ -19,7 +19,7 @@ import torch
 from dicom_synth.intensity import default_output_mapping
 from dicom_synth.multicontrast import PSEUDO_MRI
 from dicom_synth.registry import sha256_file
-from models.ct.networks import FilteredGenerator, ResnetGenerator
+from models.ct.networks import ResnetGenerator, with_post_filter
 from models.ct.train import TrainConfig, load_generator
 from models.dce.export import write_card
 from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_from
@@ -60,11 +60,6 @@ def parity(generator: ResnetGenerator, onnx_path: Path, x: np.ndarray) -> float:
 
 
 AIR_HU = -500.0  # below: air or lung, a signal void on every MR sequence
-
-
-def exported_network(generator: ResnetGenerator, post_filter: GuidedFilter | None) -> torch.nn.Module:
-    """The generator, followed by the guided filter when there is one: what goes to ONNX."""
-    return generator if post_filter is None else FilteredGenerator(generator, post_filter)
 
 
 def architecture(cfg: TrainConfig, post_filter: GuidedFilter | None = None) -> str:
@@ -155,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     post_filter = post_filter_from(a.post_filter)
     g, cfg, ckpt = load_generator(a.checkpoint)
-    g = exported_network(g, post_filter)
+    g = with_post_filter(g, post_filter)
     onnx_path = export_onnx(g, a.out / f"{a.name}.onnx")
     x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 128, 96)).astype(np.float32)
     delta = parity(g, onnx_path, x)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.guided_filter import GuidedFilter, GuidedSmoothing
+from models.guided_filter import GuidedFilter
 
 
 @dataclass(frozen=True)
@@ -197,17 +197,47 @@ def with_input_basis(state: dict[str, torch.Tensor], cfg: CycleNetConfig) -> dic
     return state
 
 
-class FilteredGenerator(nn.Module):
-    """A CT -> MRI generator followed by `GuidedSmoothing` guided by its own input: what is
-    exported when the card names a `post_filter`."""
+class GuidedSmoothing(nn.Module):
+    """`GuidedFilter` as a module: (image, guide) -> filtered image, both (N, 1, H, W), any
+    size (reflect padding); part of the exported graph (`GuidedFilter.smooth` is the same in
+    NumPy)."""
 
-    def __init__(self, generator: nn.Module, spec: GuidedFilter):
+    def __init__(self, spec: GuidedFilter):
         super().__init__()
-        self.generator = generator
+        self.spec = spec
+        self.pad = nn.ReflectionPad2d(spec.radius)
+
+    def forward(self, image: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        r, h, w = self.spec.radius, image.shape[-2], image.shape[-1]
+        img, gd = self.pad(image), self.pad(guide)
+        scale = -0.5 / self.spec.sigma_range**2
+        num = torch.zeros_like(image)
+        den = torch.zeros_like(image)
+        for dy, dx, ws in self.spec.offsets():
+            g = gd[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
+            wt = ws * torch.exp(scale * (g - guide) ** 2)
+            num = num + wt * img[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
+            den = den + wt
+        return num / den  # den >= 1: the centre pixel weighs 1
+
+
+class FilteredNetwork(nn.Module):
+    """A network followed by `GuidedSmoothing` guided by its own first input (the CT, or the
+    brain's source contrast): what is exported when a card names a `post_filter`. It takes
+    the same inputs as the network."""
+
+    def __init__(self, network: nn.Module, spec: GuidedFilter):
+        super().__init__()
+        self.network = network
         self.smoothing = GuidedSmoothing(spec)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.smoothing(self.generator(x), x)
+    def forward(self, x: torch.Tensor, *conditions: torch.Tensor | None) -> torch.Tensor:
+        return self.smoothing(self.network(x, *conditions), x)
+
+
+def with_post_filter(network: nn.Module, spec: GuidedFilter | None) -> nn.Module:
+    """The network, followed by the input-guided filter when there is one: what goes to ONNX."""
+    return network if spec is None else FilteredNetwork(network, spec)
 
 
 class PatchDiscriminator(nn.Module):
