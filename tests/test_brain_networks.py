@@ -225,6 +225,26 @@ def test_gate_term_trains_and_is_reported() -> None:
     assert losses["gate"] > 0.5  # the gate starts nearly closed where every target repeats the input
 
 
+def test_decoded_term_trains_the_decoder_where_the_gate_passes_the_input() -> None:
+    """With the gate wide open the output is the input, so no term reaches the decoder's last
+    convolution; `lambda_decoded` pulls the decoder's own image to the target there too."""
+    moved = {}
+    for weight in (0.0, 1.0):
+        cfg = dataclasses.replace(CONFIGS["tiny"], lambda_paired=1.0, lambda_decoded=weight, lambda_adv=0.0,
+                                  net=dataclasses.replace(CONFIGS["tiny"].net, input_gate=True))
+        torch.manual_seed(0)
+        m = MultiContrastGAN(cfg)
+        with torch.no_grad():
+            m.T.decoder.gate[1].bias.fill_(30.0)
+        before = m.T.decoder.out[1].weight.detach().clone()
+        x = torch.rand(2, 1, 32, 32) * 2 - 1
+        losses = m.train_step(x, torch.tensor([0, 1]), torch.zeros_like(x), torch.zeros_like(x),
+                              torch.Generator().manual_seed(0), (x + 0.5).expand(-1, 4, -1, -1).clone())
+        moved[weight] = float((m.T.decoder.out[1].weight.detach() - before).abs().max())
+        assert (losses["decoded"] > 0.1) == (weight > 0)
+    assert moved[1.0] > 100 * moved[0.0]
+
+
 def test_gate_knows_the_source_contrast_exports_and_warm_starts_from_a_gated_run(tmp_path: Path) -> None:
     gate_net = dataclasses.replace(CONFIGS["tiny"].net, input_gate=True)
     gated = dataclasses.replace(CONFIGS["tiny"], net=gate_net, steps=2)

@@ -159,11 +159,13 @@ class Decoder(nn.Module):
 
     def forward(self, code: torch.Tensor, condition: torch.Tensor,
                 skips: list[torch.Tensor] | None = None, source: torch.Tensor | None = None,
-                with_gate: bool = False, source_condition: torch.Tensor | None = None
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+                with_gate: bool = False, source_condition: torch.Tensor | None = None,
+                with_decoded: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """`source`: the image the code was encoded from (needed with `input_gate`);
         `source_condition`: its contrast, one-hot (needed with `gate_source`).
-        `with_gate`: also return the gate (None without one), for a training term on it."""
+        `with_gate`: also return the gate (None without one), for a training term on it;
+        `with_decoded` (with `with_gate`): and the decoder's own image before the gate mixes
+        in the input, for a training term on that."""
         tiled = condition[:, :, None, None].expand(-1, -1, code.shape[2], code.shape[3])
         h = torch.relu(self.inp_norm(self.inp(torch.cat([code, tiled], 1)), condition))
         for block in self.blocks:
@@ -177,7 +179,7 @@ class Decoder(nn.Module):
             h = torch.relu(norm(h, condition))
         y = self.out(h)
         if self.gate is None:
-            return (y, None) if with_gate else y
+            return ((y, None, y) if with_decoded else (y, None)) if with_gate else y
         if source is None:
             raise ValueError("this decoder was built with an input gate: pass the source image")
         logit = self.gate(h)
@@ -187,7 +189,7 @@ class Decoder(nn.Module):
             logit = logit + ((source_condition @ self.gate_pair) * condition).sum(1)[:, None, None, None]
         g = torch.sigmoid(logit)
         out = g * source + (1 - g) * y
-        return (out, g) if with_gate else out
+        return ((out, g, y) if with_decoded else (out, g)) if with_gate else out
 
 
 class ConditionalTranslator(nn.Module):

@@ -108,6 +108,11 @@ class TrainConfig:
     gate_lesion_margin: int = -1
     # ...and each of those pixels weighs this many times the unchanged ones (0: as any changed pixel).
     gate_lesion_weight: float = 0.0
+    # With the input gate and registered siblings: the decoder's own image (before the gate mixes
+    # in the input) also gets the paired L1, with this weight. Trained only through (1 - g), the
+    # decoder is free to be wrong wherever the gate is open, and that leaks through wherever the
+    # gate is half open (CSF and cortex beside the enhancing dura: T1 -> T1c too bright there).
+    lambda_decoded: float = 0.0
     lr_gate_mult: float = 1.0  # learning rate of the decoder's input gate, times lr
     mirror: bool = True
     val_every: int = 250
@@ -237,6 +242,10 @@ CONFIGS: dict[str, TrainConfig] = {
     "small_paired_change30_gate_pair_bal_n192_lr": _gated_stage("small_paired_change30_gate_pair_bal_n192_lr",
                                                                 gate_source=True, **_NEAR, gate_balanced=True,
                                                                 lambda_change=30.0, n_train=192, lr=1e-4),
+    # The _n96 stage with the decoder's own image pulled to the target too (`lambda_decoded`).
+    "small_paired_change30_gate_pair_bal_n96_dec": _gated_stage(
+        "small_paired_change30_gate_pair_bal_n96_dec", gate_source=True, **_NEAR, gate_balanced=True,
+        lambda_change=30.0, n_train=96, lambda_decoded=5.0),
     # small_paired_change_gate_pair with three times the weight on what changes, unbalanced
     # (after two pair stages: 4 shortfall cells, ties at two decimals, but the T1c it makes
     # from a T1 is the T1: tumour 0.995 of the input's).
@@ -360,8 +369,8 @@ class MultiContrastGAN:
         code, sk = enc.encode(x_in)
         s1h, t1h, t2h = onehot(src, n), onehot(t1, n), onehot(t2, n)
         rec = dec(code, s1h, sk, x, source_condition=s1h)  # the gate (if any) sees the clean input
-        y1, g1 = dec(code, t1h, sk, x, with_gate=True, source_condition=s1h)
-        y2, g2 = dec(code, t2h, sk, x, with_gate=True, source_condition=s1h)
+        y1, g1, d1 = dec(code, t1h, sk, x, with_gate=True, source_condition=s1h, with_decoded=True)
+        y2, g2, d2 = dec(code, t2h, sk, x, with_gate=True, source_condition=s1h, with_decoded=True)
         (code1, sk1), (code2, sk2) = enc.encode(y1), enc.encode(y2)
         cyc1 = dec(code1, s1h, sk1, y1, source_condition=t1h)
         cyc2 = dec(code2, s1h, sk2, y2, source_condition=t2h)
@@ -383,12 +392,16 @@ class MultiContrastGAN:
         loss_g = (c.lambda_adv * loss_adv + c.lambda_cls * loss_cls + c.lambda_rec * loss_rec
                   + c.lambda_cycle * loss_cycle + c.lambda_cycle_consistency * loss_cc + c.lambda_code * loss_code
                   + c.lambda_structure * loss_struct + c.lambda_background * loss_bg)
-        loss_paired = x.new_zeros(())
+        loss_paired = loss_decoded = x.new_zeros(())
         if c.lambda_paired > 0 and paired is not None:
             ar = torch.arange(b)
             loss_paired = (paired_l1(y1, paired[ar, t1.cpu()][:, None].to(y1), x, c.lambda_change)
                            + paired_l1(y2, paired[ar, t2.cpu()][:, None].to(y2), x, c.lambda_change))
             loss_g = loss_g + c.lambda_paired * loss_paired
+            if c.lambda_decoded > 0 and g1 is not None:
+                loss_decoded = (paired_l1(d1, paired[ar, t1.cpu()][:, None].to(d1), x, c.lambda_change)
+                                + paired_l1(d2, paired[ar, t2.cpu()][:, None].to(d2), x, c.lambda_change))
+                loss_g = loss_g + c.lambda_decoded * loss_decoded
         loss_gate = x.new_zeros(())
         if c.lambda_gate > 0 and paired is not None and g1 is not None:
             ar = torch.arange(b)
@@ -412,8 +425,8 @@ class MultiContrastGAN:
         self.step += 1
         return {"adv": loss_adv.item(), "cls": loss_cls.item(), "rec": loss_rec.item(), "cycle": loss_cycle.item(),
                 "cycle_consistency": loss_cc.item(), "code": loss_code.item(), "structure": loss_struct.item(),
-                "background": loss_bg.item(), "paired": loss_paired.item(), "gate": loss_gate.item(),
-                "d": loss_d.item()}
+                "background": loss_bg.item(), "paired": loss_paired.item(), "decoded": loss_decoded.item(),
+                "gate": loss_gate.item(), "d": loss_d.item()}
 
     @torch.no_grad()
     def validate(self, images: np.ndarray, background: np.ndarray, stride: int = 3) -> float:
