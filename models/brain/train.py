@@ -231,21 +231,21 @@ CONFIGS: dict[str, TrainConfig] = {
     # the input's); 10x: the same 2 cells, tumour 0.956.
     "small_paired_change30_gate_pair_bal_n96": _gated_stage("small_paired_change30_gate_pair_bal_n96",
                                                             gate_source=True, **_NEAR, gate_balanced=True,
-                                                            lambda_change=30.0, n_train=96),
+                                                            lambda_change=30.0, n_train=96, steps=3000),
     "small_paired_change10_gate_pair_bal_n96": _gated_stage("small_paired_change10_gate_pair_bal_n96",
                                                             gate_source=True, **_NEAR, gate_balanced=True,
-                                                            lambda_change=10.0, n_train=96),
+                                                            lambda_change=10.0, n_train=96, steps=3000),
     # ... continued on 192 subjects (from a _n96 run), at its learning rate and at twice it.
     "small_paired_change30_gate_pair_bal_n192": _gated_stage("small_paired_change30_gate_pair_bal_n192",
                                                              gate_source=True, **_NEAR, gate_balanced=True,
-                                                             lambda_change=30.0, n_train=192),
+                                                             lambda_change=30.0, n_train=192, steps=3000),
     "small_paired_change30_gate_pair_bal_n192_lr": _gated_stage("small_paired_change30_gate_pair_bal_n192_lr",
                                                                 gate_source=True, **_NEAR, gate_balanced=True,
-                                                                lambda_change=30.0, n_train=192, lr=1e-4),
+                                                                lambda_change=30.0, n_train=192, lr=1e-4, steps=3000),
     # The _n96 stage with the decoder's own image pulled to the target too (`lambda_decoded`).
     "small_paired_change30_gate_pair_bal_n96_dec": _gated_stage(
         "small_paired_change30_gate_pair_bal_n96_dec", gate_source=True, **_NEAR, gate_balanced=True,
-        lambda_change=30.0, n_train=96, lambda_decoded=5.0),
+        lambda_change=30.0, n_train=96, lambda_decoded=5.0, steps=3000),
     # small_paired_change_gate_pair with three times the weight on what changes, unbalanced
     # (after two pair stages: 4 shortfall cells, ties at two decimals, but the T1c it makes
     # from a T1 is the T1: tumour 0.995 of the input's).
