@@ -284,3 +284,54 @@ def test_gate_knows_the_source_contrast_exports_and_warm_starts_from_a_gated_run
     with torch.no_grad():
         xt = torch.from_numpy(parity_inputs(4, n=1, h=32, w=32)[0])
         assert float((filtered(xt, t1c, flair) - t(xt, t1c, flair)).abs().max()) > 1e-3
+
+
+def test_pair_gate_bias_parses_applies_exports_and_is_chosen_on_validation_subjects(tmp_path: Path) -> None:
+    from models.brain.gate_bias import (
+        apply_pair_bias,
+        calibrate,
+        pair_bias_flags,
+        parse_pair_bias,
+        smallest_passing,
+    )
+
+    assert parse_pair_bias("t1:t1c=5") == ("t1", "t1c", 5.0)
+    for bad in ("t1:t1=1", "t1-t1c=1", "t1:dwi=1", "t1:t1c"):
+        with pytest.raises(ValueError):
+            parse_pair_bias(bad)
+    default = (("t1", "t1c", 5.0),)
+    assert pair_bias_flags(default, default) == ""
+    assert pair_bias_flags((), default) == " --no-gate-bias"
+    assert pair_bias_flags((("t1", "t1c", 4.5),), default) == " --gate-bias t1:t1c=4.5"
+    with pytest.raises(ValueError, match="gate_source"):
+        apply_pair_bias(_translator(), default)
+
+    torch.manual_seed(0)
+    t = ConditionalTranslator(BrainNetConfig(ngf=4, ndf=4, enc_blocks=1, dec_blocks=1, input_gate=True,
+                                             gate_source=True)).eval()
+    x, _ = parity_inputs(4, n=1, h=32, w=32)
+    xt, t1, t1c, flair = torch.from_numpy(x), *(torch.eye(4)[[i]] for i in (0, 2, 3))
+    apply_pair_bias(t, (("t1", "t1c", 30.0),))
+    with torch.no_grad():  # that pair now passes its input; the same target from FLAIR does not
+        assert float((t(xt, t1c, t1) - xt).abs().max()) < 1e-5
+        assert float((t(xt, t1c, flair) - xt).abs().max()) > 1e-2
+    path = export_onnx(t, tmp_path / "b.onnx", 4)
+    assert parity(t, path, *parity_inputs(4, n=2, h=32, w=48)) < 1e-4
+    cfg = dataclasses.replace(CONFIGS["tiny"], net=BrainNetConfig(ngf=4, ndf=4, enc_blocks=1, dec_blocks=1,
+                                                                  input_gate=True, gate_source=True))
+    card = build_card("brain_contrasts", path, cfg, version="0.0.1", gate_bias=default)
+    assert card["gate_bias"] == {"t1->t1c": 5.0}
+    assert "T1->T1C gate logit raised by 5" in card["architecture"] and "comes out as the T1" in card["limitations"]
+    assert "gate_bias" not in build_card("brain_contrasts", path, cfg, version="0.0.1")
+    apply_pair_bias(t, (("t1", "t1c", -30.0),))
+
+    with pytest.raises(ValueError, match="never the test"):
+        calibrate(t, "t1", "t1c", split="test")
+    learnt = t.decoder.gate_pair.detach().clone()
+    rows = calibrate(t, "t1", "t1c", grid=(0.0, 30.0), n_subjects=1, n_slices=2, size=32)
+    assert torch.equal(t.decoder.gate_pair.detach(), learnt)  # the network is left as it was
+    mae = [(r["table"]["model"]["body"]["mae"][0], r["table"]["identity"]["body"]["mae"][0]) for r in rows]
+    assert mae[1][0] < mae[0][0] and abs(mae[1][0] - mae[1][1]) < 1e-3  # +30: the input itself
+    assert smallest_passing([{"bias": 2.0, "shortfalls": []}, {"bias": 1.0, "shortfalls": ["x"]},
+                             {"bias": 3.0, "shortfalls": []}]) == 2.0
+    assert smallest_passing([{"bias": 0.0, "shortfalls": ["x"]}]) is None

@@ -28,6 +28,7 @@ from dicom_synth.multicontrast import load_synthesis_model
 from dicom_synth.registry import UnknownModelError, default_models_dir, load_card
 from models.brain import evaluate as ev
 from models.brain.export import build_card, export_onnx, parity, parity_inputs
+from models.brain.gate_bias import add_pair_bias_argument, apply_pair_bias, pair_bias_flags
 from models.brain.phantom import SPLIT_BASE
 from models.brain.train import CONFIGS, load_translator, train
 from models.chain import add_chain_arguments, chain_command, train_chain
@@ -51,21 +52,30 @@ DEMO_THEN: tuple[str, ...] = ("small_paired_change", "small_paired_change_gate",
 # exported after the network (v0.5.0 on): chosen on the validation subjects (42000..42001;
 # pooled body SSIM 0.865 -> 0.887, MAE 0.0368 -> 0.0348 with v0.4.0's network)
 DEMO_POST_FILTER = GuidedFilter(radius=2, sigma_px=2.0, sigma_range=0.04)
+# added to the T1 -> T1c pair's learnt gate logit before export (v0.6.0 on): the smallest bias
+# at which T1 -> T1c beats both baselines on every metric on the validation subjects
+# 52000..52003 (`python -m models.brain.gate_bias --checkpoint ...`)
+DEMO_GATE_BIAS: tuple[tuple[str, str, float], ...] = (("t1", "t1c", 5.0),)
 
 
 def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int = 4, steps: int | None = None,
           threads: int | None = None, version: str = DEMO_VERSION, checkpoint: Path | None = None,
           restart_to: tuple[str | int, ...] = DEMO_RESTART_TO, then: tuple[str, ...] | None = None,
-          post_filter: GuidedFilter | None = DEMO_POST_FILTER) -> dict:
+          post_filter: GuidedFilter | None = DEMO_POST_FILTER,
+          gate_bias: tuple[tuple[str, str, float], ...] | None = None) -> dict:
     """Train (unless a checkpoint is given), export, evaluate, write the card. `restart_to`:
     after the run, resume it with a schedule of each of these many steps in turn (warm
     restarts: the learning rate jumps back up, then decays to 0 again), as the committed
     demo weights were made; `then`: fine-tuning configs after that (`models.chain`; by default
     the demo's stages for the demo config, none for another); `post_filter`: the
-    input-guided filter exported after the network (`GuidedFilter`; None: none)."""
+    input-guided filter exported after the network (`GuidedFilter`; None: none); `gate_bias`:
+    (source, target, bias) added to those pairs' learnt gate logits before export
+    (`models.brain.gate_bias`; by default the demo's for the demo config, none for another)."""
     t0 = time.time()
     if then is None:
         then = DEMO_THEN if config == DEMO_CONFIG else ()
+    default_bias = DEMO_GATE_BIAS if config == DEMO_CONFIG else ()
+    gate_bias = default_bias if gate_bias is None else tuple(gate_bias)
     if checkpoint is None:
         overrides = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
         checkpoint = train_chain(train, dataclasses.replace(CONFIGS[config], **overrides), run_dir, restart_to,
@@ -73,6 +83,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
     t, cfg, ckpt = load_translator(checkpoint)
     hist_file = Path(checkpoint).parent / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.exists() else ckpt.get("history", {})
+    apply_pair_bias(t, gate_bias)
     t = with_post_filter(t, post_filter)
     onnx_path = export_onnx(t, Path(out_dir) / f"{NAME}.onnx", cfg.net.n_contrasts)
     delta = parity(t, onnx_path, *parity_inputs(cfg.net.n_contrasts, h=128, w=128))
@@ -86,7 +97,7 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
         "matrix": [cfg.size, cfg.size], "slices": history.get("n_slices"),
     }
     card = build_card(NAME, onnx_path, cfg, version=version, training_data=training_data, history=history,
-                      post_filter=post_filter)
+                      post_filter=post_filter, gate_bias=gate_bias)
     write_card(card, out_dir, NAME)  # provisional: the evaluation runs the file through the registry
     model = load_synthesis_model(load_card(NAME, out_dir))
     t_eval = time.time()
@@ -102,11 +113,12 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
         "paper_seed002": "no translation metrics reported (segmentation MSE 0.033 / SSIM 0.954 on real data)",
     }
     card = build_card(NAME, onnx_path, cfg, version=version, metrics=metrics, training_data=training_data,
-                      history=history, post_filter=post_filter)
+                      history=history, post_filter=post_filter, gate_bias=gate_bias)
     card["export_parity_max_abs"] = delta
     card["training_memory"] = {"cpu_peak_rss_mb_measured": history.get("peak_rss_mb")}
     command = chain_command("models.brain.build_demo", config, CONFIGS, steps, restart_to, then)
-    card["build"] = {"command": command + post_filter_flags(post_filter, DEMO_POST_FILTER),
+    card["build"] = {"command": command + post_filter_flags(post_filter, DEMO_POST_FILTER)
+                     + pair_bias_flags(gate_bias, default_bias),
                      "total_seconds": round(time.time() - t0, 1), "train_seconds": history.get("train_seconds"),
                      "train_cpu_seconds": history.get("train_cpu_seconds"),
                      "eval_seconds_incl_phantom_generation": round(time.time() - t_eval, 1),
@@ -135,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="skip training, use this")
     p.add_argument("--if-missing", action="store_true", help="do nothing when a valid card exists")
     add_post_filter_argument(p, DEMO_POST_FILTER)
+    add_pair_bias_argument(p, DEMO_GATE_BIAS, "for the demo config")
     a = p.parse_args(argv)
     if a.if_missing:
         try:
@@ -146,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, version=a.version, checkpoint=a.checkpoint,
           restart_to=tuple(a.restart_to), then=None if a.then is None else tuple(a.then),
-          post_filter=post_filter_from(a.post_filter))
+          post_filter=post_filter_from(a.post_filter), gate_bias=None if a.gate_bias is None else tuple(a.gate_bias))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from dicom_synth.intensity import PER_SLICE_MINMAX, default_output_mapping
 from dicom_synth.multicontrast import CONDITIONAL
 from dicom_synth.registry import sha256_file
+from models.brain.gate_bias import add_pair_bias_argument, apply_pair_bias
 from models.brain.networks import ConditionalTranslator
 from models.brain.phantom import CONTRASTS
 from models.brain.train import TrainConfig, load_translator
@@ -94,7 +96,8 @@ def parity_inputs(n_contrasts: int, n: int = 4, h: int = 96, w: int = 80) -> tup
     return x, cond
 
 
-def _not_in_seed(cfg: TrainConfig, post_filter: GuidedFilter | None = None) -> str:
+def _not_in_seed(cfg: TrainConfig, post_filter: GuidedFilter | None = None,
+                 gate_bias: Sequence[tuple[str, str, float]] = ()) -> str:
     """What this network and its training add to the seed, for the card's architecture text."""
     parts = []
     if cfg.lambda_paired > 0:
@@ -112,6 +115,13 @@ def _not_in_seed(cfg: TrainConfig, post_filter: GuidedFilter | None = None) -> s
     if cfg.lambda_gate > 0 and cfg.gate_lesion_margin >= 0:
         parts.append(f"the gate told to shut over the annotated tumour grown by {cfg.gate_lesion_margin} px "
                      "(training used the phantom's tumour labels)")
+    if cfg.lambda_decoded > 0:
+        parts.append("the decoder's own image (before the gate) pulled to the registered target as well")
+    if gate_bias:
+        parts.append("after training, " + ", ".join(f"the {s.upper()}->{t.upper()} gate logit raised by {b:g}"
+                                                    for s, t, b in gate_bias)
+                     + " (the smallest bias at which it beats the input on every metric on the validation "
+                       "subjects; models.brain.gate_bias)")
     if post_filter is not None:
         side = 2 * post_filter.radius + 1
         parts.append(f"after the network, in the graph, a joint bilateral filter guided by the input series ({side}x"
@@ -122,7 +132,8 @@ def _not_in_seed(cfg: TrainConfig, post_filter: GuidedFilter | None = None) -> s
 
 def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
                metrics: dict[str, Any] | None = None, training_data: dict[str, Any] | None = None,
-               history: dict[str, Any] | None = None, post_filter: GuidedFilter | None = None) -> dict[str, Any]:
+               history: dict[str, Any] | None = None, post_filter: GuidedFilter | None = None,
+               gate_bias: Sequence[tuple[str, str, float]] = ()) -> dict[str, Any]:
     card = {
         "name": name,
         "task": "brain_contrasts",
@@ -139,7 +150,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
             "scaling/shifting every instance norm), U-Net skips, PatchGAN discriminator with "
             "adversarial and class heads; LSGAN, class guidance, reconstruction, cycle, cycle- and "
             "code-consistency, Algorithm-1 structure and Algorithm-2 background losses; "
-            "InstanceNorm without running statistics." + _not_in_seed(cfg, post_filter)),
+            "InstanceNorm without running statistics." + _not_in_seed(cfg, post_filter, gate_bias)),
         "net": cfg.net.to_dict(),
         "input": {"name": "input", "layout": "NCHW", "channels": 1, "dtype": "float32",
                   "spatial_multiple": cfg.net.spatial_multiple,
@@ -162,6 +173,11 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
     if post_filter is not None:
         card["post_filter"] = post_filter.to_dict()
         card["limitations"] += post_filter.limitation("input series")
+    if gate_bias:
+        card["gate_bias"] = {f"{s}->{t}": b for s, t, b in gate_bias}
+        card["limitations"] += "".join(
+            f" The {t.upper()} made from a {s.upper()} redraws only where the gate stays shut after its "
+            f"bias (+{b:g}): a faint or unexpected change comes out as the {s.upper()}." for s, t, b in gate_bias)
     return card
 
 
@@ -173,15 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--metrics", type=Path, default=None, help="JSON from models.brain.evaluate")
     add_post_filter_argument(p, None)
+    add_pair_bias_argument(p, ())
     a = p.parse_args(argv)
     post_filter = post_filter_from(a.post_filter)
     t, cfg, ckpt = load_translator(a.checkpoint)
+    apply_pair_bias(t, a.gate_bias)
     t = with_post_filter(t, post_filter)
     onnx_path = export_onnx(t, a.out / f"{a.name}.onnx", cfg.net.n_contrasts)
     delta = parity(t, onnx_path, *parity_inputs(cfg.net.n_contrasts))
     metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
     card = build_card(a.name, onnx_path, cfg, version=a.version, metrics=metrics, history=ckpt.get("history"),
-                      post_filter=post_filter)
+                      post_filter=post_filter, gate_bias=a.gate_bias)
     card["export_parity_max_abs"] = delta
     print(write_card(card, a.out, a.name), f"parity max|Δ| = {delta:.2e}")
     return 0
