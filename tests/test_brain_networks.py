@@ -321,7 +321,7 @@ def test_pair_gate_bias_parses_applies_exports_and_is_chosen_on_validation_subje
                                                                   input_gate=True, gate_source=True))
     card = build_card("brain_contrasts", path, cfg, version="0.0.1", gate_bias=default)
     assert card["gate_bias"] == {"t1->t1c": 5.0}
-    assert "T1->T1C gate logit raised by 5" in card["architecture"] and "comes out as the T1" in card["limitations"]
+    assert "T1->T1c gate logit raised by 5" in card["architecture"] and "comes out as the T1" in card["limitations"]
     assert "gate_bias" not in build_card("brain_contrasts", path, cfg, version="0.0.1")
     apply_pair_bias(t, (("t1", "t1c", -30.0),))
 

@@ -253,6 +253,10 @@ CONFIGS: dict[str, TrainConfig] = {
         "small_paired_change30_gate_pair_bal_n96_dec", gate_source=True, **_NEAR, gate_balanced=True,
         lambda_change=30.0, n_train=96, lambda_decoded=5.0, steps=3000),
     # ... on 192 subjects (from a _n96_dec run), and the same with the decoder's term at 20.
+    # 3000 steps each: 1 cell each (T1->T1c body MAE 0.0191 / 0.0190 vs 0.0183), tumour 0.70 /
+    # 0.67 of the input's error, FLAIR -> T1c's tumour better than the input's (0.313 vs 0.329).
+    # _dec20 run twice (v0.6.0's network): still body MAE 0.0191 alone; with the T1 -> T1c gate
+    # bias chosen on validation subjects (+5.5, `models.brain.gate_bias`) no shortfall anywhere.
     "small_paired_change30_gate_pair_bal_n192_dec": _gated_stage(
         "small_paired_change30_gate_pair_bal_n192_dec", gate_source=True, **_NEAR, gate_balanced=True,
         lambda_change=30.0, n_train=192, lambda_decoded=5.0, steps=3000),
