@@ -31,7 +31,6 @@ from models.dce.export import write_card
 from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_from
 
 OPSET = 17
-SHOWN = {"t1": "T1", "t2": "T2", "t1c": "T1c", "flair": "FLAIR"}  # contrast names in card text
 LABELS = {"t1": "T1", "t2": "T2", "t1c": "T1c", "flair": "FLAIR"}
 INTENDED_USE = (
     "Research and demonstration only. From one brain MR series (T1, T2, T1c or FLAIR) it "
@@ -119,7 +118,7 @@ def _not_in_seed(cfg: TrainConfig, post_filter: GuidedFilter | None = None,
     if cfg.lambda_decoded > 0:
         parts.append("the decoder's own image (before the gate) pulled to the registered target as well")
     if gate_bias:
-        parts.append("after training, " + ", ".join(f"the {SHOWN[s]}->{SHOWN[t]} gate logit raised by {b:g}"
+        parts.append("after training, " + ", ".join(f"the {LABELS[s]}->{LABELS[t]} gate logit raised by {b:g}"
                                                     for s, t, b in gate_bias)
                      + " (the smallest bias at which it beats both baselines on every metric on the validation "
                        "subjects; models.brain.gate_bias)")
@@ -177,8 +176,8 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
     if gate_bias:
         card["gate_bias"] = {f"{s}->{t}": b for s, t, b in gate_bias}
         card["limitations"] += "".join(
-            f" The {SHOWN[t]} made from a {SHOWN[s]} redraws only where the gate stays shut after its "
-            f"bias (+{b:g}): a faint or unexpected change comes out as the {SHOWN[s]}." for s, t, b in gate_bias)
+            f" The {LABELS[t]} made from a {LABELS[s]} redraws only where the gate stays shut after its "
+            f"bias (+{b:g}): a faint or unexpected change comes out as the {LABELS[s]}." for s, t, b in gate_bias)
     return card
 
 
