@@ -31,8 +31,15 @@ def test_a_gate_bias_needs_a_gate_that_knows_the_source(tmp_path: Path) -> None:
                          gate_bias=(("t1", "t1c", 1.0),))
 
 
-def test_the_demo_command_records_a_changed_gate_bias() -> None:
-    from models.brain.gate_bias import pair_bias_flags
+def test_gate_bias_flags_parse_and_fall_back_to_the_demo_default_only_when_absent() -> None:
+    import argparse
 
-    assert build_demo.DEMO_GATE_BIAS and pair_bias_flags(build_demo.DEMO_GATE_BIAS, build_demo.DEMO_GATE_BIAS) == ""
-    assert pair_bias_flags((), build_demo.DEMO_GATE_BIAS) == " --no-gate-bias"
+    from models.brain.gate_bias import add_pair_bias_argument
+
+    p = argparse.ArgumentParser()
+    add_pair_bias_argument(p, build_demo.DEMO_GATE_BIAS, "for the demo config")
+    assert p.parse_args([]).gate_bias is None  # build() then picks the demo's, for the demo config only
+    assert p.parse_args(["--no-gate-bias"]).gate_bias == []
+    assert p.parse_args(["--gate-bias", "t1:t1c=4", "t1c:t1=-1"]).gate_bias == [("t1", "t1c", 4.0), ("t1c", "t1", -1.0)]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--gate-bias", "t1:t1=4"])

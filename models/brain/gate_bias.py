@@ -85,6 +85,9 @@ def calibrate(translator: ConditionalTranslator, src: str, tgt: str, grid: Seque
 
     if split == "test":
         raise ValueError("calibrate on validation (or training) subjects, never the test ones")
+    gate_pair = translator.decoder.gate_pair
+    if gate_pair is None:
+        raise ValueError("this network's gate has no per-pair bias (trained without gate_source)")
     histmatch = fit_histmatch()
     eye = torch.eye(len(CONTRASTS))
     cases = []
@@ -96,9 +99,6 @@ def calibrate(translator: ConditionalTranslator, src: str, tgt: str, grid: Seque
         cases.append({"x": torch.from_numpy(normalise_slices(x)[:, None]), "x01": x01, "mask": mask,
                       "y01": unit_slices(s.images[tgt]), "lesion": s.tumour_fraction > 0.5,
                       "histmatch": histmatch(x01, mask, tgt)})
-    gate_pair = translator.decoder.gate_pair
-    if gate_pair is None:
-        raise ValueError("this network's gate has no per-pair bias (trained without gate_source)")
     i, j = CONTRASTS.index(src), CONTRASTS.index(tgt)
     learnt = float(gate_pair[i, j].detach())
     rows = []
@@ -110,11 +110,10 @@ def calibrate(translator: ConditionalTranslator, src: str, tgt: str, grid: Seque
             for c in cases:
                 n = len(c["x"])
                 with torch.no_grad():
-                    out = translator(c["x"], eye[[j]].repeat(n, 1), eye[[i]].repeat(n, 1))
-                    if post_filter is not None:
-                        out = post_filter.smooth(out[:, 0].numpy(), c["x"][:, 0].numpy())[:, None]
-                        out = torch.from_numpy(np.asarray(out, np.float32))
-                p01 = np.clip((out[:, 0].numpy() + 1) / 2, 0, 1)
+                    out = translator(c["x"], eye[[j]].repeat(n, 1), eye[[i]].repeat(n, 1))[:, 0].numpy()
+                if post_filter is not None:  # the graph's filter, guided by the input as exported
+                    out = post_filter.smooth(out, c["x"][:, 0].numpy())
+                p01 = np.clip((out + 1) / 2, 0, 1)
                 recs.append({"scores": score_case(c["y01"], {"model": p01, "identity": c["x01"],
                                                              "histmatch": c["histmatch"]}, c["mask"])})
                 err += [np.abs(p01 - c["y01"])[c["lesion"]].sum(), np.abs(c["x01"] - c["y01"])[c["lesion"]].sum()]

@@ -235,16 +235,12 @@ CONFIGS: dict[str, TrainConfig] = {
     "small_paired_change10_gate_pair_bal_n96": _gated_stage("small_paired_change10_gate_pair_bal_n96",
                                                             gate_source=True, **_NEAR, gate_balanced=True,
                                                             lambda_change=10.0, n_train=96, steps=3000),
-    # ... continued on 192 subjects (from a _n96 run), at its learning rate and at twice it.
-    # 3000 steps at 5e-5: 2 cells (unit MAE 0.01022 vs 0.01019, body MAE 0.0198 vs 0.0183),
-    # tumour 0.902, FLAIR -> T1c's tumour now better than the input's (0.307 vs 0.329), pooled
-    # body SSIM 0.904. (The 1e-4 run was stopped for the _dec trial.)
+    # ... continued on 192 subjects (from a _n96 run). 3000 steps: 2 cells (unit MAE 0.01022 vs
+    # 0.01019, body MAE 0.0198 vs 0.0183), tumour 0.902, FLAIR -> T1c's tumour now better than
+    # the input's (0.307 vs 0.329), pooled body SSIM 0.904.
     "small_paired_change30_gate_pair_bal_n192": _gated_stage("small_paired_change30_gate_pair_bal_n192",
                                                              gate_source=True, **_NEAR, gate_balanced=True,
                                                              lambda_change=30.0, n_train=192, steps=3000),
-    "small_paired_change30_gate_pair_bal_n192_lr": _gated_stage("small_paired_change30_gate_pair_bal_n192_lr",
-                                                                gate_source=True, **_NEAR, gate_balanced=True,
-                                                                lambda_change=30.0, n_train=192, lr=1e-4, steps=3000),
     # The _n96 stage with the decoder's own image pulled to the target too (`lambda_decoded`).
     # 3000 steps from a _n96 run: 1 cell (body MAE 0.0194 vs 0.0183), tumour 0.827 of the
     # input's error (the rim drawn better), pooled body SSIM 0.904. What is left is CSF beside
