@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 from pathlib import Path
 
 from dicom_synth import __version__
+from dicom_synth.domainguard import GUARD_MODES
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -19,6 +19,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 def _synthesize(args: argparse.Namespace) -> int:
     """The same steps as a job, without servers: one line of JSON per series found."""
+    from dicom_synth.domainguard import guard
     from dicom_synth.multicontrast import load_synthesis_model
     from dicom_synth.pipeline import (
         UnknownTaskError,
@@ -29,10 +30,16 @@ def _synthesize(args: argparse.Namespace) -> int:
     )
     from dicom_synth.registry import UnknownModelError, load_card
     from dicom_synth.series import SeriesReadError, group_series, load_series
+    from dicom_synth.taskfit import SourceContrastError, check_source_contrast
 
+    if args.domain_guard is None:
+        from dicom_synth.settings import get_settings
+
+        args.domain_guard = get_settings().domain_guard
     try:
         check_task_name(args.task)
-    except UnknownTaskError as exc:
+        check_source_contrast(args.source_contrast, args.task)
+    except (UnknownTaskError, SourceContrastError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     groups = group_series([args.path])
@@ -45,20 +52,29 @@ def _synthesize(args: argparse.Namespace) -> int:
         record: dict = {"source_series_uid": group.series_instance_uid}
         try:
             loaded = load_series(group.files, pixels=True)
-            decision = decide(loaded, args.task)
-            record.update(series_class=decision.classification.label, task=decision.task)
-            if decision.task is None:
+            decision = decide(loaded, args.task, args.source_contrast)
+            c = decision.classification
+            record.update(series_class=c.label if c else None, task=decision.task)
+            if decision.task is None and decision.refused:  # what was asked does not fit the series
+                record.update(status="refused", reason=decision.reason)
+                print(f"error: {decision.reason}", file=sys.stderr)
+                status = 1
+            elif decision.task is None:
                 record.update(status="skipped", reason=decision.reason)
             else:
                 card = load_card(decision.task, Path(args.models_dir) if args.models_dir else None)
                 model = load_synthesis_model(card)
-                job_id = uuid.uuid5(uuid.NAMESPACE_OID, f"offline:{group.series_instance_uid}:{card.sha256}").hex
-                series = synthesize_series(
-                    loaded, model, card, job_id, source_label=decision.classification.label
-                )
-                out_dir = out_root / group.series_instance_uid
-                uids = write_outputs(series, out_dir)
-                record.update(status="done", output_series_uids=uids, out_dir=str(out_dir))
+                outcome = guard(card, model, loaded, args.domain_guard, source_label=decision.source_label)
+                if outcome.verdict is not None:
+                    record.update(domain=outcome.evidence(args.domain_guard))
+                if not outcome.proceed:
+                    record.update(status="skipped", reason=outcome.reason)
+                else:
+                    series = synthesize_series(loaded, model, card, source_label=decision.source_label,
+                                               notes=outcome.notes)
+                    out_dir = out_root / group.series_instance_uid
+                    uids = write_outputs(series, out_dir)
+                    record.update(status="done", output_series_uids=uids, out_dir=str(out_dir))
         except (SeriesReadError, UnknownModelError, ValueError) as exc:
             record.update(status="failed", error=str(exc))
             status = 1
@@ -80,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="auto", help="auto (route by class) or a task name")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per source series)")
     p.add_argument("--models-dir", default=None, help="folder of ONNX models and cards")
+    p.add_argument("--domain-guard", choices=GUARD_MODES, default=None,
+                   help="a series outside its model's training domain: refuse, warn or off "
+                        "(default: SYNTH_DOMAIN_GUARD, else refuse)")
+    p.add_argument("--source-contrast", default=None,
+                   help="what a brain series is when the classifier cannot tell: t1, t2, t1c, flair "
+                        "(implies --task brain_contrasts)")
     p.set_defaults(func=_synthesize)
 
     args = parser.parse_args(argv)

@@ -1,14 +1,16 @@
 """Build a synthetic derived image series from source slice headers and model output.
 
 The new instances are written from scratch from a whitelist of source attributes
-(patient, study, frame of reference, slice geometry, and the acquisition attributes
-of the same modality), never by cloning the source: private tags, overlays, icons,
-contrast claims and vendor oddities therefore cannot leak into a synthetic image.
+(patient, study, frame of reference, slice geometry), never by cloning the source:
+private tags, overlays, icons, contrast claims, the source's pulse sequence or exposure
+and vendor oddities therefore cannot leak into a synthetic image, which states instead
+what it is (SeriesDescription, DerivationDescription, DerivationCodeSequence).
 Pure: no I/O except `write_series`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +27,13 @@ from pydicom.uid import (
 )
 
 from dicom_synth import __version__
-from dicom_synth.uids import derived_instance_uid, derived_series_uid
+from dicom_synth.uids import (
+    derived_frame_of_reference_uid,
+    derived_instance_uid,
+    derived_series_uid,
+    source_fingerprint,
+)
+from dicom_synth.vrclean import clean_element
 
 MANUFACTURER = "dicom-synth"
 
@@ -33,7 +41,8 @@ MANUFACTURER = "dicom-synth"
 SYNTHESIZING_EQUIPMENT = ("109100", "DCM", "Synthesizing Equipment")  # CID 7005
 ACQUISITION_EQUIPMENT = ("109101", "DCM", "Acquisition Equipment")  # CID 7005
 SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing operation")
-# CID 7203 (extensible) has no "synthesis" concept; DCM 123110 names the method family.
+# CID 7203 (extensible) has no "synthesis" concept; DCM 123110 (CID 7162, checked in
+# pydicom 3.0's DCM dictionary) names the method family.
 DERIVATION_AI = ("123110", "DCM", "Artificial Intelligence")
 
 _SOP_CLASS = {"MR": MRImageStorage, "CT": CTImageStorage}
@@ -69,29 +78,22 @@ _GEOMETRY = (
     "SliceLocation",
 )
 _PER_SLICE = ("AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime", "AcquisitionNumber")
-# The acquisition the pixels derive from, copied only when source and output modality agree.
-_MR_ACQUISITION = (
-    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "SequenceName",
-    "AngioFlag", "RepetitionTime", "EchoTime", "EchoTrainLength", "InversionTime",
-    "NumberOfAverages", "ImagingFrequency", "ImagedNucleus", "EchoNumbers",
-    "MagneticFieldStrength", "SpacingBetweenSlices", "NumberOfPhaseEncodingSteps",
-    "PercentSampling", "PercentPhaseFieldOfView", "PixelBandwidth", "ReceiveCoilName",
-    "TransmitCoilName", "AcquisitionMatrix", "InPlanePhaseEncodingDirection", "FlipAngle",
-    "VariableFlipAngleFlag", "SAR", "dBdt",
-)
-_CT_ACQUISITION = (
-    "KVP", "DataCollectionDiameter", "ReconstructionDiameter", "DistanceSourceToDetector",
-    "DistanceSourceToPatient", "GantryDetectorTilt", "TableHeight", "RotationDirection",
-    "ExposureTime", "XRayTubeCurrent", "Exposure", "FilterType", "GeneratorPower",
-    "FocalSpots", "ConvolutionKernel", "CTDIvol",
-)
-# Type 1 / Type 2 attributes of the MR and CT Image modules and their fallback values.
-_MR_REQUIRED: dict[str, Any] = {
+# A synthetic image was never acquired: none of the source's pulse-sequence, contrast or
+# exposure attributes is copied (whatever the source modality), so neither a viewer's
+# hanging protocol nor a classifier takes it for the source's acquisition. Only geometry
+# of the module is copied, when source and output modality agree.
+_MR_GEOMETRY = ("SpacingBetweenSlices",)
+_CT_GEOMETRY = ("ReconstructionDiameter", "GantryDetectorTilt", "TableHeight")
+# Type 1 / Type 2 attributes of the MR and CT Image modules, with neutral values:
+# ScanningSequence RM and SequenceVariant NONE (Type 1), the Type 2 ones present but empty.
+_MR_NEUTRAL: dict[str, Any] = {
     "ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": None,
-    "MRAcquisitionType": None, "EchoTime": None, "EchoTrainLength": None,
-    "RepetitionTime": None,
+    "MRAcquisitionType": None, "RepetitionTime": None, "EchoTime": None, "EchoTrainLength": None,
 }
-_CT_REQUIRED: dict[str, Any] = {"KVP": None, "AcquisitionNumber": None}
+_CT_NEUTRAL: dict[str, Any] = {"KVP": None, "AcquisitionNumber": None}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_LT = 10240  # ImageComments (LT)
+_MAX_ST = 1024  # DerivationDescription (ST)
 
 
 # Body parts that come in pairs: General Series Laterality is required for them.
@@ -118,10 +120,11 @@ def _code_item(code: tuple[str, str, str]) -> Dataset:
 
 
 def _copy(dst: Dataset, src: Dataset, keywords: Sequence[str]) -> None:
-    """Copy the keywords `src` has; an empty Type 2 value stays empty."""
+    """Copy the keywords `src` has, each value made valid for its VR (see `vrclean`); an
+    empty Type 2 value stays empty."""
     for kw in keywords:
         if kw in src:
-            dst[kw] = src[kw]
+            dst[kw] = clean_element(src[kw])
 
 
 def _dicom_dt(moment: datetime) -> tuple[str, str]:
@@ -137,7 +140,8 @@ def _validate(
     sources: Sequence[Dataset],
     pixels: np.ndarray,
     frames: Sequence[int | None],
-    job_id: str,
+    task: str,
+    model_sha256: str,
     output_index: int,
     label: str,
     modality: str,
@@ -155,8 +159,10 @@ def _validate(
         raise ValueError(f"{len(frames)} source frame numbers for {len(sources)} source slices")
     if not np.all(np.isfinite(pixels)):
         raise ValueError("pixels contain NaN or infinite values")
-    if not job_id:
-        raise ValueError("job_id must not be empty")
+    if not str(task).strip():
+        raise ValueError("task must not be empty")
+    if not _SHA256.fullmatch(str(model_sha256).lower()):
+        raise ValueError(f"model_sha256 must be 64 hex digits, got {model_sha256!r}")
     if output_index < 0:
         raise ValueError(f"output_index must be >= 0, got {output_index}")
     if not label.strip():
@@ -167,7 +173,12 @@ def _validate(
     if not study:
         raise ValueError("source slice 0 has no StudyInstanceUID")
     h, w = pixels.shape[1:]
-    for i, src in enumerate(sources):
+    seen: set[tuple[str, int | None]] = set()
+    for i, (src, frame) in enumerate(zip(sources, frames, strict=True)):
+        key = (str(src.get("SOPInstanceUID")), frame)
+        if key in seen:
+            raise ValueError(f"source slice {i} repeats instance {key[0]} frame {frame}")
+        seen.add(key)
         if src.get("StudyInstanceUID") != study:
             raise ValueError(f"source slice {i} belongs to another study")
         for kw in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", *_GEOMETRY[:3]):
@@ -196,6 +207,9 @@ def _series_level(
     series_uid: str,
     series_number: int,
     description: str,
+    derivation: str,
+    comments: str,
+    frame_of_reference_uid: str,
     model_name: str,
     model_version: str,
     created: datetime,
@@ -205,6 +219,7 @@ def _series_level(
     _copy(ds, first, _PATIENT)
     _copy(ds, first, _STUDY)
     _copy(ds, first, _COMMON)
+    ds.FrameOfReferenceUID = frame_of_reference_uid  # Type 1: the source's, or a new one
     for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
                "PositionReferenceIndicator"):
@@ -212,6 +227,11 @@ def _series_level(
             setattr(ds, kw, None)  # Type 2: present, may be empty
     if "PatientPosition" not in ds:
         ds.PatientPosition = ""
+    if str(ds.get("PatientIdentityRemoved", "")).upper() == "YES" and not (
+        ds.get("DeidentificationMethod") or ds.get("DeidentificationMethodCodeSequence")
+    ):
+        # Type 1C: the source says its identity was removed but not how; repeat only that.
+        ds.DeidentificationMethod = "not stated by the source"
     if "Laterality" not in ds and _maybe_paired(ds):
         side = first.get("ImageLaterality") or first.get("FrameLaterality")
         # Type 2C: the source's side when it names one, else empty ("unknown").
@@ -228,13 +248,9 @@ def _series_level(
     ds.SyntheticData = "YES"
     # Value 3 from the modality's defined terms; value 4 says what kind of derivation.
     ds.ImageType = ["DERIVED", "SECONDARY", "OTHER" if modality == "MR" else "AXIAL", "SYNTHETIC"]
-    ds.DerivationDescription = (
-        f"Synthesized by model {model_name} version {model_version} "
-        f"(dicom-synth {__version__}) from series {first.SeriesInstanceUID}; "
-        "not an acquired image, no contrast agent given"
-    )[:1024]
+    ds.DerivationDescription = derivation
     ds.DerivationCodeSequence = DicomSequence([_code_item(DERIVATION_AI)])
-    ds.ImageComments = f"SYNTHETIC image from model {model_name} {model_version}; not acquired"
+    ds.ImageComments = comments
     ds.BurnedInAnnotation = "NO"
     lossy = str(first.get("LossyImageCompression", "00")) == "01"
     ds.LossyImageCompression = "01" if lossy else "00"
@@ -313,30 +329,48 @@ def _source_image(src: Dataset, frame: int | None) -> DicomSequence:
 
 
 def _acquisition(ds: Dataset, src: Dataset, modality: str) -> None:
-    """The modality module's acquisition attributes: copied when the source is of the same
-    modality, else (CT source, MR output) set to their neutral values."""
+    """The modality module's attributes: its geometry copied when the source is of the same
+    modality; the acquisition ones (Type 1 / 2) always at their neutral values."""
     same = str(src.get("Modality", "")) == modality
-    if modality == "MR":
-        if same:
-            _copy(ds, src, _MR_ACQUISITION)
-        for kw, default in _MR_REQUIRED.items():
-            if not same or kw not in ds:
-                setattr(ds, kw, default)
-        if "IR" in list(np.atleast_1d(ds.ScanningSequence)) and "InversionTime" not in ds:
-            ds.InversionTime = None
-    else:
-        if same:
-            _copy(ds, src, _CT_ACQUISITION)
-        for kw, default in _CT_REQUIRED.items():
-            if kw not in ds:
-                setattr(ds, kw, default)
+    geometry, neutral = (_MR_GEOMETRY, _MR_NEUTRAL) if modality == "MR" else (_CT_GEOMETRY, _CT_NEUTRAL)
+    if same:
+        _copy(ds, src, geometry)
+    for kw, value in neutral.items():
+        if kw not in ds:
+            setattr(ds, kw, value)
+
+
+def _derivation_description(
+    first: Dataset, *, label: str, task: str, model_name: str, model_version: str,
+    model_sha256: str, new_frame_of_reference: str | None,
+) -> str:
+    """What the output is, in words: target, model, version, sha256 prefix, source."""
+    source = f"series {first.SeriesInstanceUID}"
+    if first.get("SeriesNumber") not in (None, ""):
+        source = f"series {first.SeriesNumber} ({first.SeriesInstanceUID})"
+    text = (
+        f"SYNTHETIC {label}, synthesized (task {task}) by model {model_name} version "
+        f"{model_version} sha256 {model_sha256[:12]} (dicom-synth {__version__}) from {source}. "
+        "Not an acquired image: no pulse sequence, exposure or contrast agent"
+    )
+    if new_frame_of_reference:
+        text += f". The source has no FrameOfReferenceUID: new frame of reference {new_frame_of_reference}"
+    return text[:_MAX_ST]
+
+
+def _image_comments(model_name: str, model_version: str, notes: Sequence[str]) -> str:
+    """The fixed statement, then each note (for example a domain-guard warning)."""
+    parts = [f"SYNTHETIC image from model {model_name} {model_version}; not acquired"]
+    parts += [str(n).strip() for n in notes if str(n).strip()]
+    return "; ".join(parts)[:_MAX_LT]
 
 
 def build_derived_series(
     sources: Sequence[Dataset],
     pixels: np.ndarray,
     *,
-    job_id: str,
+    task: str,
+    model_sha256: str,
     output_index: int,
     label: str,
     model_name: str,
@@ -345,24 +379,39 @@ def build_derived_series(
     series_number: int | None = None,
     source_frame_numbers: Sequence[int | None] | None = None,
     created: datetime | None = None,
+    notes: Sequence[str] = (),
 ) -> list[Dataset]:
     """One new instance per source slice, in source order, carrying the contract's
     attributes (see DESIGN.md). `pixels` (N, H, W) are stored values, rounded and clipped
     to uint16. `source_frame_numbers[i]` is the frame of an enhanced multi-frame source
-    that slice i came from (None for single-frame sources). Raises ValueError on
-    mismatched inputs, before building anything."""
+    that slice i came from (None for single-frame sources). The UIDs derive from the
+    source instances (and frames), `task`, the target `label` and `model_sha256`: the same
+    inputs give the same UIDs. `notes` are appended to every instance's ImageComments.
+    Raises ValueError on mismatched inputs, before building anything."""
     modality = str(modality).upper()
     frames: list[int | None] = (
         list(source_frame_numbers) if source_frame_numbers is not None else [None] * len(sources)
     )
-    _validate(sources, pixels, frames, job_id, output_index, label, modality)
+    _validate(sources, pixels, frames, task, model_sha256, output_index, label, modality)
     created = created or datetime.now()
+    model_sha256 = str(model_sha256).lower()
     stored = np.clip(np.rint(pixels), 0, 65535).astype("<u2")
     first = sources[0]
     if series_number is None:
         series_number = int(first.get("SeriesNumber") or 0) + 1000 + output_index
-    description = f"SYNTHETIC {label.strip()}"[:64]
-    series_uid = derived_series_uid(job_id, output_index)
+    label = label.strip()
+    description = f"SYNTHETIC {label}"[:64]
+    fingerprint = source_fingerprint((str(s.SOPInstanceUID), f) for s, f in zip(sources, frames, strict=True))
+    series_uid = derived_series_uid(fingerprint, str(task), label, model_sha256)
+    frame_of_reference = str(first.get("FrameOfReferenceUID") or "")
+    new_frame_of_reference = None
+    if not frame_of_reference:
+        frame_of_reference = new_frame_of_reference = derived_frame_of_reference_uid(first.SeriesInstanceUID)
+    derivation = _derivation_description(
+        first, label=label, task=str(task), model_name=model_name, model_version=model_version,
+        model_sha256=model_sha256, new_frame_of_reference=new_frame_of_reference,
+    )
+    comments = _image_comments(model_name, model_version, notes)
     center, width = _window(stored)
     out = []
     for i, (src, frame) in enumerate(zip(sources, frames, strict=True)):
@@ -373,6 +422,9 @@ def build_derived_series(
             series_uid=series_uid,
             series_number=series_number,
             description=description,
+            derivation=derivation,
+            comments=comments,
+            frame_of_reference_uid=frame_of_reference,
             model_name=model_name,
             model_version=model_version,
             created=created,
@@ -384,7 +436,7 @@ def build_derived_series(
         if "SliceThickness" not in ds:
             ds.SliceThickness = None
         _acquisition(ds, src, modality)
-        ds.SOPInstanceUID = derived_instance_uid(job_id, output_index, i)
+        ds.SOPInstanceUID = derived_instance_uid(series_uid, str(src.SOPInstanceUID), frame)
         ds.InstanceNumber = i + 1
         ds.SourceImageSequence = _source_image(src, frame)
         ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])

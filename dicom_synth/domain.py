@@ -67,6 +67,7 @@ class Job:
     study_instance_uid: str
     origin: str  # "dicom:<calling AE>" or "http"
     requested_task: str = "auto"
+    source_contrast: str | None = None  # what the user says a brain series is (t1, t2, t1c, flair)
     progress: float = 0.0
     series_class: str | None = None
     task: str | None = None
@@ -89,5 +90,7 @@ class Job:
             "source_series_uid": self.source_series_uid,
             "output_series_uids": list(self.output_series_uids),
             "error": self.error,
+            "source_contrast": self.source_contrast,
+            "evidence": self.evidence,
             "timeline": dict(self.timeline),
         }

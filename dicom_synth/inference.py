@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dicom_synth import intensity
+from dicom_synth.domainguard import FEATURES_OUTPUT, sample_indices
 from dicom_synth.registry import ModelCard
 
 
@@ -31,6 +32,28 @@ def pick_providers(available: list[str] | None = None) -> list[str]:
         "CPUExecutionProvider"]
 
 
+def output_names(session) -> tuple[str, bool]:
+    """The graph's main (first) output and whether it also has a `features` output: a
+    runner asks for outputs by name, so extra outputs never change what it reads."""
+    names = [o.name for o in session.get_outputs()]
+    return names[0], FEATURES_OUTPUT in names
+
+
+def probe_features(session, feeds_for: Callable[[np.ndarray], dict[str, np.ndarray]], norm: np.ndarray,
+                   multiple: int, pad_value: float, batch_size: int = 4) -> np.ndarray | None:
+    """The `features` output (k, F) on the probed slices of a normalised (N, H, W) volume;
+    None when the graph has none. `feeds_for(batch)` gives the feeds for an input batch."""
+    if not output_names(session)[1]:
+        return None
+    planes = norm[sample_indices(norm.shape[0])]
+    rows = []
+    for start in range(0, len(planes), batch_size):
+        padded, _ = pad_to_multiple(planes[start:start + batch_size, None], multiple, pad_value)
+        (feat,) = session.run([FEATURES_OUTPUT], feeds_for(np.ascontiguousarray(padded)))
+        rows.append(np.asarray(feat, np.float32).reshape(len(padded), -1))
+    return np.concatenate(rows)
+
+
 def pad_to_multiple(batch: np.ndarray, multiple: int, value: float) -> tuple[np.ndarray, tuple]:
     """Pad (B, C, H, W) at the bottom/right up to a multiple; returns the crop to undo it."""
     h, w = batch.shape[-2:]
@@ -48,6 +71,7 @@ class SynthesisModel:
         self.session = session
         self.batch_size = max(1, int(batch_size))
         self.input_name = session.get_inputs()[0].name
+        self.output_name, _ = output_names(session)
         self.multiple = int(card.input.get("spatial_multiple", 1))
         self.label = card.output_label or card.task
 
@@ -68,6 +92,13 @@ class SynthesisModel:
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
+    def features(self, volume: np.ndarray, source_label: str | None = None) -> np.ndarray | None:
+        """The graph's `features` (k, F) on the probed slices, for the domain guard."""
+        norm = intensity.normalise(np.asarray(volume, np.float32), self.card.normalisation)
+        lo = float(self.card.normalisation.get("range", (-1.0, 1.0))[0])
+        return probe_features(self.session, lambda x: {self.input_name: x}, norm, self.multiple, lo,
+                              self.batch_size)
+
     def run(self, volume: np.ndarray,
             progress: Callable[[float], None] | None = None) -> list[SyntheticOutput]:
         """(N, H, W) in source units -> synthesized series, any H and W."""
@@ -85,7 +116,7 @@ class SynthesisModel:
         for start in range(0, n, self.batch_size):
             batch = norm[start:start + self.batch_size, None]
             padded, crop = pad_to_multiple(batch, self.multiple, lo)
-            (pred,) = self.session.run(None, {self.input_name: np.ascontiguousarray(padded)})
+            (pred,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(padded)})
             out[start:start + len(batch)] = pred[:, 0][(slice(None), *crop)]
             if progress is not None:
                 progress(min(1.0, (start + len(batch)) / n))

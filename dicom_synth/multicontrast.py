@@ -22,7 +22,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from dicom_synth import intensity
-from dicom_synth.inference import SynthesisModel, SyntheticOutput, pad_to_multiple, pick_providers
+from dicom_synth.inference import (
+    SynthesisModel,
+    SyntheticOutput,
+    output_names,
+    pad_to_multiple,
+    pick_providers,
+    probe_features,
+)
 from dicom_synth.registry import ModelCard
 
 HU_WINDOW = "hu_window"
@@ -37,6 +44,8 @@ class Synthesizer(Protocol):
 
     def run(self, volume: np.ndarray, progress: Progress = None, *,
             source_label: str | None = None) -> list[SyntheticOutput]: ...
+
+    def features(self, volume: np.ndarray, source_label: str | None = None) -> np.ndarray | None: ...
 
 
 def hu_window(volume: np.ndarray, window: tuple[float, float] = (-1000.0, 1000.0),
@@ -97,8 +106,23 @@ class _OnnxRunner:
         self.card, self.session = card, session
         self.batch_size = max(1, int(batch_size))
         self.input_name = str(card.input.get("name", "input"))
+        self.output_name, _ = output_names(session)
         self.multiple = int(card.input.get("spatial_multiple", 1))
         self.pad_value = float(card.normalisation.get("range", (-1.0, 1.0))[0])
+
+    def _extra_feeds(self, source_label: str | None) -> dict[str, np.ndarray]:
+        """Inputs besides the image (per-row vectors), for the feature probe."""
+        return {}
+
+    def features(self, volume: np.ndarray, source_label: str | None = None) -> np.ndarray | None:
+        """The graph's `features` (k, F) on the probed slices, for the domain guard."""
+        norm = normalise(_check(volume), self.card.normalisation)
+        extra = self._extra_feeds(source_label)
+
+        def feeds(x: np.ndarray) -> dict[str, np.ndarray]:
+            return {self.input_name: x, **{k: np.repeat(v[None], len(x), axis=0) for k, v in extra.items()}}
+
+        return probe_features(self.session, feeds, norm, self.multiple, self.pad_value, self.batch_size)
 
     @property
     def providers(self) -> list[str]:
@@ -113,7 +137,7 @@ class _OnnxRunner:
             feeds = {self.input_name: np.ascontiguousarray(padded)}
             for name, row in (extra or {}).items():
                 feeds[name] = np.repeat(row[None], len(batch), axis=0)
-            (pred,) = self.session.run(None, feeds)
+            (pred,) = self.session.run([self.output_name], feeds)
             out[start:start + len(batch)] = pred[:, 0][(slice(None), *crop)]
             tick(len(batch))
         return out
@@ -191,6 +215,20 @@ class MultiContrastModel(_OnnxRunner):
                              f"{sorted(self.source_labels) + self.contrasts}")
         return contrast
 
+    def _extra_feeds(self, source_label: str | None) -> dict[str, np.ndarray]:
+        """The encoder's features do not depend on the target; a source the runner cannot
+        name is probed as the card's first contrast."""
+        try:
+            src = self.source_contrast(source_label)
+        except ValueError:
+            src = self.contrasts[0]
+        eye = np.eye(len(self.contrasts), dtype=np.float32)
+        target = next(c for c in self.contrasts if c != src)
+        feeds = {self.cond_input: eye[self.contrasts.index(target)]}
+        if self.source_input:
+            feeds[str(self.source_input)] = eye[self.contrasts.index(src)]
+        return feeds
+
     def run(self, volume: np.ndarray, progress: Progress = None, *,
             source_label: str | None = None) -> list[SyntheticOutput]:
         src = self.source_contrast(source_label)
@@ -222,6 +260,9 @@ class _Plain:
     def run(self, volume: np.ndarray, progress: Progress = None, *,
             source_label: str | None = None) -> list[SyntheticOutput]:
         return self.model.run(volume, progress)
+
+    def features(self, volume: np.ndarray, source_label: str | None = None) -> np.ndarray | None:
+        return self.model.features(volume)
 
 
 _RUNNERS: dict[str, type[_OnnxRunner]] = {PSEUDO_MRI: PseudoMRIModel, CONDITIONAL: MultiContrastModel}

@@ -6,18 +6,25 @@ so both run exactly the same code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset
 
 from dicom_synth.classify import Classification, classify_series
+from dicom_synth.classify.evidence import evidence_summary
 from dicom_synth.derived import build_derived_series, write_series
 from dicom_synth.domain import Task
 from dicom_synth.multicontrast import Synthesizer
 from dicom_synth.registry import ModelCard
 from dicom_synth.series import LoadedSeries
+from dicom_synth.taskfit import (
+    check_source_contrast,
+    model_source_label,
+    synthetic_reason,
+    task_fit,
+)
 
 TASK_NAMES = [t.value for t in Task]
 
@@ -35,40 +42,54 @@ def check_task_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with a series: the task to run, or None with the reason."""
+    """What to do with a series: the task to run, or None with the reason.
 
-    classification: Classification
+    `classification` is None when the loop guard refused the series before classifying it;
+    `refused` is True when what the user asked for (a task, or a source_contrast) does not
+    fit the series, as opposed to a series with no route; `source_label` is the class the
+    model is told the source is (the user's source_contrast when given)."""
+
+    classification: Classification | None
     task: str | None
     reason: str | None
+    refused: bool = False
+    source_label: str | None = None
 
 
-def decide(loaded: LoadedSeries, requested_task: str = "auto") -> Decision:
-    """Classify the series and pick its task: its route (from the user-editable routing
-    table) for `auto`, else the one asked for."""
+def decide(loaded: LoadedSeries, requested_task: str = "auto", source_contrast: str | None = None) -> Decision:
+    """Refuse a synthetic series (loop guard, first), classify, pick the task — its route
+    (the user-editable routing table) for `auto`, else the one asked for; a
+    `source_contrast` implies brain_contrasts — and check the task fits the series."""
     check_task_name(requested_task)
+    source_contrast = check_source_contrast(source_contrast, requested_task)
+    asked = requested_task != "auto" or source_contrast is not None
+    synthetic = synthetic_reason(loaded.slices)
+    if synthetic is not None:
+        return Decision(None, None, synthetic, refused=asked)
     classification = classify_series(loaded.slices, loaded.volume)
-    if requested_task != "auto":
-        return Decision(classification, requested_task, None)
-    task = classification.route
+    task = str(Task.BRAIN_CONTRASTS) if source_contrast else (
+        requested_task if requested_task != "auto" else classification.route)
     if task is None:
-        reason = (
-            f"no synthesis route for series class {classification.label!r} "
-            f"(confidence {classification.confidence:.2f})"
-        )
-        return Decision(classification, None, reason)
-    return Decision(classification, task, None)
+        return Decision(classification, None, f"no synthesis route for series {evidence_summary(classification)}")
+    misfit = task_fit(task, loaded, classification, source_contrast)
+    if misfit is not None:
+        return Decision(classification, None, misfit, refused=asked)
+    return Decision(classification, task, None, source_label=model_source_label(source_contrast, classification.label))
 
 
 def synthesize_series(
     loaded: LoadedSeries,
     model: Synthesizer,
     card: ModelCard,
-    job_id: str,
     progress: Callable[[float], None] | None = None,
     source_label: str | None = None,
+    notes: Sequence[str] = (),
 ) -> list[list[Dataset]]:
     """Run the model on the series and build one new DICOM series per model output
-    (the brain model makes one per contrast the source is not: it needs the source's class)."""
+    (the brain model makes one per contrast the source is not: it needs the source's class).
+    Output UIDs derive from the source instances, the card's task and sha256 and the
+    output's label, so the same series run twice gives the same UIDs; `notes` go into
+    every output instance's ImageComments."""
     if loaded.volume is None:
         raise ValueError("series was loaded without pixels")
     outputs = model.run(loaded.volume, progress=progress, source_label=source_label)
@@ -77,13 +98,15 @@ def synthesize_series(
         build_derived_series(
             loaded.slices,
             out.pixels,
-            job_id=job_id,
+            task=card.task,
+            model_sha256=card.sha256,
             output_index=index,
             label=out.label,
             model_name=card.name,
             model_version=card.version,
             modality="MR",
             source_frame_numbers=frame_numbers,
+            notes=notes,
         )
         for index, out in enumerate(outputs)
     ]

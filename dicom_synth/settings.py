@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     export_retries: int = Field(5, ge=0, le=100, description="C-STORE attempts after the first")
     export_backoff_seconds: float = Field(1.0, ge=0, description="first backoff; doubles per retry")
     models_dir: Path | None = Field(None, description="where ONNX models and cards live; unset = built-in")
+    domain_guard: Literal["refuse", "warn", "off"] = Field(
+        "refuse", description="a series outside its model's training domain: refuse (skip the job), "
+        "warn (synthesize, say so in ImageComments and the job) or off (no check)"
+    )
 
     @field_validator("pacs", mode="before")
     @classmethod

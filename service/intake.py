@@ -40,6 +40,7 @@ def accept_series(
     files: Sequence[Path],
     origin: str,
     requested_task: str = "auto",
+    source_contrast: str | None = None,
 ) -> Job:
     """Persist a job for the series and enqueue its classification."""
     from service.queue import enqueue_classify
@@ -54,6 +55,7 @@ def accept_series(
             study_instance_uid=study_instance_uid,
             origin=origin,
             requested_task=requested_task,
+            source_contrast=source_contrast,
         )
     )
     enqueue_classify(job_id)

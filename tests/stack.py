@@ -34,10 +34,11 @@ class ServiceStack:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
 
-    def post(self, files, task: str = "auto") -> httpx.Response:
-        """POST /synthesize with the files as multipart, as a client would."""
+    def post(self, files, task: str = "auto", **form: str) -> httpx.Response:
+        """POST /synthesize with the files as multipart, as a client would (`form`: more
+        form fields, e.g. source_contrast)."""
         with self.client() as c:
-            return c.post("/synthesize", data={"task": task},
+            return c.post("/synthesize", data={"task": task, **form},
                           files=[("files", (f.name, f.read_bytes(), "application/dicom")) for f in files])
 
     def job(self, job_id: str) -> dict:

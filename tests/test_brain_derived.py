@@ -47,7 +47,8 @@ def test_one_series_per_missing_contrast(tmp_path: Path, models_dir: Path, contr
     assert [o.label for o in outputs] == expected
     uids = set()
     for i, out in enumerate(outputs):
-        series = build_derived_series(src.slices, out.pixels, job_id="job-brain", output_index=i, label=out.label,
+        series = build_derived_series(src.slices, out.pixels, task=card.task, model_sha256=card.sha256, output_index=i,
+                                      label=out.label,
                                       model_name=card.name, model_version=card.version, modality="MR")
         ds = dcmread(_roundtrip(series[0], tmp_path / f"{i}.dcm"))
         assert ds.SeriesDescription == f"SYNTHETIC {expected[i]}" and ds.SyntheticData == "YES"

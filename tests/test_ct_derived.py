@@ -46,7 +46,8 @@ def test_ct_series_becomes_one_registered_synthetic_mr_series(tmp_path: Path, mo
     outputs = load_synthesis_model(card, threads=1).run(src.volume, source_label=f"ct_{region}")
     assert len(outputs) == 1
     out = outputs[0]
-    datasets = build_derived_series(src.slices, out.pixels, job_id="job-ct", output_index=0, label=out.label,
+    datasets = build_derived_series(src.slices, out.pixels, task=card.task, model_sha256=card.sha256, output_index=0,
+                                    label=out.label,
                                     model_name=card.name, model_version=card.version,
                                     modality=card.extra["output_modality"])
     files = write_series(datasets, tmp_path / "out")

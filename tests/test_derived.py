@@ -88,10 +88,13 @@ def ramp(n: int, size: int) -> np.ndarray:
     return np.arange(n * size * size, dtype=np.float32).reshape(n, size, size) % 3000
 
 
+MODEL_SHA256 = "ab" * 32
+
+
 def build(sources, pixels, **kw) -> list[Dataset]:
     args = dict(
-        job_id="job-1", output_index=0, label="DCE phase 1", model_name="dce_phase1",
-        model_version="1.2.0", created=CREATED,
+        task="dce_phase1", model_sha256=MODEL_SHA256, output_index=0, label="DCE phase 1",
+        model_name="dce_phase1", model_version="1.2.0", created=CREATED,
     )
     args.update(kw)
     return build_derived_series(sources, pixels, **args)
@@ -147,9 +150,11 @@ def test_every_contract_attribute_survives_round_trip(tmp_path: Path) -> None:
         assert synth.Manufacturer == "dicom-synth" and "1.2.0" in synth.SoftwareVersions
         assert scanner.Manufacturer == "SIEMENS"
         assert code(scanner.PurposeOfReferenceCodeSequence[0])[0] == "109101"
-        # MR Image module, copied from the MR source
-        assert ds.ScanningSequence == "GR" and list(ds.SequenceVariant) == ["SP", "SS"]
-        assert ds.MRAcquisitionType == "3D" and float(ds.EchoTime) == 2.46
+        # MR Image module: neutral values, never the source's acquisition
+        assert ds.ScanningSequence == "RM" and ds.SequenceVariant == "NONE"
+        for kw in ("MRAcquisitionType", "EchoTime", "RepetitionTime", "EchoTrainLength", "ScanOptions"):
+            assert kw in ds and ds[kw].value in (None, ""), kw
+        assert "FlipAngle" not in ds
         assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (
             16, 16, 15, 0
         )
@@ -190,18 +195,22 @@ def test_pixels_are_rounded_and_clipped_to_uint16(tmp_path: Path) -> None:
     assert got[0, 0, 0] == 0 and got[0, 0, 1] == 65535 and got[1, 5, 5] == 3
 
 
-def test_uids_are_deterministic_per_job_output_and_slice() -> None:
+def test_uids_derive_from_source_task_target_and_model() -> None:
     src, px = breast_t1(3), ramp(3, 32)
 
-    def uids(**kw) -> list[str]:
-        out = build(src, px, **kw)
+    def uids(sources=src, **kw) -> list[str]:
+        out = build(sources, px, **kw)
         return [out[0].SeriesInstanceUID] + [ds.SOPInstanceUID for ds in out]
 
     first = uids()
-    assert uids(created=datetime(2030, 1, 1)) == first  # a job run twice: same UIDs
-    other_job, other_output = uids(job_id="job-2"), uids(output_index=1)
-    assert not set(first) & set(other_job)
-    assert not set(first) & set(other_output)
+    # the same series again (another job, another time, other pixels): the same UIDs
+    assert uids(created=datetime(2030, 1, 1), output_index=3) == first
+    assert uids(sources=[Dataset(s) for s in src]) == first
+    changed = [Dataset(s) for s in src]
+    changed[1].SOPInstanceUID = generate_uid()
+    for other in (uids(task="other_task"), uids(label="T2"), uids(model_sha256="cd" * 32),
+                  uids(sources=changed)):
+        assert not set(first) & set(other)
     assert len(set(first)) == 4
     for uid in first:
         assert len(uid) <= 64 and re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid)
@@ -238,7 +247,10 @@ def test_ct_output_has_ct_image_module(tmp_path: Path) -> None:
     ct = dcmread(get_testdata_file("CT_small.dcm", download=False))
     (ds,) = roundtrip(build([ct], ramp(1, 128), modality="ct"), tmp_path)
     assert ds.SOPClassUID == CTImageStorage and ds.Modality == "CT"
-    assert ds.KVP == ct.KVP
+    assert "KVP" in ds and ds.KVP in (None, "")  # Type 2, and no exposure is claimed
+    for kw in ("XRayTubeCurrent", "ExposureTime", "Exposure", "ConvolutionKernel", "FilterType"):
+        assert kw not in ds, kw
+    assert float(ds.ReconstructionDiameter) == float(ct.ReconstructionDiameter)
     assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (1.0, 0.0)
 
 
@@ -285,7 +297,9 @@ def _two_studies() -> list[Dataset]:
         (lambda: breast_t1(1), np.full((1, 32, 32), np.nan), {}, "NaN"),
         (lambda: breast_t1(1), np.zeros((1, 32, 32)), {"modality": "US"}, "modality"),
         (lambda: breast_t1(1), np.zeros((1, 32, 32)), {"label": " "}, "label"),
-        (lambda: breast_t1(1), np.zeros((1, 32, 32)), {"job_id": ""}, "job_id"),
+        (lambda: breast_t1(1), np.zeros((1, 32, 32)), {"task": ""}, "task"),
+        (lambda: breast_t1(1), np.zeros((1, 32, 32)), {"model_sha256": "abc"}, "model_sha256"),
+        (lambda: breast_t1(1) * 2, np.zeros((2, 32, 32)), {}, "slice 1 repeats instance"),
         (lambda: breast_t1(1), np.zeros((1, 32, 32)), {"output_index": -1}, "output_index"),
         (_no_ipp, np.zeros((2, 32, 32)), {}, "slice 1 has no ImagePositionPatient"),
         (_two_studies, np.zeros((2, 32, 32)), {}, "another study"),
@@ -363,3 +377,158 @@ def test_file_meta_is_set_on_every_instance() -> None:
     for ds in build(breast_t1(2), ramp(2, 32)):
         assert isinstance(ds.file_meta, FileMetaDataset)
         assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+# ------------------------------------------------------------------ headers that do not lie
+
+# The source's acquisition: none may reach a synthetic instance with a value.
+ACQUISITION_KEYWORDS = (
+    "RepetitionTime", "EchoTime", "InversionTime", "FlipAngle", "ScanningSequence",
+    "SequenceVariant", "SequenceName", "ScanOptions", "EchoTrainLength", "MRAcquisitionType",
+    "NumberOfAverages", "ImagingFrequency", "MagneticFieldStrength", "EchoNumbers",
+    "NumberOfPhaseEncodingSteps", "PercentSampling", "PercentPhaseFieldOfView", "PixelBandwidth",
+    "AcquisitionMatrix", "InPlanePhaseEncodingDirection", "VariableFlipAngleFlag", "SAR", "dBdt",
+    "ReceiveCoilName", "TransmitCoilName", "AngioFlag", "TriggerTime", "DiffusionBValue",
+    # enhanced MR
+    "PulseSequenceName", "EchoPulseSequence", "InversionRecovery", "EffectiveEchoTime",
+    "MultipleSpinEcho", "PhaseContrast", "SteadyStatePulseSequence", "EchoPlanarPulseSequence",
+    "SpectrallySelectedSuppression", "MRTimingAndRelatedParametersSequence", "MREchoSequence",
+    "MRModifierSequence", "MRImagingModifierSequence", "MRFOVGeometrySequence",
+    "MRReceiveCoilSequence", "MRTransmitCoilSequence", "MRAveragesSequence", "MRDiffusionSequence",
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "InversionTimes",
+    # CT exposure
+    "KVP", "XRayTubeCurrent", "ExposureTime", "Exposure", "ConvolutionKernel", "FilterType",
+    "CTDIvol", "GeneratorPower", "FocalSpots", "DataCollectionDiameter",
+)
+NEUTRAL = {"ScanningSequence": "RM", "SequenceVariant": "NONE"}
+
+
+def claimed_acquisition(ds: Dataset) -> dict[str, object]:
+    """The acquisition attributes `ds` claims: present with a value other than the neutral one."""
+    out = {}
+    for kw in ACQUISITION_KEYWORDS:
+        if kw in ds and ds[kw].value not in (None, "", []) and ds[kw].value != NEUTRAL.get(kw):
+            out[kw] = ds[kw].value
+    out.update({e.keyword: e.value for e in ds if e.keyword.startswith("ContrastBolus")})
+    return out
+
+
+def brain_flair(n: int = 3, size: int = 32) -> list[Dataset]:
+    """An axial 2D TIRM FLAIR: IR with TR 9000, TE 100, TI 2500, and the enhanced-MR
+    attributes a vendor may also put on a classic instance."""
+    out = breast_t1(n, size)
+    for ds in out:
+        ds.StudyDescription, ds.SeriesDescription = "MR BRAIN", "t2_tirm_tra_dark-fluid"
+        ds.BodyPartExamined, ds.PatientPosition = "HEAD", "HFS"
+        ds.ScanningSequence, ds.SequenceVariant = ["SE", "IR"], ["SK", "SP", "MP"]
+        ds.ScanOptions, ds.MRAcquisitionType = ["IR", "PFP"], "2D"
+        ds.SequenceName, ds.EchoTrainLength = "*tir2d1_16", 16
+        ds.RepetitionTime, ds.EchoTime, ds.InversionTime, ds.FlipAngle = "9000", "100", "2500", "150"
+        ds.NumberOfAverages, ds.ImagingFrequency, ds.PixelBandwidth = "1", "123.2", "287"
+        ds.AcquisitionMatrix, ds.InPlanePhaseEncodingDirection = [0, 256, 205, 0], "ROW"
+        ds.PulseSequenceName, ds.InversionRecovery, ds.EchoPulseSequence = "tir2d1", "YES", "SPIN"
+        ds.EffectiveEchoTime = 100.0
+        timing = Dataset()
+        timing.RepetitionTime, timing.FlipAngle = 9000.0, 150.0
+        ds.MRTimingAndRelatedParametersSequence = DicomSequence([timing])
+    return out
+
+
+def test_synthetic_t1_from_flair_claims_none_of_its_acquisition(tmp_path: Path) -> None:
+    src = brain_flair()
+    assert {"RepetitionTime", "InversionTime", "ScanningSequence", "PulseSequenceName"} <= set(
+        claimed_acquisition(src[0]))
+    out = build(src, ramp(3, 32), task="brain_contrasts", label="T1 from FLAIR",
+                model_name="brain_contrasts", model_version="2.0.1")
+    paths = write_series(out, tmp_path)
+    for ds in (dcmread(p) for p in paths):
+        assert claimed_acquisition(ds) == {}
+        assert ds.ScanningSequence == "RM" and ds.SequenceVariant == "NONE"
+        for kw in ("ScanOptions", "MRAcquisitionType", "RepetitionTime", "EchoTime", "EchoTrainLength"):
+            assert kw in ds and ds[kw].value in (None, ""), kw  # Type 2: present, empty
+        assert "InversionTime" not in ds  # only required for IR
+        assert ds.SeriesDescription == "SYNTHETIC T1 from FLAIR"
+        text = ds.DerivationDescription
+        for part in ("SYNTHETIC T1 from FLAIR", "brain_contrasts", "2.0.1", MODEL_SHA256[:12],
+                     src[0].SeriesInstanceUID, "Not an acquired image"):
+            assert part in text, part
+        assert "FrameOfReferenceUID" not in text  # the source has one: kept, nothing to say
+        assert ds.FrameOfReferenceUID == src[0].FrameOfReferenceUID
+        assert code(ds.DerivationCodeSequence[0]) == ("123110", "DCM", "Artificial Intelligence")
+    errors, warnings = _dciodvfy(paths[0])
+    assert errors == [], "\n".join(errors + warnings)
+
+
+def test_description_is_cut_to_64_characters_and_keeps_synthetic() -> None:
+    (ds,) = build(breast_t1(1), ramp(1, 32), label="T1 " + "x" * 100)
+    assert ds.SeriesDescription.startswith("SYNTHETIC T1 ") and len(ds.SeriesDescription) == 64
+    assert len(ds.DerivationDescription) <= 1024
+
+
+def test_notes_are_appended_to_every_image_comment() -> None:
+    notes = ["domain guard: warn (score 0.91 > 0.80): sagittal; trained on axial", "second note"]
+    out = build(breast_t1(2), ramp(2, 32), notes=notes)
+    for ds in out:
+        assert ds.ImageComments.startswith("SYNTHETIC image from model dce_phase1 1.2.0; not acquired")
+        assert ds.ImageComments.endswith("; " + "; ".join(notes))
+    (long,) = build(breast_t1(1), ramp(1, 32), notes=["x" * 20000])
+    assert len(long.ImageComments) == 10240 and long.ImageComments.startswith("SYNTHETIC")
+    (plain,) = build(breast_t1(1), ramp(1, 32))
+    assert plain.ImageComments == "SYNTHETIC image from model dce_phase1 1.2.0; not acquired"
+
+
+def test_ct_without_frame_of_reference_gets_a_new_one_and_says_so(tmp_path: Path) -> None:
+    ct = dcmread(get_testdata_file("CT_small.dcm", download=False))
+    del ct.FrameOfReferenceUID
+    outputs = {}
+    for label, modality in (("pseudo-MRI", "MR"), ("other", "MR"), ("pseudo-MRI", "CT")):
+        (ds,) = build([ct], ramp(1, 128), task="pseudo_mri", label=label, modality=modality)
+        outputs[(label, modality)] = ds
+        path = write_series([ds], tmp_path / f"{label}-{modality}")[0]
+        errors, warnings = _dciodvfy(path)
+        assert errors == [], "\n".join(errors + warnings)
+    uids = {ds.FrameOfReferenceUID for ds in outputs.values()}
+    assert len(uids) == 1  # one new frame per source series: its outputs stay linked
+    (uid,) = uids
+    assert re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) and len(uid) <= 64
+    assert build([ct], ramp(1, 128), task="pseudo_mri", label="pseudo-MRI")[0].FrameOfReferenceUID == uid
+    other = Dataset(ct)
+    other.SeriesInstanceUID = generate_uid()
+    assert build([other], ramp(1, 128), label="pseudo-MRI")[0].FrameOfReferenceUID != uid
+    for ds in outputs.values():
+        assert "no FrameOfReferenceUID" in ds.DerivationDescription and uid in ds.DerivationDescription
+
+
+# ------------------------------------------------------------------ re-sending does not duplicate
+
+
+def _uids(datasets: list[Dataset]) -> tuple[str, list[str]]:
+    return str(datasets[0].SeriesInstanceUID), [str(ds.SOPInstanceUID) for ds in datasets]
+
+
+def test_a_series_sent_twice_gives_the_same_uids_and_a_changed_one_new_uids(tmp_path: Path) -> None:
+    files = [REALDATA / "nibabel" / "philips_mprage.dcm"]
+    first, second = (load_series(files, pixels=False) for _ in range(2))  # read twice, as received twice
+    assert first.slices[0] is not second.slices[0]
+
+    def run(loaded, n: int = 6, **kw) -> tuple[str, list[str]]:
+        kw = {"task": "brain_contrasts", "label": "T2", "source_frame_numbers": loaded.frame_numbers[:n],
+              "created": datetime.now(), **kw}
+        return _uids(build(loaded.slices[:n], ramp(n, 256), **kw))
+
+    series, instances = run(first)
+    assert run(second) == (series, instances)
+    assert len(set(instances)) == 6 and series not in instances
+    assert run(second, output_index=2)[0] == series  # the output's position is not its identity
+    new_model = run(second, model_sha256="0f" * 32)
+    fewer_frames = run(second, n=5)
+    other_target = run(second, label="FLAIR")
+    other_task = run(second, task="brain_contrasts_v2")
+    for other in (new_model, fewer_frames, other_target, other_task):
+        assert other[0] != series and not set(other[1]) & set(instances)
+    # a source instance replaced (new SOP Instance UID): the whole series is new
+    changed = [Dataset(s) for s in breast_t1(3)]
+    before = _uids(build(changed, ramp(3, 32)))
+    changed[2].SOPInstanceUID = generate_uid()
+    after = _uids(build(changed, ramp(3, 32)))
+    assert after[0] != before[0] and not set(after[1]) & set(before[1])

@@ -27,7 +27,7 @@ from .test_derived import breast_t1, ramp
 def synthetic_files(tmp_path: Path, n: int = 3, job: str = "job-x") -> tuple[list[Path], list[Dataset]]:
     src = breast_t1(n)
     out = build_derived_series(
-        src, ramp(n, 32), job_id=job, output_index=0, label="DCE phase 1",
+        src, ramp(n, 32), task="dce_phase1", model_sha256="ab" * 32, output_index=0, label="DCE phase 1",
         model_name="dce_phase1", model_version="1.0",
     )
     return write_series(out, tmp_path / job), src

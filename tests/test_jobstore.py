@@ -52,3 +52,24 @@ def test_concurrent_writers_from_processes(tmp_path):
     jobs = JobStore(db).recent(limit=100)
     assert len(jobs) == 45
     assert all(j.status is JobStatus.DONE and j.progress == 1.0 for j in jobs)
+
+
+def test_rows_written_before_source_contrast_still_decode(tmp_path):
+    """A body stored by an older release (no source_contrast, no evidence) reads as a Job
+    with the new fields at their defaults, and updates keep working on it."""
+    import json
+    import sqlite3
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    old = {"job_id": "old", "status": "skipped", "source_series_uid": "1.2.3", "study_instance_uid": "1.2",
+           "origin": "http", "requested_task": "auto", "progress": 1.0, "series_class": "unknown", "task": None,
+           "output_series_uids": [], "error": "no route", "created_at": 1.0, "updated_at": 1.0,
+           "timeline": {"skipped": 1.0}, "retired_field": 3}
+    with sqlite3.connect(store.db_path) as conn:
+        conn.execute("INSERT INTO jobs (job_id, status, created_at, updated_at, body) VALUES (?, ?, ?, ?, ?)",
+                     ("old", "skipped", 1.0, 1.0, json.dumps(old)))
+    job = store.get("old")
+    assert job.source_contrast is None and job.evidence is None
+    assert job.public()["source_contrast"] is None and job.public()["evidence"] is None
+    assert store.update("old", source_contrast="t1").source_contrast == "t1"
+    assert store.get("old").public()["source_contrast"] == "t1"

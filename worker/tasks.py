@@ -12,6 +12,7 @@ from celery import Task as CeleryTask
 from celery.signals import worker_ready
 
 from dicom_synth.domain import JobStatus
+from dicom_synth.domainguard import guard
 from dicom_synth.jobstore import JobStore
 from dicom_synth.multicontrast import Synthesizer, load_synthesis_model
 from dicom_synth.pipeline import decide, synthesize_series, write_outputs
@@ -19,6 +20,7 @@ from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, TASK_SYNTHESIZE, t
 from dicom_synth.registry import ModelCard, load_card
 from dicom_synth.series import load_series
 from dicom_synth.settings import get_settings, job_input_dir, job_output_dir
+from dicom_synth.taskfit import model_source_label
 from worker.app import app
 
 log = logging.getLogger(__name__)
@@ -72,11 +74,11 @@ def classify(self, job_id: str) -> str:
         return str(job.status)
     store.update(job_id, claimed_by=self.request.hostname)
     loaded = load_series(_input_files(job_id), pixels=True)
-    decision = decide(loaded, job.requested_task)
+    decision = decide(loaded, job.requested_task, job.source_contrast)  # loop guard and task fit first
     c = decision.classification
     store.update(
-        job_id, status=JobStatus.CLASSIFIED, series_class=c.label,
-        evidence={"confidence": c.confidence, **c.evidence},
+        job_id, status=JobStatus.CLASSIFIED, series_class=c.label if c else None,
+        evidence={"confidence": c.confidence, **c.evidence} if c else {"reason": decision.reason},
     )
     if decision.task is None:
         store.update(job_id, status=JobStatus.SKIPPED, error=decision.reason, progress=1.0)
@@ -106,7 +108,16 @@ def synthesize(self, job_id: str) -> str:
             last[0] = now
             store.update(job_id, progress=0.05 + 0.85 * fraction)
 
-    series = synthesize_series(loaded, model, card, job_id, progress=progress, source_label=job.series_class)
+    source_label = model_source_label(job.source_contrast, job.series_class)
+    mode = settings.domain_guard
+    outcome = guard(card, model, loaded, mode, source_label=source_label)  # before any synthesis
+    if outcome.verdict is not None:
+        store.update(job_id, evidence={**(store.get(job_id).evidence or {}), "domain": outcome.evidence(mode)})
+    if not outcome.proceed:
+        store.update(job_id, status=JobStatus.SKIPPED, error=outcome.reason, progress=1.0)
+        return "skipped"
+    series = synthesize_series(loaded, model, card, progress=progress, source_label=source_label,
+                               notes=outcome.notes)
     uids = write_outputs(series, job_output_dir(settings, job_id))
     if settings.pacs is None:
         store.update(job_id, status=JobStatus.DONE, progress=1.0, output_series_uids=uids)

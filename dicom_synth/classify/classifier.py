@@ -21,6 +21,8 @@ from dicom_synth.classify.pixelfacts import pixel_facts
 from dicom_synth.classify.pixelmodel import PixelModel, load_pixel_model
 from dicom_synth.classify.routing import load_routing
 from dicom_synth.classify.rules import load_rules
+from dicom_synth.domainguard import DomainVerdict, assess
+from dicom_synth.series import LoadedSeries
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +66,17 @@ def _jsonable(value: object) -> object:
         return str(value)
 
 
-def _pixel_probabilities(model: PixelModel | None, volume: np.ndarray | None,
-                         facts: Facts) -> dict[str, float] | None:
+def _pixel_probabilities(model: PixelModel | None, slices: Sequence[Dataset], volume: np.ndarray | None,
+                         facts: Facts) -> tuple[dict[str, float] | None, DomainVerdict | None]:
+    """The pixel network's probabilities and its domain verdict on this series."""
     if model is None or volume is None or facts.get("PixelBlank") is not False:
-        return None
+        return None, None
     if str(facts.get("Modality", "")).upper() not in ("MR", "CT"):
-        return None
-    return model.predict(volume, is_ct=str(facts.get("Modality")).upper() == "CT")
+        return None, None
+    probs, features = model.predict_with_features(volume, is_ct=str(facts.get("Modality")).upper() == "CT")
+    if model.model_card is None:
+        return probs, None
+    return probs, assess(model.model_card, LoadedSeries(list(slices), [], [], volume), features)
 
 
 def classify_series(
@@ -92,12 +98,15 @@ def classify_series(
         facts = extract_facts(list(slices), rules.settings)
         facts.update(pixel_facts(volume, facts))
         header_p, fired = rules.score(facts)
-        pixel_p = None
+        pixel_p, pixel_domain = None, None
         if use_pixel_model:
             try:
-                pixel_p = _pixel_probabilities(load_pixel_model(model_path), volume, facts)
+                pixel_p, pixel_domain = _pixel_probabilities(load_pixel_model(model_path), slices, volume, facts)
             except Exception as exc:  # a broken model must not stop classification
                 log.warning("pixel model failed: %s", exc)
+        # A pixel verdict on an image outside the network's training domain is recorded,
+        # never used: it neither vetoes nor sways the headers.
+        pixel_trusted = pixel_domain is None or pixel_domain.in_domain
         fusion_cfg = dict(rules.settings.get("fusion") or {})
         if "pixel_groups" in fusion_cfg:
             fusion_cfg["pixel_groups"] = tuple(tuple(str(x) for x in g) for g in fusion_cfg["pixel_groups"])
@@ -105,18 +114,21 @@ def classify_series(
             fusion_cfg["pixel_modalities"] = tuple(str(m).upper() for m in fusion_cfg["pixel_modalities"])
         fusion = FusionSettings(**fusion_cfg)
         modality = str(facts.get("Modality", "")).upper()
-        pixel_used = pixel_p if modality in fusion.pixel_modalities else None
+        pixel_used = pixel_p if modality in fusion.pixel_modalities and pixel_trusted else None
         decision = decide(header_p, pixel_used, fusion,
-                          pixel_veto=pixel_p if pixel_used is None else None)
+                          pixel_veto=pixel_p if pixel_used is None and pixel_trusted else None)
         reason = decision.reason
         if reason == "headers" and "TissueAreaCM2" in facts:
             reason = "headers and Hounsfield pixel facts"
+        if not pixel_trusted and pixel_p is not None:
+            reason += " (pixels ignored: outside the pixel network's training domain)"
         evidence = {
             "reason": reason,
             "rules": fired,
             "header_probabilities": _top(header_p),
             "pixel_probabilities": _top(pixel_p) if pixel_p is not None else None,
             "pixel_model_used": pixel_used is not None,
+            "pixel_domain": pixel_domain.to_json() if pixel_domain is not None else None,
             "fused_probabilities": _top(decision.probabilities),
             "facts": {k: facts[k] for k in _EVIDENCE_FACTS if k in facts},
         }

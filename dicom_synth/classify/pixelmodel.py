@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from dicom_synth.classify.labels import LABELS
+from dicom_synth.domainguard import FEATURES_OUTPUT
+from dicom_synth.registry import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +96,11 @@ class PixelModel:
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_name, self.has_features = outputs[0], FEATURES_OUTPUT in outputs
         card_path = path.with_suffix(".card.json")
         self.card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        self.model_card = ModelCard.from_dict(self.card, card_path=card_path) if self.card else None
         mapping = self.card.get("output_mapping", {})
         self.labels = tuple(mapping.get("labels", LABELS))
         self.temperature = float(mapping.get("temperature", 1.0))
@@ -103,9 +108,17 @@ class PixelModel:
 
     def predict(self, volume: np.ndarray, is_ct: bool) -> dict[str, float]:
         """Label probabilities for the series (mean slice log-probability, tempered)."""
+        return self.predict_with_features(volume, is_ct)[0]
+
+    def predict_with_features(self, volume: np.ndarray, is_ct: bool) -> tuple[dict[str, float], np.ndarray | None]:
+        """The probabilities and the graph's `features` (one row per slice it saw; None
+        when the graph has no such output), for the domain guard."""
         x = preprocess(volume, is_ct)
+        names = [self.output_name, FEATURES_OUTPUT] if self.has_features else [self.output_name]
         with self._lock:
-            logits = self.session.run(None, {self.input_name: x})[0]
+            results = self.session.run(names, {self.input_name: x})
+        logits = results[0]
+        features = np.asarray(results[1], np.float32).reshape(len(x), -1) if self.has_features else None
         logits = logits - logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         mean = logp.mean(axis=0) / self.temperature
@@ -113,7 +126,7 @@ class PixelModel:
         p /= p.sum()
         probs = dict.fromkeys(LABELS, 0.0)
         probs.update({lbl: float(v) for lbl, v in zip(self.labels, p, strict=True)})
-        return probs
+        return probs, features
 
 
 @lru_cache(maxsize=4)

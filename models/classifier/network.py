@@ -67,5 +67,21 @@ class SeriesResNet(nn.Module):
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, F) global-average-pooled activations before the final fc layer."""
+        return torch.flatten(self.pool(self.layers(self.stem(x))), 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+        return self.fc(self.features(x))
+
+
+class WithFeatures(nn.Module):
+    """The exported graph: (logits, features), so a domain guard can read the features."""
+
+    def __init__(self, net: SeriesResNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.net.features(x)
+        return self.net.fc(f), f

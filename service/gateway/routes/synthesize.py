@@ -6,7 +6,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from dicom_synth.pipeline import UnknownTaskError, check_task_name
+from dicom_synth.pipeline import UnknownTaskError, check_task_name, decide
+from dicom_synth.series import SeriesReadError, load_series
+from dicom_synth.taskfit import SourceContrastError, check_source_contrast
 from service.completion import mark_announced
 from service.gateway.deps import SettingsDep
 from service.intake import accept_series
@@ -21,19 +23,38 @@ async def synthesize(
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description="DICOM files of one series, or one zip")] = [],  # noqa: B006
     task: Annotated[str, Form(description="auto, or a task name")] = "auto",
+    source_contrast: Annotated[
+        str | None, Form(description="what a brain series is when the classifier cannot tell: t1, t2, t1c, flair")
+    ] = None,
 ) -> dict:
-    """Queue one series for synthesis; answers with the job to poll."""
+    """Queue one series for synthesis; answers with the job to poll. A requested task (or
+    a source_contrast) is checked against the series first: a misfit answers 422 with the
+    reason and stores nothing."""
     try:
         check_task_name(task)
-    except UnknownTaskError as exc:
+        source_contrast = check_source_contrast(source_contrast, task)
+    except (UnknownTaskError, SourceContrastError) as exc:
         raise HTTPException(422, str(exc)) from exc
-    return await run_in_threadpool(_ingest, settings, files, task)
+    return await run_in_threadpool(_ingest, settings, files, task, source_contrast)
 
 
-def _ingest(settings, files: list[UploadFile], task: str) -> dict:
+def _check_fit(staged_files: list, task: str, source_contrast: str | None) -> None:
+    """The worker's own decision on the staged files; a refusal is the client's 422."""
+    try:
+        loaded = load_series(staged_files, pixels=True)
+    except SeriesReadError as exc:
+        raise HTTPException(422, f"cannot read the series: {exc}") from exc
+    decision = decide(loaded, task, source_contrast)
+    if decision.task is None:
+        raise HTTPException(422, decision.reason)
+
+
+def _ingest(settings, files: list[UploadFile], task: str, source_contrast: str | None = None) -> dict:
     staging = new_staging_dir(settings.data_dir)
     try:
         staged = stage_upload(((f.filename or "", f.file) for f in files), staging)
+        if task != "auto" or source_contrast is not None:
+            _check_fit(staged.files, task, source_contrast)
         store = SeriesStore(settings.store_dir)
         stored = _store_all(store, staged.files)
     except UploadError as exc:
@@ -52,6 +73,7 @@ def _ingest(settings, files: list[UploadFile], task: str) -> dict:
         files=files,
         origin="http",
         requested_task=task,
+        source_contrast=source_contrast,
     )
     # The job has the series: a listener restart must not announce it again.
     mark_announced(store, staged.study_instance_uid, staged.series_instance_uid, files, "http upload")

@@ -1,0 +1,136 @@
+"""The output series built from every real scanner series in REALDATA that the reader loads
+as MR or CT: dciodvfy reports zero errors on every output instance, and no instance
+claims the source's acquisition. Pixels are the source volume rescaled to 0..4095, as a
+model's output would be."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from dicom_synth.derived import write_series
+from dicom_synth.series import SeriesReadError, group_series, load_series
+
+from .conftest import REALDATA
+from .test_derived import _dciodvfy, build, claimed_acquisition
+
+# Every series of REALDATA the reader loads as MR or CT (first file, relative to REALDATA).
+EXPECTED_SOURCES = {
+    "dcm_qa_enh/Siemens_XA10_REST1/6_1.dcm", "heudiconv/axasc35.dcm",
+    "heudiconv/enhanced_XA_anat-scout_MPR_cor.dcm", "heudiconv/phantom.dcm",
+    "heudiconv/b0dwiForFmap/b0dwi_for_fmap+00001.dcm", "nibabel/philips_mprage.dcm",
+    "nibabel/siemens_dwi_0.dcm", "nibabel/slicethickness_empty_string.dcm",
+    "pydicom_data/693_UNCR.dcm", "pydicom_data/MR-SIEMENS-DICOM-WithOverlays.dcm",
+    "pydicom_data/MR2_UNCR.dcm", "pydicom_data/bad_sequence.dcm",
+    "pydicom_data/eCT_Supplemental.dcm", "pydicom_data/emri_small.dcm",
+    "pydicom_data/explicit_VR-UN.dcm",
+}
+
+# Loaded, but refused by the builder with the reason (no geometry: nothing to register to).
+REFUSED_BY_BUILDER = {"pydicom_data/emri_small.dcm": "has no ImagePositionPatient"}
+# A source whose own UIDs are not valid UIDs (hex digests): the output must carry its
+# StudyInstanceUID and reference its series and instances verbatim to stay linked, so
+# dciodvfy's errors about exactly those values are inherited, not ours.
+_UID_ERROR = re.compile(r'^Error - (Illegal root for UID - "(?P<a>[^"]+)"|Value invalid for this VR - '
+                        r"\(0x[0-9a-f]{4},0x[0-9a-f]{4}\) UI .* = <(?P<b>[^>]+)>)")
+
+_INVALID_VR_SUMMARY = "Error - Dicom dataset contains invalid data values for Value Representations"
+
+
+def _source_uids(slices) -> set[str]:
+    return {str(s.get(kw)) for s in slices for kw in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                       "SOPInstanceUID", "SOPClassUID")}
+
+
+def _inherited(line: str, source_uids: set[str]) -> bool:
+    m = _UID_ERROR.match(line)
+    return bool(m) and (m.group("a") or m.group("b")) in source_uids
+
+
+def _source_name(files: list[Path]) -> str:
+    return str(sorted(files)[0].relative_to(REALDATA))
+
+
+def _real_series() -> list[tuple[str, list[Path]]]:
+    if not REALDATA.is_dir():
+        return []
+    groups = [g for g in group_series([REALDATA]) if g.modality in ("MR", "CT")]
+    return sorted((_source_name(g.files), g.files) for g in groups)
+
+
+REAL_SERIES = _real_series()
+
+
+def _loadable() -> dict[str, str]:
+    """Source name -> 'MR' / 'CT' for the series the reader loads with pixels."""
+    out = {}
+    for name, files in REAL_SERIES:
+        try:
+            loaded = load_series(files, pixels=True)
+        except SeriesReadError as exc:
+            print(f"not a source: {name}: {exc}")
+            continue
+        out[name] = str(loaded.slices[0].Modality)
+    return out
+
+
+def test_the_real_sources_covered_are_all_that_load() -> None:
+    loadable = _loadable()
+    for name, modality in sorted(loadable.items()):
+        print(f"covered: {modality} {name}")
+    assert set(loadable) == EXPECTED_SOURCES
+
+
+def _model_like(volume: np.ndarray) -> np.ndarray:
+    lo, hi = float(volume.min()), float(volume.max())
+    return (volume - lo) / max(hi - lo, 1e-6) * 4095.0
+
+
+@pytest.mark.parametrize(("name", "files"), REAL_SERIES, ids=[n for n, _ in REAL_SERIES])
+def test_output_from_real_source_is_dciodvfy_clean(name: str, files: list[Path], tmp_path: Path) -> None:
+    try:
+        loaded = load_series(files, pixels=True)
+    except SeriesReadError as exc:
+        pytest.skip(f"the reader refuses it, so the service makes nothing from it: {exc}")
+    assert loaded.volume is not None
+    source_modality = str(loaded.slices[0].Modality)
+    frames = loaded.frame_numbers if any(f is not None for f in loaded.frame_numbers) else None
+    task = "pseudo_mri" if source_modality == "CT" else "brain_contrasts"
+    if name in REFUSED_BY_BUILDER:
+        with pytest.raises(ValueError, match=REFUSED_BY_BUILDER[name]):
+            build(loaded.slices, _model_like(loaded.volume), task=task, source_frame_numbers=frames)
+        print(f"refused: {name}: {REFUSED_BY_BUILDER[name]}")
+        return
+    source_uids = _source_uids(loaded.slices)
+    # MR outputs are what the service makes; a CT output is checked as well for CT sources.
+    for modality in ("MR", "CT") if source_modality == "CT" else ("MR",):
+        out = build(loaded.slices, _model_like(loaded.volume), task=task, label="T1",
+                    modality=modality, source_frame_numbers=frames)
+        paths = write_series(out, tmp_path / modality)
+        warnings: set[str] = set()
+        inherited: set[str] = set()
+        for path in paths:
+            errors, found = _dciodvfy(path)
+            ours = [e for e in errors if not _inherited(e, source_uids)]
+            if len(ours) < len(errors):  # and dciodvfy's summary of those same errors
+                ours = [e for e in ours if e != _INVALID_VR_SUMMARY]
+            inherited.update(set(errors) - set(ours))
+            errors = ours
+            assert errors == [], f"{name} -> {modality} {path.name}:\n" + "\n".join(errors + found)
+            warnings.update(found)
+        if inherited:
+            print(f"{name} -> {modality}: {len(inherited)} distinct errors inherited from the source's own "
+                  f"invalid UIDs {sorted(u for u in source_uids if any(u in e for e in inherited))}")
+        for line in sorted(warnings):
+            print(f"{name} -> {modality}: {line}")
+        ds = dcmread(paths[0])
+        assert claimed_acquisition(ds) == {}
+        assert ds.FrameOfReferenceUID
+        if not loaded.slices[0].get("FrameOfReferenceUID"):
+            assert "no FrameOfReferenceUID" in ds.DerivationDescription
+        print(f"covered: {name} ({source_modality}, {len(paths)} instances) -> {modality}: 0 errors, "
+              f"{len(warnings)} distinct warnings")
