@@ -170,17 +170,17 @@ class DomainVerdict:
     assessed: bool = True  # False: the card records no domain
 
     def summary(self) -> str:
+        """'brain_contrasts: sagittal; trained on axial; feature score 31.73, threshold 3.41'."""
         if not self.assessed:
             return f"{self.model}: no training domain recorded in the model card"
         score = "n/a" if self.score is None else f"{self.score:.2f}"
         thr = "n/a" if self.threshold is None else f"{self.threshold:.2f}"
         what = "; ".join(self.differences) if self.differences else "no header difference"
-        return f"{self.model}: {'inside' if self.in_domain else 'outside'} its training domain " \
-               f"(feature score {score}, threshold {thr}; {what})"
+        return f"{self.model}: {what}; feature score {score}, threshold {thr}"
 
     def refusal(self) -> str:
         """The reason a refused job gives."""
-        return f"series outside the training domain of {self.summary()}; {RETRAIN_HINT}"
+        return f"series outside the model's training domain ({self.summary()}); {RETRAIN_HINT}"
 
     def warning(self) -> str:
         """The note a synthesized-anyway output carries (ImageComments) and its job."""
@@ -202,10 +202,10 @@ def _range_text(lo: float, hi: float, unit: str, fmt: str) -> str:
 
 def _check_range(diffs: list[str], label: str, value: float | None, spec: Mapping[str, Any] | None,
                  unit: str, fmt: str = ".2g", shown: str | None = None) -> None:
-    if not spec:
+    if not spec or "accept" not in spec:  # absent, or recorded only
         return
     lo, hi = spec["trained"]
-    acc_lo, acc_hi = spec.get("accept", spec["trained"])
+    acc_lo, acc_hi = spec["accept"]
     if value is None:
         if spec.get("required", False):
             diffs.append(f"no {label}; trained on {_range_text(lo, hi, unit, fmt)}")

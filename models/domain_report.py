@@ -53,11 +53,14 @@ class Models:
         return verdict
 
 
-def cell(v: DomainVerdict) -> str:
+def cell(v: DomainVerdict, classifier: bool = False) -> str:
+    """'pass 0.43' / '**refuse** 31.73: sagittal; trained on axial' (the classifier does not
+    refuse: outside its domain its pixel verdict is ignored)."""
     score = "-" if v.score is None else f"{v.score:.2f}"
     if v.in_domain:
-        return f"pass {score}"
-    return f"**refuse** {score}: " + "; ".join(d for d in v.differences if not d.startswith("image features"))
+        return f"{'pixels used' if classifier else 'pass'} {score}"
+    why = "; ".join("features unlike training" if d.startswith("image features") else d for d in v.differences)
+    return f"**{'pixels ignored' if classifier else 'refuse'}** {score}: {why}"
 
 
 def real_series(root: Path) -> Iterator[tuple[str, object | None, str]]:
@@ -84,10 +87,10 @@ def real_table(models: Models, root: Path) -> list[str]:
                 cells.append("not scored (no pixels)")
             elif task != CLASSIFIER_TASK and task not in GENERATORS.get(modality, ()):
                 cells.append("n/a (modality)")
-            elif not np.isfinite(loaded.volume).all() or float(np.ptp(loaded.volume)) == 0.0:
+            elif not np.isfinite(loaded.volume).all() or float(np.ptp(loaded.volume)) == 0.0:  # all zero
                 cells.append("not scored (blank pixels)")
             else:
-                cells.append(cell(models.verdict(task, loaded)))
+                cells.append(cell(models.verdict(task, loaded), classifier=task == CLASSIFIER_TASK))
         lines.append(f"| `{name}` | {desc.replace('|', '/') or '-'} | {modality} | " + " | ".join(cells) + " |")
     return lines
 
@@ -147,7 +150,9 @@ def report(models_dir: Path | None, realdata: Path) -> str:
         "",
         f"## Real series in `{realdata.name}/`",
         "",
-        "Every generator of the series' modality is scored as if its task were forced.",
+        "Every generator of the series' modality is scored as if its task were forced. `pass` / `refuse`",
+        "and the feature score (threshold in the table above); for the classifier, whether its pixel",
+        "verdict is used in the fusion or ignored (the headers then decide alone).",
         "",
         *real_table(models, realdata),
         "",

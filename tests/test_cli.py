@@ -30,7 +30,7 @@ def test_classify_prints_one_json_line_per_series(tmp_path, realdata):
 
 
 def test_synthesize_offline_is_deterministic(tmp_path):
-    files = write_phantom_series(tmp_path / "in", seed=962, n_slices=3, size=128)
+    files = write_phantom_series(tmp_path / "in", seed=962, n_slices=3, size=384)  # the model's domain: 1 mm, 384
     uids = []
     for out in ("out1", "out2"):
         r = _run("synthesize", str(tmp_path / "in"), "--task", "auto", "--out", str(tmp_path / out))

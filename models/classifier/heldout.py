@@ -2,16 +2,15 @@
 
 Held out from training, whole: the three sibling phantom families (`models.dce.phantom`,
 `models.brain.phantom`, `models.ct.phantom`: other renderers, other anatomy models, other
-header writers) and one real collection (`realdata_labels.HELD_OUT_COLLECTION`). A recipe
-is trained on what is left (the classifier's own phantom, the other real collections) and
+header writers) and one real collection (`realdata_labels.HELD_OUT_COLLECTION`). The
+training recipe (`train.fit`) runs on what is left (the classifier's own phantom) and is
 tested, pixels only (argmax of the series' mean slice log-probability), on every held-out
-source, with the own phantom's test split beside them for reference.
+source, with the own phantom's test split beside them for reference. `--onnx` scores a
+shipped model on the same sets instead (it may have trained on the families).
 
-    nice python -m models.classifier.heldout --recipe basic --json var/heldout_basic.json
-    nice python -m models.classifier.heldout --recipe randomised --realdata ../shared/realdata \\
-        --json var/heldout_randomised.json
-    python -m models.classifier.heldout --report var/heldout_basic.json var/heldout_randomised.json \
-        --into-card models/weights/series_classifier.card.json   # the figures of the recipe that shipped
+    nice python -m models.classifier.heldout --json var/heldout_basic.json
+    python -m models.classifier.heldout --onnx models/weights/series_classifier.onnx --json var/heldout_shipped.json
+    python -m models.classifier.heldout --report var/heldout_shipped.json var/heldout_basic.json
 """
 
 from __future__ import annotations
@@ -102,22 +101,37 @@ def score(logp_fn, sets: dict[str, Arrays]) -> dict:
     return results
 
 
-def run(recipe: str, per_class: int, test_per_class: int, epochs: int, realdata: Path | None,
-        rd_for_test: Path, threads: int = 2) -> dict:
-    cfg = TrainConfig(per_class=per_class, epochs=epochs, augment=recipe, threads=threads,
-                      realdata=str(realdata) if realdata else None, exclude_sources=tuple(FAMILIES))
+def run(per_class: int, test_per_class: int, epochs: int, realdata: Path, threads: int = 2) -> dict:
+    cfg = TrainConfig(per_class=per_class, epochs=epochs, threads=threads, exclude_sources=tuple(FAMILIES))
     t0 = time.time()
     fitted = fit(cfg)
     seconds = time.time() - t0
-    sets = test_sets(test_per_class, rd_for_test)
+    sets = test_sets(test_per_class, realdata)
     results = score(lambda x, s: series_logp(fitted.model, x, s), sets)
-    return {"recipe": recipe, "training": dataclasses.asdict(cfg), "train_seconds": round(seconds),
+    return {"recipe": "train.fit", "training": dataclasses.asdict(cfg), "train_seconds": round(seconds),
             "held_out": list(FAMILIES) + [REAL], "results": results}
+
+
+def onnx_logp(path: Path):
+    """series_logp through ONNX Runtime, for a shipped model."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def logp_fn(x: np.ndarray, series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = np.concatenate([sess.run(["logits"], {"input": x[i:i + 64].astype(np.float32)})[0]
+                                 for i in range(0, len(x), 64)])
+        z = logits - logits.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        ids = np.unique(series)
+        return np.stack([logp[series == i].mean(0) for i in ids]), ids
+
+    return logp_fn
 
 
 def report(runs: list[dict]) -> str:
     """A markdown table: one row per (source, class), one column per recipe."""
-    names = [r["recipe"] + (" + realdata" if r["training"].get("realdata") else "") for r in runs]
+    names = [r["recipe"] for r in runs]
     lines = ["| source | class | n | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(runs)]
     for source, entry in runs[0]["results"].items():
         for label, cell in entry["per_class"].items():
@@ -131,39 +145,28 @@ def report(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def card_block(runs: list[dict]) -> dict:
-    """Per recipe and held-out source: overall and per-class accuracy (for the model card)."""
-    return {"held_out": runs[0]["held_out"], "command": "python -m models.classifier.heldout, models/EXPERIMENTS.md",
-            "recipes": {r["recipe"] + (" + realdata" if r["training"].get("realdata") else ""): {
-                "epochs": r["training"]["epochs"], "per_class": r["training"]["per_class"],
-                "results": {src: {"overall": e["overall"], "series": e["series"],
-                                  "per_class": {k: v["acc"] for k, v in e["per_class"].items()}}
-                            for src, e in r["results"].items()}} for r in runs}}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", choices=["basic", "randomised"], default="randomised")
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--test-per-class", type=int, default=40)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--realdata", type=Path, default=None, help="train on its labelled series too")
-    p.add_argument("--realdata-test", type=Path, default=Path("../shared/realdata"))
+    p.add_argument("--realdata", type=Path, default=Path("../shared/realdata"), help="holds the held-out collection")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--onnx", type=Path, default=None,
+                   help="score a shipped model instead of training one (it may have trained on the families)")
     p.add_argument("--report", type=Path, nargs="+", default=None, help="JSON files of earlier runs: print the table")
-    p.add_argument("--into-card", type=Path, default=None, help="with --report: write the figures into this card")
     a = p.parse_args(argv)
     if a.report:
-        runs = [json.loads(f.read_text()) for f in a.report]
-        print(report(runs))
-        if a.into_card:
-            card = json.loads(a.into_card.read_text())
-            card.setdefault("metrics", {})["held_out_sources"] = card_block(runs)
-            a.into_card.write_text(json.dumps(card, indent=2) + "\n")
+        print(report([json.loads(f.read_text()) for f in a.report]))
         return 0
     torch.set_num_threads(a.threads)
-    out = run(a.recipe, a.per_class, a.test_per_class, a.epochs, a.realdata, a.realdata_test, a.threads)
+    if a.onnx:
+        results = score(onnx_logp(a.onnx), test_sets(a.test_per_class, a.realdata))
+        out = {"recipe": f"shipped {a.onnx.name}", "training": {"epochs": None, "per_class": None},
+               "train_seconds": 0, "held_out": [REAL], "results": results}
+    else:
+        out = run(a.per_class, a.test_per_class, a.epochs, a.realdata, a.threads)
     text = json.dumps(out, indent=1) + "\n"
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,10 @@
 """The real scanner series of `../shared/realdata` with the class a radiologist gives them
-from their headers (and a look at the pixels), as pixel-classifier training and test input.
+from their headers (and a look at the pixels): the pixel classifier's held-out real test
+data (`heldout.py`).
 
-The files are read from that folder when training runs; nothing of them is copied here.
+The files are read from that folder when they are needed; nothing of them is copied here.
 A series is named by the path of its file or folder relative to the root; its collection
 (the first path component: the package it was published with) is the unit of hold-out.
-
-    nice python -m models.classifier.train --realdata ../shared/realdata
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from dicom_synth.classify.pixelmodel import preprocess
 from dicom_synth.series import group_series, load_series
 
 HELD_OUT_COLLECTION = "pydicom_data"
-"""Never trained on by a shipped model: the held-out real source of `heldout.py`."""
+"""The held-out real source of `heldout.py` (it holds the only real CTs)."""
 
 REAL_SERIES: dict[str, tuple[str, str]] = {
     # path under the root: (label, why)
@@ -56,11 +55,10 @@ class RealSet:
     series: list[RealSeries] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
-    def arrays(self, collections: set[str] | None = None, exclude: set[str] | None = None,
+    def arrays(self, collections: set[str] | None = None,
                first_series: int = 20_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """x, y, series index of the series in `collections` (all when None) less `exclude`."""
-        chosen = [s for s in self.series if (collections is None or s.collection in collections)
-                  and s.collection not in (exclude or set())]
+        """x, y, series index of the series in `collections` (all when None)."""
+        chosen = [s for s in self.series if collections is None or s.collection in collections]
         if not chosen:
             return np.zeros((0, 2, 1, 1), np.float16), np.zeros(0, np.int64), np.zeros(0, np.int64)
         ys = np.concatenate([[LABELS.index(s.label)] * len(s.x) for s in chosen]).astype(np.int64)

@@ -2,13 +2,9 @@
 
     nice python -m models.classifier.train            # demo config: 2 CPU cores, ~11 min
     nice python -m models.classifier.train --per-class 300 --epochs 12 --width 32
-    nice python -m models.classifier.train --realdata ../shared/realdata   # the shipped recipe
     nice python -m models.classifier.train --real labelled/   # plus your own series
 
-Every training batch is domain-randomised (`randomise`): the network must not learn how
-the phantoms are rendered. `--realdata ROOT` adds the labelled real series of
-`models/classifier/realdata_labels.py` except the held-out collection, repeated
-`--real-repeat` times. `--real DIR` adds a hospital's own series, one folder per class name
+`--real DIR` adds a hospital's own series, one folder per class name
 (`models/classifier/realdata.py`): a fifth of them (by SeriesInstanceUID hash) joins the
 validation split, the rest the training split, repeated `--real-repeat` times.
 
@@ -26,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dicom_synth.classify.labels import LABELS
@@ -35,7 +30,6 @@ from dicom_synth.registry import CARD_SUFFIX, sha256_file
 from models.classifier.data import build_split
 from models.classifier.network import NetConfig, SeriesResNet, WithFeatures
 from models.classifier.realdata import load_labelled_folder
-from models.classifier.realdata_labels import HELD_OUT_COLLECTION, load_real_series
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "series_classifier"
@@ -57,14 +51,13 @@ class TrainConfig:
     seed: int = 0
     real: str | None = None  # folder of labelled real series (realdata.py)
     real_repeat: int = 5
-    realdata: str | None = None  # ../shared/realdata, labelled by realdata_labels.py
-    augment: str = "randomised"  # or "basic": flips/shifts/scale, the v1.2 recipe (heldout.py's baseline)
     exclude_sources: tuple[str, ...] = ()  # phantom families left out (heldout.py)
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """The v1.2 recipe: left-right flips, small shifts and intensity scaling (CT HU channel
-    kept exact). Kept as the baseline of `heldout.py`."""
+    """Left-right flips, small shifts and intensity scaling (CT HU channel kept exact).
+    Domain randomisation (intensity curves, bias, noise, blur, resolution, zoom) was tried
+    and lost on held-out phantom families: models/EXPERIMENTS.md."""
     n = x.shape[0]
     flip = torch.rand(n, generator=g) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -74,97 +67,6 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     x = x.clone()
     x[:, 0] = (x[:, 0] * scale).clamp(0, 1.5)
     return x
-
-
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g)
-
-
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample separable Gaussian blur (sigma in pixels, 0 = none), both channels."""
-    n, c, h, w = x.shape
-    t = torch.arange(-3, 4, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t[None] / sigma.clamp(min=1e-3)[:, None]) ** 2)
-    k = torch.where(sigma[:, None] > 0.05, k, (t[None] == 0).to(x.dtype))
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n*c, 7)
-    y = x.reshape(1, n * c, h, w)
-    y = F.conv2d(F.pad(y, (3, 3, 0, 0), mode="replicate"), k[:, None, None, :], groups=n * c)
-    y = F.conv2d(F.pad(y, (0, 0, 3, 3), mode="replicate"), k[:, None, :, None], groups=n * c)
-    return y.reshape(n, c, h, w)
-
-
-def _monotone_curve(t: torch.Tensor, g: torch.Generator, knots: int = 6) -> torch.Tensor:
-    """A random increasing piecewise-linear map of [0, 1] onto itself per sample, then a
-    random gamma: contrast between tissues changes, their order does not."""
-    n = t.shape[0]
-    steps = torch.rand(n, knots, generator=g) + 0.25
-    ys = torch.cat([torch.zeros(n, 1), steps.cumsum(1) / steps.sum(1, keepdim=True)], 1)  # (n, knots+1)
-    pos = t.clamp(0, 1) * knots
-    i = pos.floor().clamp(max=knots - 1).long()
-    frac = pos - i
-    flat = i.flatten(1)
-    lo = ys.gather(1, flat).view_as(t)
-    hi = ys.gather(1, flat + 1).view_as(t)
-    curved = lo + frac * (hi - lo)
-    mix = torch.rand(n, 1, 1, generator=g)
-    gamma = torch.exp(_uniform(n, np.log(0.6), np.log(1.7), g))[:, None, None]
-    return ((1 - mix) * t.clamp(0, 1) + mix * curved).clamp(min=0) ** gamma
-
-
-def _renormalise(x0: torch.Tensor) -> torch.Tensor:
-    """Channel 0 back to the runtime's scale: (x - p1) / (p99.5 - p1), clipped 0..1.5."""
-    flat = x0.flatten(1)[:, ::3]  # a subsample: the percentiles of 5 461 pixels are as good, 3x cheaper
-    lo = torch.quantile(flat, 0.01, dim=1)[:, None, None]
-    hi = torch.quantile(flat, 0.995, dim=1)[:, None, None]
-    return ((x0 - lo) / (hi - lo).clamp(min=1e-3)).clamp(0, 1.5)
-
-
-def randomise(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Domain randomisation of preprocessed (N, 2, S, S) inputs, vectorised over the batch.
-
-    Done on the network input rather than the phantom volume: it is cheap (no re-render),
-    applies equally to real series, and the final re-normalisation puts channel 0 back on
-    exactly the runtime's percentile scale. Per sample: left-right flip, zoom 0.75-1.3
-    (crop or a wider field of view padded with background), shift, rotation up to 10
-    degrees; for half, an acquisition matrix of 40-112 (area-down, bilinear-up) and a blur
-    of sigma 0.3-1.5 px. MR only (channel 0): a smooth multiplicative bias field, a random
-    monotone intensity curve with gamma 0.6-1.7 and Rician noise of 0-6 % of the range.
-    CT: the HU channel stays Hounsfield units, with Gaussian noise of at most 15 HU
-    (channel 0 gets the matching mild noise); no intensity curve.
-    """
-    n, _, h, w = x.shape
-    is_ct = x[:, 1].flatten(1).amax(1) > 0
-    # geometry (both channels: zeros pad as background / air)
-    flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-    zoom = torch.exp(_uniform(n, np.log(0.75), np.log(1.3), g))
-    angle = _uniform(n, -np.pi / 18, np.pi / 18, g)
-    shift = _uniform(2 * n, -0.12, 0.12, g).view(n, 2)
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([flip * cos, -sin, shift[:, 0]], 1),
-                         torch.stack([flip * sin, cos, shift[:, 1]], 1)], 1)
-    x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode="bilinear",
-                      padding_mode="zeros", align_corners=False)
-    # resolution: a coarser acquisition matrix for half the batch (one size per batch)
-    m = int(torch.randint(40, 113, (1,), generator=g))
-    coarse = F.interpolate(F.adaptive_avg_pool2d(x, m), size=(h, w), mode="bilinear", align_corners=False)
-    x = torch.where((torch.rand(n, generator=g) < 0.5)[:, None, None, None], coarse, x)
-    sigma = torch.where(torch.rand(n, generator=g) < 0.5, _uniform(n, 0.3, 1.5, g), torch.zeros(n))
-    x = _blur(x, sigma)
-    x0, x1 = x[:, 0], x[:, 1]
-    # MR intensity: bias field, monotone curve + gamma, Rician noise
-    field = F.interpolate(torch.randn(n, 1, 4, 4, generator=g), size=(h, w), mode="bicubic",
-                          align_corners=False)[:, 0]
-    bias = torch.exp(_uniform(n, 0.0, 0.35, g)[:, None, None] * field)
-    mr = _monotone_curve(x0 * bias / 1.5, g) * 1.5
-    level = _uniform(n, 0.0, 0.06, g)[:, None, None]
-    mr = torch.sqrt((mr + level * torch.randn(mr.shape, generator=g)) ** 2
-                    + (level * torch.randn(mr.shape, generator=g)) ** 2)
-    # CT: at most 15 HU of noise on the HU channel (3000 HU span), matching mild noise on channel 0
-    hu_noise = _uniform(n, 0.0, 15.0 / 3000.0, g)[:, None, None] * torch.randn(x1.shape, generator=g)
-    ct0 = x0 + 4 * hu_noise
-    x0 = torch.where(is_ct[:, None, None], ct0, mr)
-    x1 = torch.where(is_ct[:, None, None], (x1 + hu_noise).clamp(0, 1), torch.zeros_like(x1))
-    return torch.stack([_renormalise(x0), x1], 1)
 
 
 def series_logp(model: nn.Module, x: np.ndarray, series: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -203,12 +105,11 @@ class Fitted:
     val_acc: float
     x_val: np.ndarray
     real_counts: dict[str, int]
-    real_series: list[str]
     started: float
 
 
 def fit(cfg: TrainConfig) -> Fitted:
-    """Train on the phantom train split (less `exclude_sources`) and the real series; keep
+    """Train on the phantom train split (less `exclude_sources`) and the `real` series; keep
     the epoch with the best validation series accuracy; fit the temperature."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -220,17 +121,6 @@ def fit(cfg: TrainConfig) -> Fitted:
     keep = ~np.isin(src, cfg.exclude_sources)
     xva, yva, sva = xva[keep], yva[keep], sva[keep]
     real_counts: dict[str, int] = {}
-    real_series: list[str] = []
-    if cfg.realdata:
-        rs = load_real_series(Path(cfg.realdata))
-        for why in rs.skipped:
-            print(f"real series skipped: {why}", flush=True)
-        rx, ry, _ = rs.arrays(exclude={HELD_OUT_COLLECTION})
-        real_series = [f"{s.key}: {s.label}" for s in rs.series if s.collection != HELD_OUT_COLLECTION]
-        if len(rx):
-            xtr = np.concatenate([xtr] + [rx] * cfg.real_repeat)
-            ytr = np.concatenate([ytr] + [ry] * cfg.real_repeat)
-        print(f"realdata: {len(real_series)} series trained on, {HELD_OUT_COLLECTION}/ held out", flush=True)
     if cfg.real:
         real = load_labelled_folder(Path(cfg.real))
         real_counts = real.counts
@@ -262,8 +152,7 @@ def fit(cfg: TrainConfig) -> Fitted:
         total, count = 0.0, 0
         for i in range(0, len(perm), cfg.batch):
             idx = perm[i:i + cfg.batch]
-            xb = torch.from_numpy(xtr[idx.numpy()].astype(np.float32))
-            xb = randomise(xb, g) if cfg.augment == "randomised" else augment(xb, g)
+            xb = augment(torch.from_numpy(xtr[idx.numpy()].astype(np.float32)), g)
             loss = loss_fn(model(xb), ytr_t[idx])
             opt.zero_grad()
             loss.backward()
@@ -284,13 +173,11 @@ def fit(cfg: TrainConfig) -> Fitted:
     logp, ids = series_logp(model, xva, sva)
     yv = np.array([yva[sva == s][0] for s in ids])
     temperature = fit_temperature(logp, yv)
-    return Fitted(model, net_cfg, temperature, history, best_acc, xva[:16].astype(np.float32), real_counts,
-                  real_series, t0)
+    return Fitted(model, net_cfg, temperature, history, best_acc, xva[:16].astype(np.float32), real_counts, t0)
 
 
 def train(cfg: TrainConfig, out_dir: Path, run_dir: Path) -> dict:
-    """fit, then save the checkpoint and export ONNX + card (`heldout.py --into-card` adds
-    the held-out-source figures)."""
+    """fit, then save the checkpoint and export ONNX + card."""
     f = fit(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": f.model.state_dict(), "net": f.net.to_dict(), "train": asdict(cfg),
@@ -327,23 +214,11 @@ def parity(model: nn.Module, onnx_path: Path, x: np.ndarray) -> float:
     return float(max(np.abs(logits - ref).max(), np.abs(features - ref_f).max()))
 
 
-RANDOMISATION = {
-    "where": "on the preprocessed 2-channel input, every training batch (train.randomise)",
-    "geometry": "left-right flip; zoom 0.75-1.3 (crop or wider field of view); shift up to 12 %; rotation up to 10 deg",
-    "resolution": "half the batch: acquisition matrix 40-112 (area down, bilinear up); half: blur sigma 0.3-1.5 px",
-    "mr_intensity": "smooth bias field exp(N(0,1) x 0-0.35); random monotone piecewise-linear curve (6 knots) "
-                    "mixed with identity; gamma 0.6-1.7; Rician noise 0-6 % of range",
-    "ct": "HU channel kept in Hounsfield units: Gaussian noise up to 15 HU only, no intensity curve",
-    "renormalise": "channel 0 back to (x - p1) / (p99.5 - p1), clipped 0..1.5, as the runtime does",
-}
-
-
 def build_card(onnx_path: Path, cfg: TrainConfig, f: Fitted, delta: float, seconds: float) -> dict:
-    real_total = sum(f.real_counts.values()) + len(f.real_series)
     return {
         "name": NAME,
         "task": TASK,
-        "version": "1.3.0",
+        "version": "1.2.0",
         "onnx_file": onnx_path.name,
         "sha256": sha256_file(onnx_path),
         "output_label": "series class",
@@ -366,21 +241,17 @@ def build_card(onnx_path: Path, cfg: TrainConfig, f: Fitted, delta: float, secon
         "training_data": {"source": "models.classifier.phantom (numpy phantom of every class; part of "
                                     "the breast T1 and early DCE from models.dce.phantom, of the brain "
                                     "from models.brain.phantom, of the CT from models.ct.phantom)",
-                          "randomisation": RANDOMISATION if cfg.augment == "randomised" else "flips/shifts/scale",
                           "train_series": cfg.per_class * len(LABELS),
                           "val_series": cfg.val_per_class * len(LABELS), "seconds": round(seconds),
-                          "realdata_series": f.real_series,
-                          "realdata_held_out": f"{HELD_OUT_COLLECTION}/ (never trained on)" if cfg.realdata else None,
                           "real_series_per_class": f.real_counts},
         "metrics": {"val_series_accuracy": round(f.val_acc, 4)},
         "export_parity_max_abs": delta,
         "intended_use": "Recognising the class of an incoming series (seed 001) so the service "
                         "routes it; fused with header rules, never used alone to route.",
-        "limitations": (f"Trained on phantoms and {real_total} real series" if real_total
-                        else "Trained on phantoms only")
-                       + (" (those of ../shared/realdata all `unknown` MR)" if f.real_series else "")
-                       + ": no real breast or brain series was available; its probabilities on real "
-                         "scanners are not calibrated; the fusion turns header/pixel disagreement into `unknown`.",
+        "limitations": ("Trained on phantoms only" if not f.real_counts else
+                        f"Trained on phantoms and {sum(f.real_counts.values())} real series")
+                       + ": its probabilities on real scanners are not calibrated; the fusion turns "
+                         "header/pixel disagreement into `unknown`.",
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "opset": OPSET,
     }
@@ -400,13 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "classifier")
     p.add_argument("--real", type=Path, default=None, help="folder of your series, one sub-folder per class")
     p.add_argument("--real-repeat", type=int, default=d.real_repeat)
-    p.add_argument("--realdata", type=Path, default=None,
-                   help="../shared/realdata: its labelled series (realdata_labels.py) less the held-out collection")
     a = p.parse_args(argv)
     cfg = TrainConfig(per_class=a.per_class, val_per_class=a.val_per_class, epochs=a.epochs, width=a.width,
                       lr=a.lr, threads=a.threads, workers=a.workers,
-                      real=str(a.real) if a.real else None, real_repeat=a.real_repeat,
-                      realdata=str(a.realdata) if a.realdata else None)
+                      real=str(a.real) if a.real else None, real_repeat=a.real_repeat)
     train(cfg, a.out, a.run_dir)
     return 0
 
