@@ -96,3 +96,52 @@ def test_cli_missing_path_and_empty_folder(tmp_path: Path):
     assert run([str(tmp_path / "nope")], out=err) == 2
     assert run([str(tmp_path)], out=err) == 1
     assert err.getvalue() == ""
+
+
+def _real_results_by_key() -> dict[str, object]:
+    """Every real series through the service's reader and classifier, keyed as in the
+    radiologist's table (models.classifier.realdata_labels.REAL_SERIES)."""
+    from dicom_synth.series import group_series, load_series
+    from models.classifier.realdata_labels import key_of
+
+    out = {}
+    for group in group_series([REAL]):
+        key = key_of(REAL, group.files)
+        assert key is not None, f"{group.files[0]} is not in the radiologist's table"
+        try:
+            loaded = load_series(group.files, pixels=True)
+            out[key] = classify_series(loaded.slices, loaded.volume)
+        except ValueError:  # the reader refuses it (no pixel data): headers alone
+            loaded = load_series(group.files, pixels=False)
+            out[key] = classify_series(loaded.slices, None)
+    return out
+
+
+def test_every_real_series_gets_the_radiologists_label():
+    """The label a radiologist gives each real series from its headers and pixels (the
+    table, with the reason for each, is models/classifier/realdata_labels.py)."""
+    from models.classifier.realdata_labels import REAL_SERIES
+
+    results = _real_results_by_key()
+    wrong = {k: (c.label, REAL_SERIES[k][0], c.evidence.get("reason")) for k, c in results.items()
+             if c.label != REAL_SERIES[k][0]}
+    assert not wrong, wrong
+    # the table covers the folder: no series unclassified, none named that is not there
+    assert set(results) <= set(REAL_SERIES) and len(results) >= 15, sorted(results)
+
+
+def test_no_real_series_is_vetoed_by_pixels_outside_their_domain():
+    """Where the pixel image lies outside the classifier's training domain, the pixel
+    verdict is recorded but never decides: the label is the headers' own."""
+    results = _real_results_by_key()
+    ignored = 0
+    for key, c in results.items():
+        domain = c.evidence.get("pixel_domain")
+        if domain is None or domain.get("in_domain", True):
+            continue
+        ignored += 1
+        assert c.evidence["pixel_model_used"] is False, (key, c.evidence)
+        assert "pixels say" not in c.evidence["reason"] and "pixels show" not in c.evidence["reason"], (key, c)
+        assert c.label == max(c.evidence["header_probabilities"], key=c.evidence["header_probabilities"].get) \
+            or c.label == "unknown", (key, c)
+    assert ignored >= 8  # most real series: other resolutions, orientations and matrices
