@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEB_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools
-# Commands that prove each Debian package is there.
-DEB_COMMANDS := redis-server Orthanc storescu findscu echoscu dciodvfy
+DEB_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql
+# Commands that prove each Debian package is there (postgresql: its server programs are
+# under /usr/lib/postgresql/<major>/bin; pg_ctlcluster comes with them).
+DEB_COMMANDS := redis-server Orthanc storescu findscu echoscu dciodvfy pg_ctlcluster
 
 .PHONY: run test install install-dev system-deps models lint typecheck bench clean
 
@@ -40,7 +41,8 @@ system-deps:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
 	fi
 
-## The whole suite, with real redis-server, Orthanc and DCMTK peers over loopback.
+## The whole suite, with real redis-server, Orthanc, PostgreSQL and DCMTK peers over loopback
+## (SYNTH_TEST_JOB_DB=postgresql: every test that does not choose a job store uses PostgreSQL).
 test: system-deps $(VENV)/.dev models
 	$(VENV)/bin/ruff check dicom_synth service worker models tests bench
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -82,6 +82,17 @@ def _synthesize(args: argparse.Namespace) -> int:
     return status
 
 
+def _db_upgrade(args: argparse.Namespace) -> int:  # noqa: ARG001
+    """Bring the job database to the newest schema (every process also does on first use)."""
+    from dicom_synth.database import current_revision, engine_for
+    from dicom_synth.settings import get_settings
+
+    url = get_settings().jobs_db_url
+    engine = engine_for(url)  # upgrades to head
+    print(f"{engine.url.render_as_string(hide_password=True)}: revision {current_revision(engine)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dicom-synth", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dicom-synth {__version__}")
@@ -103,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="what a brain series is when the classifier cannot tell: t1, t2, t1c, flair "
                         "(implies --task brain_contrasts)")
     p.set_defaults(func=_synthesize)
+
+    p = sub.add_parser("db", help="the job database (SYNTH_DATABASE_URL)")
+    db = p.add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="migrate it to the newest schema (Alembic upgrade head)").set_defaults(
+        func=_db_upgrade)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

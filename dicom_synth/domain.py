@@ -78,6 +78,8 @@ class Job:
     updated_at: float = 0.0
     timeline: dict[str, float] = field(default_factory=dict)  # status -> when it was entered
     claimed_by: str | None = None  # Celery node that last started a task for this job
+    supersedes: str | None = None  # the job made from fewer instances of the same series
+    superseded_by: str | None = None  # the job made when later instances of the series came
 
     def public(self) -> dict:
         """The job as the HTTP contract shows it."""
@@ -93,4 +95,6 @@ class Job:
             "source_contrast": self.source_contrast,
             "evidence": self.evidence,
             "timeline": dict(self.timeline),
+            "supersedes": self.supersedes,
+            "superseded_by": self.superseded_by,
         }

@@ -1,36 +1,43 @@
-"""Job records, persisted in SQLite under the data directory.
+"""Job records behind SQLAlchemy 2: SQLite in the data directory by default, PostgreSQL
+in production (`SYNTH_DATABASE_URL`); the schema comes from Alembic
+(`dicom_synth/migrations`, upgraded on first use in each process, see
+`dicom_synth.database`).
 
-SQLite (WAL) because every process — gateway, listener, workers — reads and writes the
-same records and each can restart at any moment; a committed row survives any of them.
-A connection per call keeps it safe across threads and forked Celery children.
+Every process — gateway, listener, workers — reads and writes the same records and each
+can restart at any moment; a committed row survives any of them. A change is a locked
+read-modify-write in one transaction (`mutate`), so concurrent writers never lose each
+other's fields; a status change is checked against `dicom_synth.jobstate`'s table.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, fields
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import Column, Float, Index, MetaData, Table, Text, insert, select, update
+
+from dicom_synth.database import engine_for, sqlite_url, write_connection
 from dicom_synth.domain import Job, JobStatus
+from dicom_synth.jobstate import INITIAL, JOB_FIELDS, check_fields, check_transition
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
-"""
+metadata = MetaData()
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("body", Text, nullable=False),
+    Index("jobs_created", "created_at"),
+    Index("jobs_status", "status"),
+)
 
-_JOB_FIELDS = {f.name for f in fields(Job)}
+T = TypeVar("T")
 
 
 class JobNotFound(KeyError):
@@ -38,90 +45,89 @@ class JobNotFound(KeyError):
 
 
 class JobStore:
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            yield conn
-        finally:
-            conn.close()
+    def __init__(self, url: str | Path) -> None:
+        """`url`: an SQLAlchemy URL, or the path of an SQLite file."""
+        self.url = url if isinstance(url, str) else sqlite_url(url)
+        self.engine = engine_for(self.url)
 
     @staticmethod
     def _decode(body: str) -> Job:
         data = json.loads(body)
         data["status"] = JobStatus(data["status"])
-        return Job(**{k: v for k, v in data.items() if k in _JOB_FIELDS})
+        return Job(**{k: v for k, v in data.items() if k in JOB_FIELDS})
 
     def create(self, job: Job) -> Job:
+        """Insert a new job; it starts in the initial state (`jobstate.new_job`)."""
+        if job.status != INITIAL:
+            raise ValueError(f"a new job starts {INITIAL}, not {job.status}")
         now = time.time()
         job.created_at = job.created_at or now
         job.updated_at = now
         job.timeline.setdefault(str(job.status), now)
-        body = json.dumps(asdict(job))
-        with self._connect() as conn:
-            conn.execute(
-                "INSERT INTO jobs (job_id, status, created_at, updated_at, body) VALUES (?, ?, ?, ?, ?)",
-                (job.job_id, str(job.status), job.created_at, job.updated_at, body),
-            )
+        with write_connection(self.engine) as conn, conn.begin():
+            conn.execute(insert(jobs).values(
+                job_id=job.job_id, status=str(job.status), created_at=job.created_at,
+                updated_at=job.updated_at, body=json.dumps(asdict(job)),
+            ))
         return job
 
     def get(self, job_id: str) -> Job:
-        with self._connect() as conn:
-            row = conn.execute("SELECT body FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
+        with self.engine.connect() as conn:
+            body = conn.execute(select(jobs.c.body).where(jobs.c.job_id == job_id)).scalar_one_or_none()
+        if body is None:
             raise JobNotFound(job_id)
-        return self._decode(row[0])
+        return self._decode(body)
 
-    def update(self, job_id: str, **changes: Any) -> Job:
-        """Apply changes atomically (read-modify-write inside one transaction)."""
-        unknown = set(changes) - _JOB_FIELDS
-        if unknown:
-            raise ValueError(f"unknown job fields: {sorted(unknown)}")
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute("SELECT body FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-            if row is None:
-                conn.execute("ROLLBACK")
+    def mutate(self, job_id: str, change: Callable[[Job], T]) -> tuple[Job, T]:
+        """Run `change` on the job with its row locked (FOR UPDATE on PostgreSQL, BEGIN
+        IMMEDIATE on SQLite) and write the result in the same transaction; `change`
+        returns False to write nothing. A status change must be in the state table."""
+        with write_connection(self.engine) as conn, conn.begin():
+            body = conn.execute(
+                select(jobs.c.body).where(jobs.c.job_id == job_id).with_for_update()
+            ).scalar_one_or_none()
+            if body is None:
                 raise JobNotFound(job_id)
-            job = self._decode(row[0])
+            job = self._decode(body)
             before = job.status
-            for key, value in changes.items():
-                setattr(job, key, JobStatus(value) if key == "status" else value)
+            result = change(job)
+            if result is False:
+                return job, result
+            job.status = JobStatus(job.status)
+            if job.status != before:
+                check_transition(job_id, before, job.status)
             job.updated_at = time.time()
             if job.status != before or str(job.status) not in job.timeline:
                 job.timeline[str(job.status)] = job.updated_at
             conn.execute(
-                "UPDATE jobs SET status = ?, updated_at = ?, body = ? WHERE job_id = ?",
-                (str(job.status), job.updated_at, json.dumps(asdict(job)), job_id),
+                update(jobs).where(jobs.c.job_id == job_id)
+                .values(status=str(job.status), updated_at=job.updated_at, body=json.dumps(asdict(job)))
             )
-            conn.execute("COMMIT")
-        return job
+        return job, result
+
+    def update(self, job_id: str, **changes: Any) -> Job:
+        """Write fields atomically. The status moves through `jobstate.advance`, but a
+        status given here is still checked against the state table."""
+        check_fields(changes)
+
+        def apply(job: Job) -> None:
+            if "status" in changes:  # re-entering a state is a transition too (the table says which)
+                check_transition(job_id, job.status, JobStatus(changes["status"]))
+            for key, value in changes.items():
+                setattr(job, key, JobStatus(value) if key == "status" else value)
+
+        return self.mutate(job_id, apply)[0]
 
     def recent(self, limit: int = 50, status: JobStatus | None = None) -> list[Job]:
-        query = "SELECT body FROM jobs"
-        params: tuple[Any, ...] = ()
+        query = select(jobs.c.body).order_by(jobs.c.created_at.desc()).limit(limit)
         if status is not None:
-            query += " WHERE status = ?"
-            params = (str(status),)
-        query += " ORDER BY created_at DESC LIMIT ?"
-        with self._connect() as conn:
-            rows = conn.execute(query, (*params, limit)).fetchall()
-        return [self._decode(r[0]) for r in rows]
+            query = query.where(jobs.c.status == str(status))
+        with self.engine.connect() as conn:
+            return [self._decode(b) for b in conn.execute(query).scalars()]
 
     def unfinished(self) -> list[Job]:
         """Jobs not in a final state, oldest first (for recovery after a restart)."""
-        final = tuple(str(s) for s in JobStatus if s.is_final)
-        marks = ",".join("?" for _ in final)
-        with self._connect() as conn:
-            rows = conn.execute(
-                f"SELECT body FROM jobs WHERE status NOT IN ({marks}) ORDER BY created_at", final
-            ).fetchall()
-        return [self._decode(r[0]) for r in rows]
+        final = [str(s) for s in JobStatus if s.is_final]
+        query = select(jobs.c.body).where(jobs.c.status.not_in(final)).order_by(jobs.c.created_at)
+        with self.engine.connect() as conn:
+            return [self._decode(b) for b in conn.execute(query).scalars()]

@@ -8,9 +8,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dicom_synth.callers import AllowedCaller
 from dicom_synth.domain import PacsAddress
 
 
@@ -27,13 +28,36 @@ class Settings(BaseSettings):
     dicom_host: str = Field("0.0.0.0", description="listener bind address")
     data_dir: Path = Field(Path("./var"), description="series store, job records, outputs")
     broker_url: str | None = Field(None, description="e.g. redis://localhost:6379/0; unset = embedded")
+    database_url: str | None = Field(
+        None, description="job store, an SQLAlchemy URL (postgresql+psycopg://user@host/db in production); "
+        "unset = SQLite at <data_dir>/jobs.sqlite3"
+    )
     pacs: Annotated[PacsAddress | None, NoDecode] = Field(
         None, description="where results go: AE@host:port; unset = keep locally"
     )
     allowed_calling_aets: Annotated[list[str] | None, NoDecode] = Field(
-        None, description="comma-separated calling AE titles allowed to store; unset = any"
+        None, description="comma-separated calling AE titles allowed to store, each AE (any address) or "
+        "AE@host-or-cidr; unset = any"
     )
-    series_quiet_seconds: float = Field(2.0, gt=0, le=3600, description="silence that completes a series")
+    # HTTP authentication (issue 17): see service/gateway/auth.py.
+    auth: Literal["on", "off"] = Field("on", description="off: the gateway asks no token (a closed network only)")
+    api_token: SecretStr | None = Field(
+        None, description="the admin bearer token; unset with no tokens file: `make run` generates one"
+    )
+    api_tokens_file: Path | None = Field(
+        None, description="bearer tokens, hashed, with their scopes (lines: name sha256:<hex> scope,scope)"
+    )
+    oidc_issuer: str | None = Field(
+        None, description="OpenID Connect issuer URL: its JWTs are accepted too (signature checked against its JWKS)"
+    )
+    oidc_audience: str | None = Field(None, description="the `aud` a JWT must carry; unset = not checked")
+    oidc_jwks_url: str | None = Field(None, description="the issuer's JWKS; unset = from its discovery document")
+    oidc_scopes_claim: str = Field(
+        "scope", description="the claim with the scopes (space-separated or a list; dotted path for nested)"
+    )
+    series_quiet_seconds: float = Field(
+        30.0, gt=0, le=3600, description="silence that completes a series whose headers do not show it whole"
+    )
     series_grace_seconds: float = Field(
         0.3, ge=0, le=60, description="wait after the association ends when headers show the series whole"
     )
@@ -43,6 +67,27 @@ class Settings(BaseSettings):
     domain_guard: Literal["refuse", "warn", "off"] = Field(
         "refuse", description="a series outside its model's training domain: refuse (skip the job), "
         "warn (synthesize, say so in ImageComments and the job) or off (no check)"
+    )
+    # Limits on what a peer may make us hold (issue 15): each refusal names its limit.
+    max_upload_bytes: int = Field(
+        1 << 30, ge=1 << 20, description="largest HTTP upload, and largest a zip may expand to (413)"
+    )
+    max_series_instances: int = Field(
+        10_000, ge=1, description="instances per series, and entries per zip (HTTP 413, DICOM 0xA700)"
+    )
+    max_instance_pixels: int = Field(
+        1 << 27, ge=1, description="rows x columns x frames x samples of one instance, from its header "
+        "before any pixel is decoded (HTTP 413, DICOM 0xA700)"
+    )
+    dicom_max_associations: int = Field(32, ge=1, le=1000, description="listener associations at once")
+    dicom_max_associations_per_peer: int = Field(
+        8, ge=1, le=1000, description="listener associations (and pending connections) per peer address"
+    )
+    dicom_acse_timeout: float = Field(
+        30.0, gt=0, le=600, description="ARTIM: seconds from connect to a whole A-ASSOCIATE-RQ"
+    )
+    dicom_idle_timeout: float = Field(
+        60.0, gt=0, le=3600, description="an association with no PDU for this long is aborted"
     )
 
     @field_validator("pacs", mode="before")
@@ -55,12 +100,29 @@ class Settings(BaseSettings):
             return None
         return PacsAddress.parse(text)
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(v.strip()).get_backend_name()
+        except ArgumentError as exc:
+            raise ValueError(f"not an SQLAlchemy URL: {exc}") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"job store backend {backend!r}: expected sqlite:/// or postgresql+psycopg://")
+        return v.strip()
+
     @field_validator("allowed_calling_aets", mode="before")
     @classmethod
     def _parse_aets(cls, v: object) -> object:
         if isinstance(v, str):
-            items = [s.strip() for s in v.split(",") if s.strip()]
-            return items or None
+            v = [s.strip() for s in v.split(",") if s.strip()] or None
+        for entry in v if isinstance(v, list) else []:
+            AllowedCaller.parse(str(entry))  # AE or AE@host-or-cidr; a typo stops the start
         return v
 
     @field_validator("ae_title")
@@ -82,6 +144,11 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def jobs_db_url(self) -> str:
+        """Where the job store is: SYNTH_DATABASE_URL, else the SQLite file in the data dir."""
+        return self.database_url or f"sqlite:///{self.db_path}"
 
 
 @lru_cache

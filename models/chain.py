@@ -71,6 +71,18 @@ def train_chain(train: Callable[..., Any], cfg: Any, run_dir: Path, restart_to: 
     return last
 
 
+def chain_checkpoint(train: Callable[..., Any], configs: Mapping[str, Any], config: str, run_dir: Path,
+                     steps: int | None, threads: int | None, restart_to: Sequence[Restart | int | str],
+                     then: Sequence[str], checkpoint: Path | None = None) -> Path:
+    """`checkpoint` when given (skip training), else the last checkpoint of `train_chain`
+    from the named config (with `steps` and `threads` when given) and the named stages."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    overrides = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
+    return train_chain(train, dataclasses.replace(configs[config], **overrides), run_dir, restart_to,
+                       [configs[c] for c in then])
+
+
 def chain_command(module: str, config: str, configs: Mapping[str, Any], steps: int | None,
                   restart_to: Sequence[Restart | int | str], then: Sequence[str] = ()) -> str:
     """The command line that rebuilds such a chain (the first run's steps, then the restarts;

@@ -10,10 +10,19 @@ set encoded by hand; the only waits left are the network and the store's fsyncs.
 
 pynetdicom still does what is intricate and rare: decoding the A-ASSOCIATE-RQ, presentation
 context and SCP/SCU role negotiation, and encoding the A-ASSOCIATE-AC/-RJ. The policy is
-pynetdicom's acceptor policy: unknown calling AE titles are rejected when a list is set
-(1, 1, 3), more than `max_associations` at once are rejected (2, 3, 2); user identity,
-asynchronous operations and extended negotiation are not answered (the peer falls back to
-the defaults, as with a pynetdicom AE that binds no handlers for them).
+pynetdicom's acceptor policy: calling AE titles not on the list, when one is set, or an
+allowed title from an address its entry does not name (dicom_synth.callers), are rejected
+(1, 1, 3), more than `max_associations` at once, or more than `max_associations_per_peer`
+from one address, are rejected (2, 3, 2); user identity, asynchronous operations and
+extended negotiation are not answered (the peer falls back to the defaults, as with a
+pynetdicom AE that binds no handlers for them).
+
+What a peer can make us hold is bounded: connections still negotiating (at most twice
+`max_associations` in all and `max_associations_per_peer` per address; more are closed at
+once), the time to send the A-ASSOCIATE-RQ (ARTIM, `acse_timeout` from connect), the time
+between PDUs (`idle_timeout`, then A-ABORT), and memory: a PDU's buffer grows with the
+bytes that arrive, never to the length a header announces. A C-STORE whose SOP class is
+not its presentation context's abstract syntax is answered 0x0122 and its data set dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from dicom_synth.callers import CallerPolicy
+
 log = logging.getLogger(__name__)
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
@@ -66,6 +77,7 @@ C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
 _NO_DATA_SET = 0x0101
 _UNRECOGNIZED_OPERATION = 0x0211
 _PROCESSING_FAILURE = 0x0110
+_SOP_CLASS_NOT_SUPPORTED = 0x0122
 _CANNOT_UNDERSTAND = 0xC000
 # command set element numbers, group 0000
 _SOP_CLASS, _COMMAND, _MESSAGE_ID, _RESPONDED_TO = 0x0002, 0x0100, 0x0110, 0x0120
@@ -86,6 +98,8 @@ class Peer:
     socket: socket.socket = field(repr=False)
     contexts: dict[int, str] = field(default_factory=dict)
     """Accepted presentation context ID -> transfer syntax."""
+    abstract_syntaxes: dict[int, str] = field(default_factory=dict)
+    """Accepted presentation context ID -> abstract syntax (SOP class)."""
     peer_max_pdu: int = 0
     """The peer's maximum P-DATA-TF length (0: no limit)."""
     stored: int = 0
@@ -148,21 +162,31 @@ class StorageAcceptor:
         *,
         max_pdu: int = 262_144,
         max_associations: int = 32,
+        max_associations_per_peer: int | None = None,
         allowed_calling_aets: Iterable[str] | None = None,
         acse_timeout: float = 30.0,
         network_timeout: float | None = 60.0,
+        idle_timeout: float | None = None,
         spool_dir: Path | None = None,
     ) -> None:
+        """`acse_timeout`: ARTIM, from connect to a whole A-ASSOCIATE-RQ (and the wait for
+        the peer to close after a release or rejection). `idle_timeout`: the longest wait
+        for the next PDU of an association (default `network_timeout`). `network_timeout`:
+        the longest wait for more bytes of a PDU that has begun."""
         self.ae_title = ae_title
         self.spool_dir = spool_dir
         """Where received data sets are written (default: the temporary directory)."""
         self.handler = handler
         self.max_pdu = max_pdu
         self.max_associations = max_associations
-        self.allowed_calling_aets = (
-            {a.strip() for a in allowed_calling_aets} if allowed_calling_aets else None)
+        self.max_associations_per_peer = max_associations_per_peer or max_associations
+        self.max_connections = 2 * max_associations
+        """Connections at once, negotiating or established; more are closed on accept."""
+        self.callers = CallerPolicy(allowed_calling_aets) if allowed_calling_aets else None
+        """Who may associate: AE titles, each from any address or the ones it names."""
         self.acse_timeout = acse_timeout
         self.network_timeout = network_timeout
+        self.idle_timeout = idle_timeout if idle_timeout is not None else network_timeout
         self._contexts: list[PresentationContext] = [
             build_context(sop_class, list(syntaxes)) for sop_class, syntaxes in contexts.items()
         ]
@@ -170,6 +194,8 @@ class StorageAcceptor:
         self._lock = threading.Lock()
         self._active: dict[int, Peer] = {}
         self._threads: set[threading.Thread] = set()
+        self._pending: dict[str, int] = {}
+        """Connections per peer address that have not finished negotiating."""
         self._listening: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._stopping = False
@@ -231,10 +257,22 @@ class StorageAcceptor:
                 log.warning("accept failed: %s", exc)  # e.g. EMFILE: back off, keep serving
                 time.sleep(0.1)
                 continue
+            host = str(address[0])
             t = threading.Thread(target=self._serve, args=(conn, address), daemon=True,
                                  name=f"dicom-assoc-{address[1]}")
             with self._lock:
-                self._threads.add(t)
+                refusal = (
+                    "too many connections" if len(self._threads) >= self.max_connections
+                    else "too many pending connections from this peer"
+                    if self._pending.get(host, 0) >= self.max_associations_per_peer
+                    else None)
+                if refusal is None:
+                    self._threads.add(t)
+                    self._pending[host] = self._pending.get(host, 0) + 1
+            if refusal is not None:
+                log.warning("connection from %s:%s closed: %s", host, address[1], refusal)
+                _close(conn)
+                continue
             t.start()
 
     # one association ---------------------------------------------------------------------
@@ -242,10 +280,15 @@ class StorageAcceptor:
     def _serve(self, conn: socket.socket, address: tuple[str, int]) -> None:
         peer: Peer | None = None
         where = f"{address[0]}:{address[1]}"
+        pending = True
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             reader = _Reader(conn)
-            peer = self._negotiate(conn, reader, (str(address[0]), int(address[1])))
+            try:
+                peer = self._negotiate(conn, reader, (str(address[0]), int(address[1])))
+            finally:
+                self._negotiated(str(address[0]))
+                pending = False
             if peer is not None:
                 where = f"{peer.calling_ae}@{where}"
                 self._data_phase(peer, reader)
@@ -255,8 +298,12 @@ class StorageAcceptor:
             log.warning("aborting the association from %s: %s", where, exc)
             _send_quietly(peer or conn, _abort_pdu(_SERVICE_PROVIDER, exc.reason))
         except TimeoutError:
-            log.warning("aborting the association from %s: network timeout", where)
-            _send_quietly(peer or conn, _abort_pdu(_SERVICE_USER, 0))
+            if peer is None:  # ARTIM expired (PS3.8 9.1.5): close without an answer
+                log.warning("closing the connection from %s: no A-ASSOCIATE-RQ within %.3g s",
+                            where, self.acse_timeout)
+            else:
+                log.warning("aborting the association from %s: idle or network timeout", where)
+                _send_quietly(peer, _abort_pdu(_SERVICE_USER, 0))
         except OSError as exc:
             if not self._stopping:
                 log.warning("association from %s lost: %s", where, exc)
@@ -265,6 +312,8 @@ class StorageAcceptor:
             _send_quietly(peer or conn, _abort_pdu(_SERVICE_PROVIDER, 0))
         finally:
             _close(conn)
+            if pending:
+                self._negotiated(str(address[0]))
             if peer is not None:
                 with self._lock:
                     self._active.pop(peer.key, None)
@@ -277,16 +326,25 @@ class StorageAcceptor:
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
+    def _negotiated(self, host: str) -> None:
+        with self._lock:
+            left = self._pending.get(host, 0) - 1
+            if left > 0:
+                self._pending[host] = left
+            else:
+                self._pending.pop(host, None)
+
     def _negotiate(self, conn: socket.socket, reader: _Reader,
                    address: tuple[str, int]) -> Peer | None:
         """Read the A-ASSOCIATE-RQ and answer it: the accepted association, or None."""
-        conn.settimeout(self.acse_timeout)
-        pdu_type, length = reader.header()
+        artim = time.monotonic() + self.acse_timeout
+        pdu_type, length = reader.header(deadline=artim)
         if pdu_type != _ASSOCIATE_RQ:
             raise _ProtocolError(f"PDU type {pdu_type:#04x} before A-ASSOCIATE-RQ")
         if length > _MAX_ASSOCIATE_RQ:
             raise _ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes", _INVALID_PARAMETER)
-        body = bytes(reader.body(length))
+        body = bytes(reader.body(length, deadline=artim))
+        reader.settimeout(self.acse_timeout)  # for sending the answer
         try:
             pdu = A_ASSOCIATE_RQ()
             pdu.decode(struct.pack(">BBI", pdu_type, 0, length) + body)
@@ -296,8 +354,11 @@ class StorageAcceptor:
         calling = str(rq.calling_ae_title or "").strip()
         called = str(rq.called_ae_title or "").strip()
         with self._lock:
-            busy = len(self._active) >= self.max_associations
-            allowed = self.allowed_calling_aets is None or calling in self.allowed_calling_aets
+            from_peer = sum(1 for p in self._active.values() if p.address[0] == address[0])
+            busy = (len(self._active) >= self.max_associations
+                    or from_peer >= self.max_associations_per_peer)
+            refusal = self.callers.refusal(calling, address[0]) if self.callers is not None else None
+            allowed = refusal is None
             peer = None
             if allowed and not busy:
                 peer = Peer(next(self._keys), address, calling, called, conn)
@@ -306,7 +367,8 @@ class StorageAcceptor:
             # (result, source, diagnostic) as pynetdicom's acceptor gives them
             rsd = (0x01, 0x01, 0x03) if not allowed else (0x02, 0x03, 0x02)
             log.warning("association from %s@%s rejected: %s", calling, address[0],
-                        "calling AE title not allowed" if not allowed else "too many associations")
+                        refusal if not allowed else
+                        f"too many associations ({from_peer} from this peer)")
             conn.sendall(_reject_pdu(rq, *rsd))
             _await_close(conn, self.acse_timeout)
             return None
@@ -319,8 +381,11 @@ class StorageAcceptor:
             }
             results, role_items = negotiate_as_acceptor(
                 rq.presentation_context_definition_list, self._contexts, roles)
+            accepted = [cx for cx in results if cx.result == 0x00]
             peer.contexts = {int(cx.context_id): str(cx.transfer_syntax[0])  # type: ignore[arg-type]
-                             for cx in results if cx.result == 0x00}
+                             for cx in accepted}
+            peer.abstract_syntaxes = {int(cx.context_id): str(cx.abstract_syntax)  # type: ignore[arg-type]
+                                      for cx in accepted}
             peer.peer_max_pdu = int(rq.maximum_length_received or 0)
             conn.sendall(self._accept_pdu(rq, results, role_items))
         except BaseException:
@@ -357,12 +422,12 @@ class StorageAcceptor:
 
     def _data_phase(self, peer: Peer, reader: _Reader) -> None:
         """Serve P-DATA until the peer releases, aborts or goes away."""
-        peer.socket.settimeout(self.network_timeout)
+        reader.idle_timeout, reader.network_timeout = self.idle_timeout, self.network_timeout
         command = bytearray()
         incoming: _Incoming | None = None
         try:
             while True:
-                pdu_type, length = reader.header()
+                pdu_type, length = reader.header(idle=True)
                 if pdu_type == _P_DATA_TF:
                     if length > _MAX_P_DATA:
                         raise _ProtocolError(f"P-DATA-TF of {length} bytes", _INVALID_PARAMETER)
@@ -414,6 +479,13 @@ class StorageAcceptor:
         sop_class = _uid(cmd, _SOP_CLASS)
         if field_ == C_STORE_RQ and has_data:
             sop_instance = _uid(cmd, _SOP_INSTANCE)
+            abstract = peer.abstract_syntaxes.get(ctx, "")
+            if sop_class != abstract:  # read its data set, store nothing, say why
+                log.warning("C-STORE of %s on the context for %s from %s refused", sop_class or "-",
+                            abstract, peer.calling_ae)
+                request = StoreRequest(message_id, sop_class, sop_instance, "", 0, None, None)
+                return _Incoming(ctx, request, None, status=_SOP_CLASS_NOT_SUPPORTED,
+                                 comment=f"SOP class differs from context {ctx}'s {abstract}")
             syntax = peer.contexts[ctx]
             request = StoreRequest(message_id, sop_class, sop_instance, syntax,
                                    _us(cmd, _PRIORITY) if _PRIORITY in cmd else 0, None, None)
@@ -440,8 +512,11 @@ class StorageAcceptor:
         """The data set is whole: store it and answer."""
         req = incoming.request
         if incoming.spool is None:
+            if incoming.command == C_STORE_RQ:
+                peer.refused += 1
             self._respond(peer, incoming.context, incoming.command, req.message_id,
-                          req.sop_class_uid, "", _UNRECOGNIZED_OPERATION, "")
+                          req.sop_class_uid, req.sop_instance_uid, incoming.status,
+                          incoming.comment)
             return
         incoming.spool.close()
         req = StoreRequest(req.message_id, req.sop_class_uid, req.sop_instance_uid,
@@ -483,32 +558,72 @@ class StorageAcceptor:
 
 
 class _Reader:
-    """Whole PDUs from a blocking socket, into one reused buffer."""
+    """Whole PDUs from a blocking socket, into one reused buffer that grows with the bytes
+    received (doubling), so a header announcing 60 MiB costs nothing until they arrive."""
+
+    _INITIAL = 65536
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._head = bytearray(6)
-        self._buf = bytearray(65536)
+        self._buf = bytearray(self._INITIAL)
+        self.idle_timeout: float | None = None
+        """The longest wait for a PDU header when `header(idle=True)`."""
+        self.network_timeout: float | None = None
+        """The longest wait for each further read of a PDU that has begun."""
+        self._timeout: object = object()  # the socket's timeout as last set here
 
-    def _fill(self, view: memoryview) -> None:
+    def settimeout(self, timeout: float | None) -> None:
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
+
+    def _fill(self, view: memoryview, deadline: float | None = None) -> None:
         got, n = 0, len(view)
         while got < n:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("deadline passed")
+                self.settimeout(left)
             r = self.sock.recv_into(view[got:])
             if r == 0:
                 raise _Closed("connection closed by the peer")
             got += r
 
-    def header(self) -> tuple[int, int]:
-        self._fill(memoryview(self._head))
+    def header(self, *, deadline: float | None = None, idle: bool = False) -> tuple[int, int]:
+        """The next PDU's (type, length): whole by `deadline`, or within the idle timeout."""
+        view = memoryview(self._head)
+        if idle and self.idle_timeout is not None:
+            # One recv under the idle timeout (a no-op switch when it equals the network
+            # timeout, as the listener sets them); a header dripped in parts gets a deadline.
+            start = time.monotonic()
+            self.settimeout(self.idle_timeout)
+            got = self.sock.recv_into(view)
+            if got == 0:
+                raise _Closed("connection closed by the peer")
+            if got < 6:
+                self._fill(view[got:], start + self.idle_timeout)
+            self.settimeout(self.network_timeout)
+        else:
+            self._fill(view, deadline)
+            if deadline is not None:
+                self.settimeout(self.network_timeout)
         pdu_type, _, length = struct.unpack(">BBI", self._head)
         return pdu_type, length
 
-    def body(self, length: int) -> memoryview:
+    def body(self, length: int, *, deadline: float | None = None) -> memoryview:
         """The PDU's body; valid until the next call."""
-        if len(self._buf) < length:
-            self._buf = bytearray(length)
+        got = 0
+        while len(self._buf) < length:  # grow only as fast as the data comes
+            view = memoryview(self._buf)[got:]
+            self._fill(view, deadline)
+            got = len(self._buf)
+            grown = bytearray(min(length, 2 * got))
+            grown[:got] = self._buf
+            self._buf = grown
         view = memoryview(self._buf)[:length]
-        self._fill(view)
+        self._fill(view[got:], deadline)
         return view
 
 
@@ -553,7 +668,10 @@ class _Incoming:
     context: int
     request: StoreRequest
     spool: _Spool | None
+    """None: the data set is read and dropped, then answered `status`."""
     command: int = C_STORE_RQ
+    status: int = _UNRECOGNIZED_OPERATION
+    comment: str = ""
 
     def write(self, data: memoryview) -> None:
         if self.spool is not None:
@@ -698,11 +816,14 @@ def _send_quietly(to: Peer | socket.socket, data: bytes) -> None:
 
 
 def _await_close(sock: socket.socket, timeout: float) -> None:
-    """After a release or a rejection the requestor closes the connection (PS3.8 Sta13)."""
-    sock.settimeout(timeout)
+    """After a release or a rejection the requestor closes the connection (PS3.8 Sta13);
+    one that keeps sending is closed after `timeout` all the same."""
+    deadline = time.monotonic() + timeout
     try:
-        while sock.recv(4096):
-            pass
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(4096):
+                return
     except OSError:
         pass
 

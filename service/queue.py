@@ -6,8 +6,12 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
+from celery import Task as CeleryTask
+from celery.signals import worker_init, worker_ready
 
 from dicom_synth.domain import JobStatus
+from dicom_synth.filemodes import keep_files_private
+from dicom_synth.jobstate import advance, fail_from_task, resume
 from dicom_synth.jobstore import JobStore
 from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, celery_config
 from dicom_synth.settings import get_settings, job_output_dir
@@ -26,6 +30,11 @@ def make_app() -> Celery:
 app = make_app()
 
 
+@worker_init.connect
+def _private_files(**_: object) -> None:
+    keep_files_private(get_settings().data_dir)
+
+
 def enqueue_classify(job_id: str) -> None:
     app.send_task(TASK_CLASSIFY, args=[job_id])
 
@@ -34,19 +43,38 @@ def enqueue_export(job_id: str) -> None:
     app.send_task(TASK_EXPORT, args=[job_id])
 
 
-@app.task(name=TASK_EXPORT)
-def export(job_id: str) -> str:
+def _store() -> JobStore:
+    return JobStore(get_settings().jobs_db_url)
+
+
+class JobTask(CeleryTask):
+    """Marks the job failed with the reason when the task raises, as the worker's tasks do."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[override]
+        fail_from_task(_store(), args[0] if args else kwargs.get("job_id"), exc)
+
+
+@worker_ready.connect
+def resume_claimed_exports(sender, **kwargs) -> None:  # noqa: ARG001
+    """An export worker that comes back resends the exports it had claimed (see
+    `dicom_synth.jobstate.resume`)."""
+    resume(_store(), app.send_task, claimed_by=sender.hostname)
+
+
+@app.task(name=TASK_EXPORT, base=JobTask, bind=True)
+def export(self, job_id: str) -> str:
     """Send a job's output series to the PACS; a PACS that stays down ends the job
     `failed` with the reason, files kept, so POST /jobs/{id}/resend can try again."""
     from service.export import ExportError, send_files
 
     settings = get_settings()
-    store = JobStore(settings.db_path)
+    store = _store()
     job = store.get(job_id)
     if job.status != JobStatus.EXPORTING:
         return str(job.status)
+    store.update(job_id, claimed_by=self.request.hostname)
     if settings.pacs is None:
-        store.update(job_id, status=JobStatus.DONE, progress=1.0)
+        advance(store, job_id, JobStatus.DONE, only_from={JobStatus.EXPORTING}, progress=1.0)
         return "done"
     files = sorted(job_output_dir(settings, job_id).rglob("*.dcm"))
     try:
@@ -55,7 +83,8 @@ def export(job_id: str) -> str:
             retries=settings.export_retries, backoff_seconds=settings.export_backoff_seconds,
         )
     except ExportError as exc:
-        store.update(job_id, status=JobStatus.FAILED, error=f"export to {settings.pacs} failed: {exc}")
+        advance(store, job_id, JobStatus.FAILED, only_from={JobStatus.EXPORTING},
+                error=f"export to {settings.pacs} failed: {exc}")
         return "failed"
-    store.update(job_id, status=JobStatus.DONE, progress=1.0, error=None)
+    advance(store, job_id, JobStatus.DONE, only_from={JobStatus.EXPORTING}, progress=1.0, error=None)
     return "done"

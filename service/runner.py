@@ -17,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from dicom_synth.filemodes import keep_files_private
 from dicom_synth.settings import get_settings
+from service.tokens import ensure_admin_token
 
 log = logging.getLogger("dicom_synth.runner")
 
@@ -49,9 +51,12 @@ def child_commands(settings) -> dict[str, list[str]]:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s %(message)s")
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keep_files_private(settings.data_dir)  # the children inherit the umask
     env = dict(os.environ)
     env["SYNTH_DATA_DIR"] = str(settings.data_dir.resolve())
+    admin = ensure_admin_token(settings)
+    if admin is not None:
+        env["SYNTH_API_TOKEN"] = admin[0]
     broker = None
     if not settings.broker_url:
         broker, url = start_embedded_broker(settings.data_dir.resolve())
@@ -75,6 +80,14 @@ def main() -> int:
         settings.http_port, settings.ae_title, settings.dicom_port, settings.pacs or "unset (results kept)",
         settings.data_dir,
     )
+    if settings.auth == "off":
+        log.warning("SYNTH_AUTH=off: the HTTP API answers anyone who can reach it")
+    elif admin is not None and admin[1] is not None:
+        # Printed, as `make run` promises: the demo needs no set-up (see README "HTTP API").
+        log.info("admin API token (kept in %s): %s", admin[1], admin[0])
+        log.info("e.g. curl -H 'Authorization: Bearer %s' http://localhost:%d/jobs", admin[0], settings.http_port)
+    elif admin is not None:
+        log.info("admin API token from SYNTH_API_TOKEN")
 
     stopping = False
 
@@ -91,7 +104,7 @@ def main() -> int:
         for name, proc in list(children.items()):
             if proc.poll() is None:
                 continue
-            # A child that dies is restarted (its jobs resume: see worker.recovery);
+            # A child that dies is restarted (its jobs resume: dicom_synth.jobstate.resume);
             # one that keeps dying stops everything rather than loop forever.
             now = time.monotonic()
             restarts[name] = [t for t in restarts[name] if now - t < 60] + [now]

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,10 @@ from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
+
+from dicom_synth.filemodes import FILE_MODE
+from dicom_synth.limits import OverLimit, check_instance_pixels, series_instances_refusal
+from dicom_synth.supported import sop_class_name as _class_name
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _INCOMING = ".incoming"
@@ -62,14 +67,24 @@ class StoredInstance:
 
 
 class SeriesStore:
-    """Durable instance files grouped by study and series."""
+    """Durable instance files grouped by study and series.
 
-    def __init__(self, root: Path) -> None:
+    With `max_instance_pixels` and `max_series_instances` set, `put` refuses (`OverLimit`)
+    an instance whose header describes more pixels, or a new instance for a series that
+    holds that many already; both are read from the header walk, before any pixel is.
+    """
+
+    def __init__(self, root: Path, *, max_instance_pixels: int | None = None,
+                 max_series_instances: int | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.incoming_dir = self.root / _INCOMING
         """Scratch space on the store's file system (files here are never instances)."""
         self.incoming_dir.mkdir(exist_ok=True)
+        self.max_instance_pixels = max_instance_pixels
+        self.max_series_instances = max_series_instances
+        self._counts: dict[tuple[str, str], int] = {}
+        self._counts_lock = threading.Lock()
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         for uid in (study_uid, series_uid):
@@ -78,17 +93,22 @@ class SeriesStore:
         return self.root / study_uid / series_uid
 
     def put(self, src_path: Path, *,
-            expected_sop_instance_uid: str | None = None) -> StoredInstance:
+            expected_sop_instance_uid: str | None = None,
+            expected_sop_class_uid: str | None = None) -> StoredInstance:
         """Move a fully written Part 10 file into the store; the source is gone afterwards.
 
         Raises `InvalidInstance` for unreadable or truncated data (the file is left where
-        it was) and `OSError` when the store cannot write (e.g. ENOSPC); in neither case is
-        anything half-written visible in the store. `expected_sop_instance_uid` (the
-        C-STORE request's AffectedSOPInstanceUID) must match the data set when given.
+        it was), `OverLimit` past the store's limits, and `OSError` when the store cannot
+        write (e.g. ENOSPC); in no case is anything half-written visible in the store.
+        `expected_sop_instance_uid` and `expected_sop_class_uid` (the C-STORE request's
+        affected SOP instance and the presentation context's abstract syntax) must match
+        the data set when given.
         """
         src = Path(src_path)
         info = check_part10(src)
         values = info.values
+        if self.max_instance_pixels is not None:
+            check_instance_pixels(values, self.max_instance_pixels)
         _check_pixel_data(values, info)
         study, series, sop = (str(values.get(k) or "").strip() for k in (
             "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
@@ -101,9 +121,18 @@ class SeriesStore:
                 f"SOPInstanceUID {sop} differs from the request's {expected_sop_instance_uid}",
                 mismatch=True,
             )
+        if expected_sop_class_uid is not None:
+            sop_class = str(values.get("SOPClassUID") or "")
+            if sop_class != expected_sop_class_uid.strip():
+                raise InvalidInstance(
+                    f"data set is {_class_name(sop_class) if sop_class else 'no SOP class'}, "
+                    f"not {_class_name(expected_sop_class_uid)}",
+                    mismatch=True,
+                )
 
         series_dir = self._make_dirs(study, series)
         final = series_dir / f"{sop}.dcm"
+        self._admit(study, series, final)
         staged, copied = self._stage(src)
         try:
             is_new = _link_or_replace(staged, final)
@@ -116,6 +145,23 @@ class SeriesStore:
         if copied:
             _unlink_quietly(src)
         return StoredInstance(study, series, sop, final, is_new, values)
+
+    def _admit(self, study: str, series: str, final: Path) -> None:
+        """Refuse a new instance for a series at `max_series_instances` (a replacement of
+        a stored instance is always taken). Counts are kept in memory and recounted from
+        the directory before a refusal, so instances other processes stored are seen."""
+        limit = self.max_series_instances
+        if limit is None or final.exists():
+            return
+        key = (study, series)
+        with self._counts_lock:
+            count = self._counts.get(key)
+            if count is None or count >= limit:
+                count = sum(1 for p in final.parent.iterdir() if p.suffix == ".dcm")
+            if count >= limit:
+                self._counts[key] = count
+                raise OverLimit(series_instances_refusal(count, limit))
+            self._counts[key] = count + 1
 
     def series_files(self, study_uid: str, series_uid: str) -> list[Path]:
         """The stored instance files of a series, sorted by name (not slice order)."""
@@ -157,7 +203,7 @@ class SeriesStore:
         if os.stat(src).st_dev == os.stat(incoming).st_dev:
             fd = os.open(src, os.O_RDONLY)
             try:
-                os.fchmod(fd, 0o644)
+                os.fchmod(fd, FILE_MODE)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -167,7 +213,7 @@ class SeriesStore:
             with open(src, "rb") as fin, open(staged, "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
                 fout.flush()
-                os.fchmod(fout.fileno(), 0o644)
+                os.fchmod(fout.fileno(), FILE_MODE)
                 os.fsync(fout.fileno())
         except BaseException:
             _unlink_quietly(staged)
@@ -261,6 +307,11 @@ HEADER_ATTRIBUTES: dict[tuple[int, int], tuple[str, str]] = {
 """(group, element) -> (keyword, VR) of what `check_part10` decodes from the top level."""
 _PRESENCE_ONLY = {(0x7FE0, 0x0008): "FloatPixelData", (0x7FE0, 0x0009): "DoubleFloatPixelData"}
 _MAX_ATTRIBUTE = 1024
+MAX_NESTING = 32
+"""Sequences nested deeper are refused as data no modality writes (a nesting bomb would
+otherwise exhaust the recursion of every parser after us)."""
+MAX_INFLATED = 1 << 30
+"""A deflated data set may expand to at most this many bytes (a deflate bomb)."""
 
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset(
@@ -294,9 +345,11 @@ def check_part10(path: Path) -> Part10Info:
                 raw = f.read()
                 z = zlib.decompressobj(-zlib.MAX_WBITS)
                 try:
-                    body = z.decompress(raw)
+                    body = z.decompress(raw, MAX_INFLATED)
                 except zlib.error as exc:
                     raise InvalidInstance(f"deflated data set is corrupt: {exc}") from exc
+                if z.unconsumed_tail:
+                    raise OverLimit(f"deflated data set expands past {MAX_INFLATED} bytes")
                 if not z.eof:
                     raise InvalidInstance("deflated data set is truncated")
                 walker = _Walker(BytesIO(body), len(body), explicit=True, little=True)
@@ -381,26 +434,47 @@ class _Walker:
                     self.values[_PRESENCE_ONLY[(group, elem)]] = True
             if length == _UNDEFINED:
                 # SQ, encapsulated pixel data, or UN holding an implicit-VR sequence.
-                self._depth += 1
-                self.items(explicit=explicit and vr != b"UN")
-                self._depth -= 1
+                self._sequence(explicit=explicit and vr != b"UN", walk=vr == b"SQ")
+            elif vr == b"SQ" and length:
+                item_end = self.f.tell() + length
+                if item_end > (end if end is not None else self.size):
+                    raise InvalidInstance("truncated: element value runs past the end of the file")
+                self._sequence(explicit=explicit, end=item_end, walk=True)
             else:
                 self._skip(length, end)
         if end is not None and self.f.tell() != end:
             raise InvalidInstance("truncated: last element runs past the end of the file")
 
-    def items(self, *, explicit: bool) -> None:
-        while True:
+    def _sequence(self, **items_args: Any) -> None:
+        """`items()` one level deeper; past `MAX_NESTING` the data set is refused."""
+        self._depth += 1
+        if self._depth > MAX_NESTING:
+            raise InvalidInstance(f"sequences nested deeper than {MAX_NESTING} levels")
+        self.items(**items_args)
+        self._depth -= 1
+
+    def items(self, *, explicit: bool, end: int | None = None, walk: bool = False) -> None:
+        """The items of a sequence up to its delimiter, or up to `end` (defined length).
+        Defined-length items are walked when `walk` (an explicit-VR SQ), else skipped
+        (pixel data fragments, or an implicit-VR value)."""
+        while end is None or self.f.tell() < end:
             group, elem, raw = self._tag()
             (length,) = struct.unpack(self.e + "I", raw[4:8])
-            if (group, elem) == _SEQ_END:
+            if (group, elem) == _SEQ_END and end is None:
                 return
             if (group, elem) != _ITEM:
                 raise InvalidInstance(f"expected an item, found ({group:04X},{elem:04X})")
             if length == _UNDEFINED:
                 self.dataset(None, explicit=explicit)
+            elif walk:
+                item_end = self.f.tell() + length
+                if item_end > (end if end is not None else self.size):
+                    raise InvalidInstance("truncated: item runs past its sequence")
+                self.dataset(item_end, explicit=explicit)
             else:
-                self._skip(length, None)
+                self._skip(length, end)
+        if end is not None and self.f.tell() != end:
+            raise InvalidInstance("truncated: item runs past its sequence")
 
     def _decode(self, tag: tuple[int, int], vr: bytes | None, length: int,
                 end: int | None) -> None:

@@ -4,18 +4,21 @@ locations of real DICOM test files. Every fixture stops what it started."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.peers import OrthancPeer, RedisPeer, start_orthanc, start_redis
+from tests.peers import OrthancPeer, PostgresPeer, RedisPeer, start_orthanc, start_postgres, start_redis
 from tests.stack import ServiceStack, start_stack
 
 REPO = Path(__file__).resolve().parents[1]
 # Real scanner files live beside the repository (../shared/realdata, as CI lays it out);
 # SYNTH_REALDATA points elsewhere for a checkout that has no such sibling.
 REALDATA = Path(os.environ.get("SYNTH_REALDATA") or REPO.parent / "shared" / "realdata")
+# The job database of tests that do not choose one (`job_db_url`): sqlite or postgresql.
+DEFAULT_JOB_DB = os.environ.get("SYNTH_TEST_JOB_DB", "sqlite")
 
 
 @pytest.fixture(scope="session")
@@ -73,9 +76,38 @@ def orthanc_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPe
     peer.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresPeer]:
+    """One throwaway PostgreSQL cluster for the session; each test takes its own database."""
+    peer = start_postgres()
+    yield peer
+    peer.stop()
+
+
 @pytest.fixture
-def stack_no_pacs(tmp_path: Path, redis_server: RedisPeer) -> Iterator[ServiceStack]:
+def job_db_url(request: pytest.FixtureRequest) -> str | None:
+    """The job store of the test: None for the default (SQLite in the data dir), or a fresh
+    PostgreSQL database. Tests run on both with
+    `@pytest.mark.parametrize("job_db_url", ["sqlite", "postgresql"], indirect=True)`;
+    others use SYNTH_TEST_JOB_DB (default sqlite)."""
+    kind = getattr(request, "param", DEFAULT_JOB_DB)
+    if kind == "sqlite":
+        return None
+    if kind != "postgresql":
+        raise ValueError(f"job database {kind!r}: expected sqlite or postgresql")
+    peer: PostgresPeer = request.getfixturevalue("postgres_server")
+    return peer.create_database(f"t{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def job_store_url(job_db_url: str | None, tmp_path: Path) -> str:
+    """`job_db_url`, with an SQLite file in tmp_path standing for the default."""
+    return job_db_url or f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+
+
+@pytest.fixture
+def stack_no_pacs(tmp_path: Path, redis_server: RedisPeer, job_db_url: str | None) -> Iterator[ServiceStack]:
     """The whole service (as `make run`) on a real redis-server, no PACS configured."""
-    stack = start_stack(tmp_path / "svc", broker_url=redis_server.url)
+    stack = start_stack(tmp_path / "svc", broker_url=redis_server.url, database_url=job_db_url)
     yield stack
     stack.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -53,7 +54,7 @@ def require_binary(name: str) -> str:
     if path is None:
         raise PeerError(
             f"'{name}' is not installed; `make test` installs it "
-            "(apt-get install redis-server orthanc orthanc-dicomweb dcmtk dicom3tools)"
+            "(apt-get install redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql)"
         )
     return path
 
@@ -329,3 +330,93 @@ def storescu(
     if result.returncode != 0:
         raise PeerError(f"storescu failed ({result.returncode}): {result.stderr[-2000:]}")
     return result
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def postgres_bin(name: str) -> str:
+    """A PostgreSQL server program (initdb, pg_ctl, postgres) of Debian's `postgresql`
+    package, which keeps them out of PATH under /usr/lib/postgresql/<major>/bin."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return str(found[-1])
+    return require_binary(name)
+
+
+@dataclass
+class PostgresPeer:
+    """A throwaway PostgreSQL cluster on a free loopback port; trust auth, user `postgres`."""
+
+    port: int
+    workdir: Path
+    proc: subprocess.Popen
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@{LOOPBACK}:{self.port}/{database}"
+
+    def _connect(self, database: str = "postgres"):
+        import psycopg
+
+        return psycopg.connect(f"host={LOOPBACK} port={self.port} user=postgres dbname={database}",
+                               autocommit=True, connect_timeout=2)
+
+    def ready(self) -> bool:
+        try:
+            with self._connect() as conn:
+                conn.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        with self._connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): open client connections are cut, not waited for."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        _stop(self.proc, timeout=20)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_postgres(*, attempts: int = 3, timeout: float = 30.0) -> PostgresPeer:
+    """initdb + postgres in a fresh temporary directory. PostgreSQL refuses to run as
+    root, so under root the cluster belongs to the `postgres` system user (its programs
+    started with that uid); the directory is outside pytest's tmp_path, which other users
+    cannot enter."""
+    import pwd
+    import tempfile
+
+    initdb, server = postgres_bin("initdb"), postgres_bin("postgres")
+    workdir = Path(tempfile.mkdtemp(prefix="synth-pg-"))
+    as_user: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(workdir, owner.pw_uid, owner.pw_gid)
+        as_user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+    data, log = workdir / "data", workdir / "postgres.log"
+    subprocess.run([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                    "--no-sync", "--locale=C.UTF-8"], env=PEER_ENV, check=True, capture_output=True, timeout=120,
+                   cwd=workdir, **as_user)
+    for _ in range(attempts):
+        port = free_port()
+        proc = subprocess.Popen(
+            [server, "-D", str(data), "-p", str(port), "-h", LOOPBACK, "-k", str(workdir),
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "max_connections=200"],
+            env=PEER_ENV, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=workdir, **as_user,
+        )
+        peer = PostgresPeer(port=port, workdir=workdir, proc=proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if peer.ready():
+                return peer
+            time.sleep(0.1)
+        _stop(proc)
+    text = _tail(log)
+    shutil.rmtree(workdir, ignore_errors=True)
+    raise PeerError(f"postgres did not start: {text}")

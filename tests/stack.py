@@ -26,13 +26,19 @@ class ServiceStack:
     proc: subprocess.Popen
     log: Path
     ae_title: str = "SYNTH"
+    token: str | None = None
+    """The bearer token every request sends: SYNTH_API_TOKEN, else the admin token the
+    runner made in <data_dir>/api-token (None with SYNTH_AUTH=off or another token source)."""
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.http_port}"
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+    def client(self, token: str | None = "") -> httpx.Client:
+        """An HTTP client that sends the stack's token (or `token`; None: no token)."""
+        token = self.token if token == "" else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers)
 
     def post(self, files, task: str = "auto", **form: str) -> httpx.Response:
         """POST /synthesize with the files as multipart, as a client would (`form`: more
@@ -93,10 +99,12 @@ def start_stack(
     *,
     broker_url: str | None,
     pacs: str | None = None,
+    database_url: str | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 90,
 ) -> ServiceStack:
-    """Start gateway, listener, workers (and an embedded broker when broker_url is None)."""
+    """Start gateway, listener, workers (and an embedded broker when broker_url is None);
+    the job store is `database_url`, or by default SQLite in the data directory."""
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     # The test decides every setting, except where the models are (to test other weights).
@@ -115,6 +123,8 @@ def start_stack(
         full_env["SYNTH_BROKER_URL"] = broker_url
     if pacs:
         full_env["SYNTH_PACS"] = pacs
+    if database_url:
+        full_env["SYNTH_DATABASE_URL"] = database_url
     full_env.update(env or {})
     http_port, dicom_port = int(full_env["SYNTH_HTTP_PORT"]), int(full_env["SYNTH_DICOM_PORT"])
     log = workdir / "service.log"
@@ -122,16 +132,24 @@ def start_stack(
         [sys.executable, "-m", "service.runner"],
         cwd=REPO, env=full_env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
-    stack = ServiceStack(http_port, dicom_port, workdir / "var", proc, log)
+    stack = ServiceStack(http_port, dicom_port, Path(full_env["SYNTH_DATA_DIR"]), proc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise PeerError(f"service exited with {proc.returncode}: {_tail(log, 4000)}")
         if _healthy(stack) and _port_open(dicom_port):
+            stack.token = _token(full_env, stack.data_dir)
             return stack
         time.sleep(0.2)
     stack.stop()
     raise PeerError(f"service not healthy within {timeout} s: {_tail(log, 4000)}")
+
+
+def _token(env: dict[str, str], data_dir: Path) -> str | None:
+    if env.get("SYNTH_API_TOKEN"):
+        return env["SYNTH_API_TOKEN"]
+    generated = data_dir / "api-token"  # service.tokens.GENERATED_TOKEN_FILE
+    return generated.read_text().strip() if generated.is_file() else None
 
 
 def _healthy(stack: ServiceStack) -> bool:

@@ -53,7 +53,7 @@ def test_evaluate_scores_every_direction(tmp_path: Path) -> None:
 
 
 def test_a_card_with_a_post_filter_runs_the_filtered_graph_and_adds_the_filtered_input(tmp_path: Path) -> None:
-    from models.ct.networks import with_post_filter
+    from models.common.layers import with_post_filter
     from models.guided_filter import GuidedFilter
 
     torch.manual_seed(0)

@@ -275,7 +275,7 @@ def test_gate_knows_the_source_contrast_exports_and_warm_starts_from_a_gated_run
     text = build_card("brain_contrasts", path, lesion, version="0.0.1")["architecture"]
     assert "annotated tumour grown by 2 px" in text
     # the input-guided filter after it: same three inputs, still in parity
-    from models.ct.networks import with_post_filter
+    from models.common.layers import with_post_filter
     from models.guided_filter import GuidedFilter
 
     filtered = with_post_filter(t, GuidedFilter(2, 2.0, 0.04))

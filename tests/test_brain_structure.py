@@ -8,7 +8,7 @@ import torch
 
 from dicom_synth.intensity import normalise_slices
 from models.brain.phantom import CONTRASTS, L, generate_subject
-from models.brain.structure import brain_mask, sobel, structure_map, structure_map_soft, structure_map_torch
+from models.common.structure import brain_mask, sobel, structure_map, structure_map_soft, structure_map_torch
 
 
 def _square(val: float = 1.0) -> np.ndarray:

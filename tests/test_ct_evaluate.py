@@ -15,12 +15,12 @@ from torch import nn
 
 from dicom_synth.multicontrast import load_synthesis_model
 from dicom_synth.registry import load_card
+from models.common.evaluate import unit_slices
 from models.ct import evaluate as ev
 from models.ct.export import build_card, export_onnx
 from models.ct.networks import CycleNetConfig, ResnetGenerator
 from models.ct.phantom import ORGANS, L, generate_subject
 from models.ct.train import CONFIGS
-from models.dce.evaluate import unit_slices
 
 torch.set_num_threads(1)
 

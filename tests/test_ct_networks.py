@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from models.common.layers import init_weights
 from models.ct import memory
 from models.ct.export import build_card, export_onnx, parity
 from models.ct.networks import (
@@ -20,7 +21,6 @@ from models.ct.networks import (
     PatchDiscriminator,
     ResnetGenerator,
     count_transposed,
-    init_weights,
     receptive_field,
     with_long_skip,
 )
@@ -91,7 +91,7 @@ def test_edge_recall_term_is_zero_when_the_pseudo_mri_keeps_the_ct_edges() -> No
     ct[..., 8:24, 8:24] = 1.0
     losses = model.train_step(ct, ct.clone(), torch.Generator().manual_seed(0))
     assert 0.0 <= losses["edge"] <= 1.0
-    from models.brain.structure import structure_map_soft, structure_map_torch
+    from models.common.structure import structure_map_soft, structure_map_torch
 
     edges = structure_map_torch(ct)
     kept = (edges * (1 - structure_map_soft(ct))).sum() / edges.sum()
@@ -225,7 +225,8 @@ def test_a_run_with_soft_bins_warm_starts_from_one_without_and_its_config_surviv
 
 
 def test_guided_filter_flattens_a_tissue_without_blurring_across_the_ct_boundary() -> None:
-    from models.ct.networks import GaussianBlur, GuidedSmoothing
+    from models.common.layers import GuidedSmoothing
+    from models.ct.networks import GaussianBlur
     from models.guided_filter import GuidedFilter
 
     rng = torch.Generator().manual_seed(0)
@@ -246,7 +247,7 @@ def test_guided_filter_flattens_a_tissue_without_blurring_across_the_ct_boundary
 
 
 def test_the_numpy_filter_the_evaluations_use_is_the_exported_one() -> None:
-    from models.ct.networks import GuidedSmoothing
+    from models.common.layers import GuidedSmoothing
     from models.guided_filter import GuidedFilter
 
     rng = np.random.default_rng(4)
@@ -260,7 +261,7 @@ def test_the_numpy_filter_the_evaluations_use_is_the_exported_one() -> None:
 
 
 def test_generator_with_the_guided_filter_exports_with_parity(tmp_path: Path) -> None:
-    from models.ct.networks import with_post_filter
+    from models.common.layers import with_post_filter
     from models.guided_filter import GuidedFilter
 
     g = ResnetGenerator(CycleNetConfig(ngf=4, long_skip=True))

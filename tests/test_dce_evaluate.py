@@ -5,26 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from models.common import evaluate as frame
 from models.dce import evaluate as ev
 
 
 def test_ssim_identical_is_one_and_noise_lowers_it() -> None:
     rng = np.random.default_rng(0)
     a = rng.uniform(0, 1, (64, 64))
-    assert ev.ssim(a, a) == pytest.approx(1.0)
+    assert frame.ssim(a, a) == pytest.approx(1.0)
     b = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1)
-    assert ev.ssim(a, b) < 0.9
+    assert frame.ssim(a, b) < 0.9
     # Structure-free images with different means: only the luminance term is left.
     x, y = np.full((32, 32), 0.2), np.full((32, 32), 0.6)
     c1 = (0.01) ** 2
-    assert ev.ssim(x, y) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.04 + 0.36 + c1), rel=1e-6)
+    assert frame.ssim(x, y) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.04 + 0.36 + c1), rel=1e-6)
 
 
 def test_psnr_of_a_constant_offset() -> None:
     a = np.zeros((10, 10))
-    assert ev.psnr(a, a + 0.1) == pytest.approx(20.0)  # MSE 0.01, data range 1
-    assert ev.psnr(a, a + 0.1, data_range=2.0) == pytest.approx(20.0 + 20 * np.log10(2))
-    assert ev.psnr(a, a) == float("inf")
+    assert frame.psnr(a, a + 0.1) == pytest.approx(20.0)  # MSE 0.01, data range 1
+    assert frame.psnr(a, a + 0.1, data_range=2.0) == pytest.approx(20.0 + 20 * np.log10(2))
+    assert frame.psnr(a, a) == float("inf")
 
 
 def test_mask_restricts_every_metric() -> None:
@@ -33,21 +34,21 @@ def test_mask_restricts_every_metric() -> None:
     pred[0, :, :10] = 0.5  # wrong only outside the mask
     mask = np.zeros_like(truth, bool)
     mask[0, :, 12:] = True
-    assert ev.psnr(pred[0], truth[0], mask=mask[0]) == float("inf")
-    errs = ev.series_errors(pred, truth, mask)
+    assert frame.psnr(pred[0], truth[0], mask=mask[0]) == float("inf")
+    errs = frame.series_errors(pred, truth, mask)
     assert errs["mae"] == 0 and errs["mse"] == 0
-    assert ev.series_errors(pred, truth)["mae"] == pytest.approx(0.25)
-    m = ev.ssim_map(pred[0], truth[0])
-    assert ev.ssim(pred[0], truth[0], mask=mask[0]) == pytest.approx(m[mask[0]].mean())
+    assert frame.series_errors(pred, truth)["mae"] == pytest.approx(0.25)
+    m = frame.ssim_map(pred[0], truth[0])
+    assert frame.ssim(pred[0], truth[0], mask=mask[0]) == pytest.approx(m[mask[0]].mean())
 
 
 def test_series_errors_known_values() -> None:
     x = np.linspace(0, 1, 100)
-    e = ev.series_errors(2 * x + 1, x)
+    e = frame.series_errors(2 * x + 1, x)
     assert e["r"] == pytest.approx(1.0)
     assert e["mae"] == pytest.approx(np.mean(x + 1))
-    assert ev.series_errors(1 - x, x)["r"] == pytest.approx(-1.0)
-    assert ev.series_errors(np.ones(5), x[:5])["r"] == 0.0  # constant: no correlation
+    assert frame.series_errors(1 - x, x)["r"] == pytest.approx(-1.0)
+    assert frame.series_errors(np.ones(5), x[:5])["r"] == 0.0  # constant: no correlation
 
 
 def test_linear_baseline_recovers_a_known_map() -> None:
@@ -67,7 +68,7 @@ def test_body_mask_is_the_filled_largest_blob() -> None:
     vol[:, disk] = 1000.0
     vol[:, 30:34, 30:34] = 0.0  # a dark hole inside the body (lung) stays body
     vol[:, 2:4, 2:4] = 1000.0  # a small bright speck in the air is not body
-    m = ev.body_mask(vol)
+    m = frame.body_mask(vol)
     assert m[:, 32, 32].all() and not m[:, 2, 2].any()
     assert m[0][disk].all()  # the whole body, at most a blur radius more
     near = (yy - 32) ** 2 + (xx - 32) ** 2 < 23**2
@@ -78,9 +79,9 @@ def test_score_and_summary_on_a_perfect_and_a_wrong_method() -> None:
     rng = np.random.default_rng(2)
     truth = rng.uniform(0, 1, (3, 32, 32)).astype(np.float32)
     mask = np.ones_like(truth, bool)
-    case = {"n_slices": 3, "scores": ev.score_case(truth, {"model": truth, "identity": 1 - truth},
+    case = {"n_slices": 3, "scores": frame.score_case(truth, {"model": truth, "identity": 1 - truth},
                                                    mask)}
-    table = ev.summarise([case, case])
+    table = frame.summarise([case, case])
     assert table["model"]["body"]["ssim"][0] == pytest.approx(1.0)
     assert table["model"]["unit"]["r"][0] == pytest.approx(1.0)
     assert table["identity"]["unit"]["r"][0] == pytest.approx(-1.0)
@@ -127,7 +128,7 @@ def test_shortfalls_lists_each_metric_the_model_does_not_win() -> None:
     row = {"ssim": [0.9, 0], "psnr": [25.0, 0], "mae": [0.02, 0], "mse": [0.001, 0], "r": [0.95, 0]}
     table = {"model": {"body": row}, "identity": {"body": {**row, "ssim": [0.94, 0], "mae": [0.03, 0]}},
              "weak": {"body": {k: [v[0] * (0.5 if k in ("ssim", "psnr", "r") else 2), 0] for k, v in row.items()}}}
-    assert ev.shortfalls(table, ("weak",)) == []
-    misses = ev.shortfalls(table, ("identity",))
+    assert frame.shortfalls(table, ("weak",)) == []
+    misses = frame.shortfalls(table, ("identity",))
     assert misses[0].startswith("body ssim vs identity: 0.9 <= 0.94")
     assert len(misses) == 4  # ssim lost, psnr/mse/r tied (a tie is not a win), mae won

@@ -305,3 +305,133 @@ def test_extended_negotiation_items_are_tolerated(make_acceptor, tmp_path: Path)
     assert assoc.send_c_store(src).Status == 0
     assoc.release()
     assert len(rec.stored) == 1
+
+
+# --- slowloris and hostile peers (issue 15) ---------------------------------------------------
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the listener closes `sock` (EOF or reset) within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_artim_closes_a_negotiation_that_never_finishes(make_acceptor) -> None:
+    """Nothing sent, a header cut short, and a request dripped a byte at a time: each is
+    closed once the ARTIM time from connect has passed, even while bytes still arrive."""
+    from tests.raw_scu import associate_rq
+
+    acc, rec = make_acceptor(acse_timeout=0.5)
+    silent = socket.create_connection((HOST, acc.port))
+    cut = socket.create_connection((HOST, acc.port))
+    cut.sendall(b"\x01\x00\x00")
+    drip = socket.create_connection((HOST, acc.port))
+    rq = associate_rq([(MR, ExplicitVRLittleEndian)])
+    t0 = time.monotonic()
+    for b in rq[:20]:
+        try:
+            drip.sendall(bytes([b]))
+        except OSError:
+            break
+        time.sleep(0.1)
+    assert _closed_within(drip, 3) and time.monotonic() - t0 < 3
+    assert _closed_within(silent, 3) and _closed_within(cut, 3)
+    assert time.monotonic() - t0 < 4
+    for s in (silent, cut, drip):
+        s.close()
+    assert rec.opened_peers == []
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate(HOST, acc.port, ae_title="SYNTH")
+    assert assoc.is_established and assoc.send_c_echo().Status == 0
+    assoc.release()
+
+
+def test_pending_connections_are_capped_per_peer_and_in_all(make_acceptor) -> None:
+    """1000 silent connections held 1003 threads before; now a peer gets at most
+    `max_associations_per_peer` pending, the listener at most 2 x `max_associations`
+    connections, and the rest are closed at once."""
+    acc, rec = make_acceptor(max_associations=4, max_associations_per_peer=3, acse_timeout=30)
+    threads_before = threading.active_count()
+    held = [socket.create_connection((HOST, acc.port)) for _ in range(40)]
+    try:
+        time.sleep(0.5)
+        open_ = [s for s in held if not _closed_within(s, 0.05)]
+        assert len(open_) == 3
+        assert threading.active_count() - threads_before <= 3
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 5
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(VERIFICATION)
+    while True:  # the closed ones' threads end (their reads see EOF), freeing the slots
+        assoc = ae.associate(HOST, acc.port, ae_title="SYNTH")
+        if assoc.is_established or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_associations_per_peer_rejected_transient(make_acceptor) -> None:
+    acc, rec = make_acceptor(max_associations=8, max_associations_per_peer=2)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(VERIFICATION)
+    first, second = (ae.associate(HOST, acc.port, ae_title="SYNTH") for _ in range(2))
+    assert first.is_established and second.is_established
+    third = ae.associate(HOST, acc.port, ae_title="SYNTH")
+    assert third.is_rejected
+    rj = third.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
+    first.release()
+    second.release()
+
+
+def test_idle_timeout_aborts_idle_associations_not_busy_ones(make_acceptor) -> None:
+    """32 idle associations used to lock everyone out: each idle one is aborted after the
+    idle timeout; one that keeps echoing lives on; then new peers get in."""
+    from tests.raw_scu import RawSCU, read_pdu
+
+    acc, rec = make_acceptor(max_associations=4, idle_timeout=0.6, network_timeout=10)
+    idle = [RawSCU(HOST, acc.port, [(VERIFICATION, "1.2.840.10008.1.2")]) for _ in range(3)]
+    busy = RawSCU(HOST, acc.port, [(VERIFICATION, "1.2.840.10008.1.2")])
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.5:
+        assert busy.echo(1) == 0
+        time.sleep(0.2)
+    for scu in idle:
+        kind, _ = read_pdu(scu.sock)
+        assert kind == 0x07  # A-ABORT
+        scu.sock.close()
+    assert busy.echo(1) == 0
+    busy.release()
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate(HOST, acc.port, ae_title="SYNTH")
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_c_store_of_another_class_than_its_context_is_0122(make_acceptor, tmp_path: Path) -> None:
+    """The command says RT Plan on the MR context: answered 0x0122, its data set read and
+    dropped, nothing handed to the handler, and the association goes on."""
+    from tests.raw_scu import RawSCU, data_set_bytes
+
+    acc, rec = make_acceptor()
+    src = make_mr(tmp_path / "a.dcm", study=generate_uid(), series=generate_uid())
+    _, body = data_set_bytes(src.read_bytes())
+    scu = RawSCU(HOST, acc.port, [(MR, ExplicitVRLittleEndian)])
+    status, comment = scu.store(1, "1.2.840.10008.5.1.4.1.1.481.5", generate_uid(), body)
+    assert status == 0x0122 and "context" in comment
+    assert rec.stored == []
+    sop = pydicom.dcmread(src).SOPInstanceUID
+    assert scu.store(1, MR, sop, body) == (0, "")
+    scu.release()
+    assert len(rec.stored) == 1

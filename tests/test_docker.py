@@ -60,3 +60,67 @@ def test_runtime_dependencies_exclude_torch():
     assert not any(d.startswith("torch") for d in project["dependencies"])
     assert "torch==2.13.0" in project["optional-dependencies"]["train"]
     assert any(d.startswith("onnxruntime-gpu") for d in project["optional-dependencies"]["gpu"])
+
+
+def test_compose_publishes_ports_on_loopback_and_asks_for_secrets():
+    """Least exposure (issue 17): every published port binds 127.0.0.1, the gateway's
+    admin token and the demo Orthanc's password have no default."""
+    compose = _compose()
+    published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
+    assert {"gateway", "listener", "orthanc"} <= set(published)
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond this host"
+    assert compose["x-synth-env"]["SYNTH_API_TOKEN"].startswith("${SYNTH_API_TOKEN:?")
+    assert "${ORTHANC_DEMO_PASSWORD:?" in compose["services"]["orthanc"]["environment"]["ORTHANC__REGISTERED_USERS"]
+
+
+def test_demo_orthanc_config_requires_a_login(tmp_path):
+    """The demo orthanc.json in a real Orthanc, with the users as the image makes them from
+    ORTHANC__REGISTERED_USERS (a second configuration file): no login, no answer."""
+    import base64
+    import json
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.peers import PEER_ENV, free_port, require_binary
+
+    demo = json.loads((ROOT / "docker/orthanc/orthanc.json").read_text())
+    assert demo["AuthenticationEnabled"] is True and "RegisteredUsers" not in demo
+    http_port = free_port()
+    # Where this host differs from the container: ports, storage, no Lua script, loopback only.
+    demo.update(HttpPort=http_port, DicomPort=free_port(), LuaScripts=[], DicomModalities={},
+                StorageDirectory=str(tmp_path / "db"), IndexDirectory=str(tmp_path / "db"))
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "orthanc.json").write_text(json.dumps(demo))
+    (tmp_path / "cfg" / "users.json").write_text(json.dumps({"RegisteredUsers": {"demo": "s3cret-demo"}}))
+    proc = subprocess.Popen([require_binary("Orthanc"), "--no-jobs", str(tmp_path / "cfg")], env=PEER_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def status(auth: str | None) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{http_port}/system")
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=5) as rsp:
+                return rsp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                first = status(None)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "Orthanc did not start"
+                time.sleep(0.2)
+        assert first == 401
+        assert status("demo:wrong") == 401
+        assert status("demo:s3cret-demo") == 200
+    finally:
+        proc.kill()
+        proc.wait(10)

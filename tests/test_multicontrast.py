@@ -33,6 +33,7 @@ from models.brain.export import export_onnx as brain_export
 from models.brain.networks import BrainNetConfig, ConditionalTranslator
 from models.brain.phantom import generate_subject as brain_subject
 from models.brain.train import CONFIGS as BRAIN_CONFIGS
+from models.common.evaluate import body_mask, unit_slices
 from models.ct.evaluate import body_mask_ct, fit_baselines, structure_scores
 from models.ct.export import build_card as ct_card
 from models.ct.export import export_onnx as ct_export
@@ -41,7 +42,6 @@ from models.ct.phantom import ORGANS as CT_ORGANS
 from models.ct.phantom import L
 from models.ct.phantom import generate_subject as ct_subject
 from models.ct.train import CONFIGS as CT_CONFIGS
-from models.dce.evaluate import body_mask, unit_slices
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,17 @@ def test_defaults_match_the_contract(monkeypatch):
     s = Settings()
     assert (s.ae_title, s.dicom_port, s.http_port) == ("SYNTH", 11112, 8000)
     assert str(s.data_dir) == "var" and s.broker_url is None and s.pacs is None
-    assert s.series_quiet_seconds == 2.0
+    assert s.series_quiet_seconds == 30.0
+    assert s.database_url is None and s.jobs_db_url == "sqlite:///var/jobs.sqlite3"  # the file of old releases
+
+
+def test_the_job_store_url(monkeypatch):
+    monkeypatch.setenv("SYNTH_DATABASE_URL", "postgresql+psycopg://synth@db.local/synth")
+    assert Settings().jobs_db_url == "postgresql+psycopg://synth@db.local/synth"
+    for bad, message in [("not a url", "not an SQLAlchemy URL"), ("mysql://x@y/z", "expected sqlite")]:
+        monkeypatch.setenv("SYNTH_DATABASE_URL", bad)
+        with pytest.raises(ValidationError, match=message):
+            Settings()
 
 
 def test_environment_is_parsed(monkeypatch):

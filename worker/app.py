@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_init
 
+from dicom_synth.filemodes import keep_files_private
 from dicom_synth.queueconf import celery_config
 from dicom_synth.settings import get_settings
 
@@ -22,3 +24,8 @@ def make_app() -> Celery:
 
 
 app = make_app()
+
+
+@worker_init.connect
+def _private_files(**_: object) -> None:
+    keep_files_private(get_settings().data_dir)

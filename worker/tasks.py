@@ -13,10 +13,11 @@ from celery.signals import worker_ready
 
 from dicom_synth.domain import JobStatus
 from dicom_synth.domainguard import guard
+from dicom_synth.jobstate import advance, fail_from_task, resume
 from dicom_synth.jobstore import JobStore
 from dicom_synth.multicontrast import Synthesizer, load_synthesis_model
 from dicom_synth.pipeline import decide, synthesize_series, write_outputs
-from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, TASK_SYNTHESIZE, task_for_status
+from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, TASK_SYNTHESIZE
 from dicom_synth.registry import ModelCard, load_card
 from dicom_synth.series import load_series
 from dicom_synth.settings import get_settings, job_input_dir, job_output_dir
@@ -34,7 +35,7 @@ def _model(task: str) -> tuple[ModelCard, Synthesizer]:
 
 
 def _store() -> JobStore:
-    return JobStore(get_settings().db_path)
+    return JobStore(get_settings().jobs_db_url)
 
 
 def _input_files(job_id: str) -> list:
@@ -45,9 +46,7 @@ class JobTask(CeleryTask):
     """Marks the job failed with the reason when a task raises, so none is left hanging."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[override]
-        job_id = args[0] if args else kwargs.get("job_id")
-        if job_id:
-            _store().update(job_id, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        fail_from_task(_store(), args[0] if args else kwargs.get("job_id"), exc)
 
 
 @worker_ready.connect
@@ -55,15 +54,7 @@ def resume_claimed_jobs(sender, **kwargs) -> None:  # noqa: ARG001
     """A worker that died mid-task left its message unacknowledged (Redis redelivers it
     only after the visibility timeout) and its job unfinished. When the worker of the
     same name comes back, it puts the jobs it had claimed back on their queues."""
-    me = sender.hostname
-    store = _store()
-    for job in store.unfinished():
-        task = task_for_status(job.status)
-        if job.claimed_by == me and task is not None:
-            if job.status == JobStatus.RUNNING:
-                store.update(job.job_id, status=JobStatus.QUEUED)
-            log.warning("resuming job %s (%s) left by a previous %s", job.job_id, job.status, me)
-            app.send_task(task, args=[job.job_id])
+    resume(_store(), app.send_task, claimed_by=sender.hostname)
 
 
 @app.task(name=TASK_CLASSIFY, base=JobTask, bind=True)
@@ -76,14 +67,19 @@ def classify(self, job_id: str) -> str:
     loaded = load_series(_input_files(job_id), pixels=True)
     decision = decide(loaded, job.requested_task, job.source_contrast)  # loop guard and task fit first
     c = decision.classification
-    store.update(
-        job_id, status=JobStatus.CLASSIFIED, series_class=c.label if c else None,
+    classified = advance(
+        store, job_id, JobStatus.CLASSIFIED, only_from={JobStatus.RECEIVED, JobStatus.CLASSIFIED},
+        series_class=c.label if c else None,
         evidence={"confidence": c.confidence, **c.evidence} if c else {"reason": decision.reason},
     )
+    if classified is None:
+        return "duplicate"
     if decision.task is None:
-        store.update(job_id, status=JobStatus.SKIPPED, error=decision.reason, progress=1.0)
+        advance(store, job_id, JobStatus.SKIPPED, only_from={JobStatus.CLASSIFIED}, error=decision.reason,
+                progress=1.0)
         return "skipped"
-    store.update(job_id, status=JobStatus.QUEUED, task=decision.task)
+    if advance(store, job_id, JobStatus.QUEUED, only_from={JobStatus.CLASSIFIED}, task=decision.task) is None:
+        return "duplicate"
     app.send_task(TASK_SYNTHESIZE, args=[job_id])
     return "queued"
 
@@ -96,7 +92,10 @@ def synthesize(self, job_id: str) -> str:
     if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
         return str(job.status)
     assert job.task is not None
-    store.update(job_id, status=JobStatus.RUNNING, progress=0.0, claimed_by=self.request.hostname)
+    running = advance(store, job_id, JobStatus.RUNNING, only_from={JobStatus.QUEUED, JobStatus.RUNNING},
+                      progress=0.0, claimed_by=self.request.hostname)
+    if running is None:
+        return "duplicate"
     card, model = _model(job.task)
     loaded = load_series(_input_files(job_id), pixels=True)
 
@@ -114,14 +113,18 @@ def synthesize(self, job_id: str) -> str:
     if outcome.verdict is not None:
         store.update(job_id, evidence={**(store.get(job_id).evidence or {}), "domain": outcome.evidence(mode)})
     if not outcome.proceed:
-        store.update(job_id, status=JobStatus.SKIPPED, error=outcome.reason, progress=1.0)
+        advance(store, job_id, JobStatus.SKIPPED, only_from={JobStatus.RUNNING}, error=outcome.reason,
+                progress=1.0)
         return "skipped"
     series = synthesize_series(loaded, model, card, progress=progress, source_label=source_label,
                                notes=outcome.notes)
     uids = write_outputs(series, job_output_dir(settings, job_id))
     if settings.pacs is None:
-        store.update(job_id, status=JobStatus.DONE, progress=1.0, output_series_uids=uids)
+        advance(store, job_id, JobStatus.DONE, only_from={JobStatus.RUNNING}, progress=1.0,
+                output_series_uids=uids)
         return "done"
-    store.update(job_id, status=JobStatus.EXPORTING, progress=0.9, output_series_uids=uids)
+    if advance(store, job_id, JobStatus.EXPORTING, only_from={JobStatus.RUNNING}, progress=0.9,
+               output_series_uids=uids) is None:
+        return "duplicate"
     app.send_task(TASK_EXPORT, args=[job_id])
     return "exporting"

@@ -15,53 +15,25 @@ Offline: needs torch (the `train` extra) but no network.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import platform
 import time
 from pathlib import Path
 
-import torch
-
 from dicom_synth.multicontrast import load_synthesis_model
-from dicom_synth.registry import UnknownModelError, default_models_dir, load_card
+from dicom_synth.registry import load_card
 from models.brain import evaluate as ev
-from models.brain.export import build_card, export_onnx, parity, parity_inputs
+from models.brain.export import build_card, export_onnx, feature_module, parity, parity_inputs
 from models.brain.gate_bias import add_pair_bias_argument, apply_pair_bias, pair_bias_flags
 from models.brain.phantom import SPLIT_BASE
+from models.brain.recipe import DEMO_CONFIG, DEMO_GATE_BIAS, DEMO_POST_FILTER, DEMO_RESTART_TO, DEMO_THEN, DEMO_VERSION
 from models.brain.train import CONFIGS, load_translator, train
-from models.chain import add_chain_arguments, chain_command, train_chain
-from models.ct.networks import with_post_filter
-from models.ct.train import peak_rss_mb
-from models.dce.export import write_card
+from models.chain import add_chain_arguments, chain_checkpoint, chain_command
+from models.common import export as common
+from models.common.evaluate import write_report
+from models.common.export import write_card
+from models.common.layers import with_post_filter
 from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_flags, post_filter_from
 
 NAME = "brain_contrasts"
-
-
-DEMO_CONFIG = "small_paired"  # the seed's losses plus an L1 pull to the registered sibling (see train.py)
-DEMO_VERSION = "0.6.0"
-DEMO_RESTART_TO: tuple[str | int, ...] = (4500,)  # 3000 steps, then a warm restart to 4500
-# then change-weighted paired L1, twice the same with the input gate, twice with the gate
-# knowing the source and told where T1 <-> T1c repeat the input, then that term balanced
-# over the rim, then the rim weighted 3x (how v0.4.0 was made; v0.5.0 is the same network);
-# then (v0.6.0) that stage on 96 training subjects, again with the decoder's own image pulled
-# to the target, and twice on 192 subjects with that term at 20 (3000 steps each)
-DEMO_THEN: tuple[str, ...] = ("small_paired_change", "small_paired_change_gate", "small_paired_change_gate",
-                              "small_paired_change_gate_pair", "small_paired_change_gate_pair",
-                              "small_paired_change_gate_pair_bal", "small_paired_change30_gate_pair_bal",
-                              "small_paired_change30_gate_pair_bal_n96", "small_paired_change30_gate_pair_bal_n96_dec",
-                              "small_paired_change30_gate_pair_bal_n192_dec20",
-                              "small_paired_change30_gate_pair_bal_n192_dec20")
-# exported after the network (v0.5.0 on): chosen on the validation subjects (42000..42001;
-# pooled body SSIM 0.865 -> 0.887, MAE 0.0368 -> 0.0348 with v0.4.0's network)
-DEMO_POST_FILTER = GuidedFilter(radius=2, sigma_px=2.0, sigma_range=0.04)
-# added to the T1 -> T1c pair's learnt gate logit before export (v0.6.0 on): the smallest bias
-# of the grid at which T1 -> T1c beats both baselines on every metric on the validation
-# subjects 52000..52003 (`python -m models.brain.gate_bias --checkpoint ...`: 5.5; tumour
-# error 0.74 of the input's there, 0.48 without the bias)
-DEMO_GATE_BIAS: tuple[tuple[str, str, float], ...] = (("t1", "t1c", 5.5),)
 
 
 def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int = 4, steps: int | None = None,
@@ -69,11 +41,9 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
           restart_to: tuple[str | int, ...] = DEMO_RESTART_TO, then: tuple[str, ...] | None = None,
           post_filter: GuidedFilter | None = DEMO_POST_FILTER,
           gate_bias: tuple[tuple[str, str, float], ...] | None = None) -> dict:
-    """Train (unless a checkpoint is given), export, evaluate, write the card. `restart_to`:
-    after the run, resume it with a schedule of each of these many steps in turn (warm
-    restarts: the learning rate jumps back up, then decays to 0 again), as the committed
-    demo weights were made; `then`: fine-tuning configs after that (`models.chain`; by default
-    the demo's stages for the demo config, none for another); `post_filter`: the
+    """Train (unless a checkpoint is given) the chain of `models.chain` (`restart_to`, `then`:
+    by default the recipe's stages for its config, none for another), export, evaluate,
+    write the card; `post_filter`: the
     input-guided filter exported after the network (`GuidedFilter`; None: none); `gate_bias`:
     (source, target, bias) added to those pairs' learnt gate logits before export
     (`models.brain.gate_bias`; by default the demo's for the demo config, none for another)."""
@@ -82,19 +52,14 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
         then = DEMO_THEN if config == DEMO_CONFIG else ()
     default_bias = DEMO_GATE_BIAS if config == DEMO_CONFIG else ()
     gate_bias = default_bias if gate_bias is None else tuple(gate_bias)
-    if checkpoint is None:
-        overrides = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
-        checkpoint = train_chain(train, dataclasses.replace(CONFIGS[config], **overrides), run_dir, restart_to,
-                                 [CONFIGS[c] for c in then])
+    checkpoint = chain_checkpoint(train, CONFIGS, config, run_dir, steps, threads, restart_to, then, checkpoint)
     t, cfg, ckpt = load_translator(checkpoint)
-    hist_file = Path(checkpoint).parent / "history.json"
-    history = json.loads(hist_file.read_text()) if hist_file.exists() else ckpt.get("history", {})
+    history = common.run_history(checkpoint, ckpt)
     apply_pair_bias(t, gate_bias)
     t = with_post_filter(t, post_filter)
     onnx_path = export_onnx(t, Path(out_dir) / f"{NAME}.onnx", cfg.net.n_contrasts)
     delta = parity(t, onnx_path, *parity_inputs(cfg.net.n_contrasts, h=128, w=128))
-    if delta >= 1e-4:
-        raise RuntimeError(f"ONNX parity failed: max |Δ| = {delta}")
+    common.require_parity(delta)
     training_data = {
         "kind": "phantom, unpaired (one random contrast per training image)",
         "generator": "models.brain.phantom (PD/T1/T2/gadolinium signal equations, tumour with rim and oedema)",
@@ -123,45 +88,23 @@ def build(out_dir: Path, run_dir: Path, config: str = DEMO_CONFIG, n_test: int =
     card["export_parity_max_abs"] = delta
     card["training_memory"] = {"cpu_peak_rss_mb_measured": history.get("peak_rss_mb")}
     command = chain_command("models.brain.build_demo", config, CONFIGS, steps, restart_to, then)
-    card["build"] = {"command": command + post_filter_flags(post_filter, DEMO_POST_FILTER)
-                     + pair_bias_flags(gate_bias, default_bias),
-                     "total_seconds": round(time.time() - t0, 1), "train_seconds": history.get("train_seconds"),
-                     "train_cpu_seconds": history.get("train_cpu_seconds"),
-                     "eval_seconds_incl_phantom_generation": round(time.time() - t_eval, 1),
-                     "hardware": f"{platform.processor() or platform.machine()}, "
-                                 f"{torch.get_num_threads()} torch threads",
-                     "torch": torch.__version__, "peak_rss_mb_build": round(peak_rss_mb(), 1)}
+    card["build"] = common.build_record(command + post_filter_flags(post_filter, DEMO_POST_FILTER)
+                                        + pair_bias_flags(gate_bias, default_bias), t0, t_eval, history)
     path = write_card(card, out_dir, NAME)
-    (Path(run_dir) / "metrics.json").write_text(json.dumps(res, indent=1))
     text = ev.format_tables(res)
-    (Path(run_dir) / "table.md").write_text(text + "\n")
-    print(text)
-    print(f"card: {path}  total {card['build']['total_seconds']} s")
-    return card
+    write_report(run_dir, res, text)
+    return common.finish_build(path, onnx_path, t, feature_module(t), config, text)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Rebuild the demo brain-contrast model from the phantom.")
-    p.add_argument("--out", type=Path, default=default_models_dir())
-    p.add_argument("--run-dir", type=Path, default=Path("runs/brain_demo"))
-    p.add_argument("--config", choices=sorted(CONFIGS), default=DEMO_CONFIG)
-    p.add_argument("--steps", type=int, default=None)
+    p = common.build_arguments("Rebuild the demo brain-contrast model from the phantom.", CONFIGS, DEMO_CONFIG,
+                               "runs/brain_demo", 4, DEMO_VERSION)
     add_chain_arguments(p, CONFIGS, DEMO_RESTART_TO, DEMO_THEN)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--version", default=DEMO_VERSION, help="the card's version")
-    p.add_argument("--test-subjects", type=int, default=4)
-    p.add_argument("--checkpoint", type=Path, default=None, help="skip training, use this")
-    p.add_argument("--if-missing", action="store_true", help="do nothing when a valid card exists")
     add_post_filter_argument(p, DEMO_POST_FILTER)
     add_pair_bias_argument(p, DEMO_GATE_BIAS, "for the demo config")
     a = p.parse_args(argv)
-    if a.if_missing:
-        try:
-            load_card(NAME, a.out)
-            print(f"{NAME} model present; nothing to do")
-            return
-        except (UnknownModelError, ValueError):
-            pass
+    if a.if_missing and common.model_present(NAME, a.out):
+        return
     a.out.mkdir(parents=True, exist_ok=True)
     build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, version=a.version, checkpoint=a.checkpoint,
           restart_to=tuple(a.restart_to), then=None if a.then is None else tuple(a.then),

@@ -14,8 +14,6 @@ the exported ONNX file and `dicom_synth.multicontrast` (what the service runs). 
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,11 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from dicom_synth import intensity
-from dicom_synth.multicontrast import load_synthesis_model, normalise
-from dicom_synth.registry import load_card
+from dicom_synth.multicontrast import normalise
 from models.brain.phantom import CONTRASTS, generate_subject, split_seeds
-from models.ct.evaluate import save_panel
-from models.dce.evaluate import body_mask, score_case, shortfalls, summarise, unit_slices
+from models.common.evaluate import (
+    body_mask,
+    phantom_main,
+    save_grid,
+    score_case,
+    shortfalls,
+    summarise,
+    table_row,
+    unit_slices,
+)
 from models.guided_filter import GuidedFilter
 
 QUANTILES = np.linspace(0, 100, 101)
@@ -106,29 +111,11 @@ def evaluate(cases: Iterable[dict], model, histmatch: HistogramMatch, panels_dir
                 row += [(f"{tgt} true", imgs01[tgt][k]), (f"{tgt} synth", p01[k])]
             rows.append(row)
         if panels_dir is not None:
-            _grid(Path(panels_dir) / f"{case['id']}.png", rows, f"{case['id']} slice {k + 1}")
+            save_grid(Path(panels_dir) / f"{case['id']}.png", rows, f"{case['id']} slice {k + 1}")
     return {"cases": ids, "table": summarise(pooled), "directions": {d: summarise(v) for d, v in per_dir.items()},
             "lesion_mae": {d: {m: v[0] / max(v[1], 1) for m, v in ms.items()} for d, ms in lesion.items()},
             "n_series": len(ids), "n_directions": len(per_dir), "n_scored_series": len(pooled),
             "onnx_seconds_per_output_slice": round(seconds / max(n_outputs, 1), 4)}
-
-
-def _grid(path: Path, rows: list[list[tuple[str, np.ndarray]]], title: str) -> Path:
-    """One row per source contrast: input, then truth | synthetic per target."""
-    from PIL import Image
-
-    tmp = [save_panel(path.with_suffix(f".row{i}.png"), r, title if i == 0 else "") for i, r in enumerate(rows)]
-    ims = [np.asarray(Image.open(p)) for p in tmp]
-    Image.fromarray(np.concatenate(ims, 0)).save(path)
-    for p in tmp:
-        p.unlink()
-    return path
-
-
-def _row(r: dict) -> str:
-    return (f"{r['ssim'][0]:.3f} ± {r['ssim'][1]:.3f} | {r['psnr'][0]:.2f} ± {r['psnr'][1]:.2f} | "
-            f"{r['mae'][0]:.4f} ± {r['mae'][1]:.4f} | {r['mse'][0]:.4f} ± {r['mse'][1]:.4f} | "
-            f"{r['r'][0]:.3f} ± {r['r'][1]:.3f}")
 
 
 def format_tables(res: dict) -> str:
@@ -137,7 +124,7 @@ def format_tables(res: dict) -> str:
              "| method | convention | SSIM | PSNR dB | MAE | MSE | Pearson r |", "|---|---|---|---|---|---|---|"]
     for method, convs in res["table"].items():
         for conv, r in convs.items():
-            lines.append(f"| {method} | {conv} | {_row(r)} |")
+            lines.append(f"| {method} | {conv} | {table_row(r)} |")
     methods = [m for m in ("model", "identity", "histmatch", "identity_filtered") if m in res["table"]]
     header = ["| direction | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     lines += ["", "Per direction, body convention (SSIM / PSNR dB / MAE)"
@@ -161,23 +148,10 @@ def format_tables(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Evaluate brain contrast completion on phantom test subjects.")
-    p.add_argument("--test-subjects", type=int, default=4)
-    p.add_argument("--slices", type=int, default=16)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--models-dir", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=Path("runs/brain_eval"))
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args(argv)
-    model = load_synthesis_model(load_card("brain_contrasts", a.models_dir), threads=a.threads)
-    res = evaluate(phantom_cases(a.test_subjects, a.slices, a.size), model, fit_histmatch(),
-                   panels_dir=a.out / "panels")
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "metrics.json").write_text(json.dumps(res, indent=1))
-    text = format_tables(res)
-    (a.out / "table.md").write_text(text + "\n")
-    print(text)
-    return 0
+    return phantom_main(argv, description="Evaluate brain contrast completion on phantom test subjects.",
+                        task="brain_contrasts", test_subjects=4, slices=16, out="runs/brain_eval", report=format_tables,
+                        score=lambda model, n, slices, size, panels: evaluate(
+                            phantom_cases(n, slices, size), model, fit_histmatch(), panels_dir=panels))
 
 
 if __name__ == "__main__":

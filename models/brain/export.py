@@ -9,9 +9,6 @@ labels that map to them.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,16 +18,16 @@ import torch
 
 from dicom_synth.intensity import PER_SLICE_MINMAX, default_output_mapping
 from dicom_synth.multicontrast import CONDITIONAL
-from dicom_synth.registry import sha256_file
 from models.brain.gate_bias import add_pair_bias_argument, apply_pair_bias
 from models.brain.networks import ConditionalTranslator
 from models.brain.phantom import CONTRASTS
 from models.brain.train import TrainConfig, load_translator
-from models.ct.networks import with_post_filter
-from models.dce.export import write_card
+from models.common import export as common
+from models.common.export import OPSET
+from models.common.layers import ResidualBlock, with_post_filter
 from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_from
 
-OPSET = 17
+TASK = "brain_contrasts"
 LABELS = {"t1": "T1", "t2": "T2", "t1c": "T1c", "flair": "FLAIR"}
 INTENDED_USE = (
     "Research and demonstration only. From one brain MR series (T1, T2, T1c or FLAIR) it "
@@ -55,38 +52,32 @@ def _sources(model: torch.nn.Module) -> bool:
     return getattr(model, "network", model).decoder.gate_pair is not None
 
 
+def _feeds(model: torch.nn.Module, x, cond) -> dict:
+    """The graph's inputs: the image and the target one-hot, and with a pair gate some source
+    other than the target."""
+    feeds = {"input": x, "condition": cond}
+    if _sources(model):
+        feeds[SOURCE_INPUT] = torch.roll(cond, 1, 1) if isinstance(cond, torch.Tensor) else np.roll(cond, 1, axis=1)
+    return feeds
+
+
 def export_onnx(model: ConditionalTranslator, path: Path, n_contrasts: int, opset: int = OPSET) -> Path:
     """Trace in eval mode with a 64x64 dummy; batch, height and width stay dynamic."""
-    model.eval()
-    x = torch.zeros(1, 1, 64, 64)
     cond = torch.zeros(1, n_contrasts)
     cond[0, 0] = 1.0
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    args, names = (x, cond), ["input", "condition"]
-    axes = {"input": {0: "batch", 2: "height", 3: "width"}, "condition": {0: "batch"},
-            "output": {0: "batch", 2: "height", 3: "width"}}
-    if _sources(model):
-        args, names = (x, cond, torch.roll(cond, 1, 1)), [*names, SOURCE_INPUT]
-        axes[SOURCE_INPUT] = {0: "batch"}
-    torch.onnx.export(model, args, str(path), input_names=names, output_names=["output"],
-                      dynamic_axes=axes, opset_version=opset, dynamo=False)
-    return path
+    feeds = _feeds(model, torch.zeros(1, 1, 64, 64), cond)
+    axes = {"input": common.IMAGE_AXES, **{k: {0: "batch"} for k in list(feeds)[1:]}, "output": common.IMAGE_AXES}
+    return common.export_onnx(model, path, feeds, axes, opset=opset)
 
 
 def parity(model: ConditionalTranslator, onnx_path: Path, x: np.ndarray, cond: np.ndarray) -> float:
     """max |ONNX Runtime - PyTorch| on the same inputs."""
-    import onnxruntime as ort
+    return common.parity(model, onnx_path, _feeds(model, x, cond))
 
-    model.eval()
-    feeds = {"input": x, "condition": cond}
-    if _sources(model):
-        feeds[SOURCE_INPUT] = np.roll(cond, 1, axis=1)  # some source other than the target
-    with torch.no_grad():
-        ref = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (out,) = sess.run(None, feeds)
-    return float(np.abs(out - ref).max())
+
+def feature_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The encoder's last residual block: the contrast-independent code `features` pool."""
+    return [m for m in getattr(model, "network", model).encoder.modules() if isinstance(m, ResidualBlock)][-1]
 
 
 def parity_inputs(n_contrasts: int, n: int = 4, h: int = 96, w: int = 80) -> tuple[np.ndarray, np.ndarray]:
@@ -134,42 +125,30 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
                metrics: dict[str, Any] | None = None, training_data: dict[str, Any] | None = None,
                history: dict[str, Any] | None = None, post_filter: GuidedFilter | None = None,
                gate_bias: Sequence[tuple[str, str, float]] = ()) -> dict[str, Any]:
-    card = {
-        "name": name,
-        "task": "brain_contrasts",
-        "version": version,
-        "onnx_file": Path(onnx_file).name,
-        "sha256": sha256_file(onnx_file),
-        "output_label": "missing brain contrasts",
-        "output_modality": "MR",
-        "runtime": CONDITIONAL,
-        "conditioning": conditioning(cfg.net.gate_source and cfg.net.input_gate),
-        "architecture": (
-            "Seed 002 conditional generator: one encoder to a contrast-independent code, one "
-            "decoder conditioned on a one-hot target contrast (tiled and stacked with the code, and "
-            "scaling/shifting every instance norm), U-Net skips, PatchGAN discriminator with "
-            "adversarial and class heads; LSGAN, class guidance, reconstruction, cycle, cycle- and "
-            "code-consistency, Algorithm-1 structure and Algorithm-2 background losses; "
-            "InstanceNorm without running statistics." + _not_in_seed(cfg, post_filter, gate_bias)),
-        "net": cfg.net.to_dict(),
-        "input": {"name": "input", "layout": "NCHW", "channels": 1, "dtype": "float32",
-                  "spatial_multiple": cfg.net.spatial_multiple,
-                  "padding": "bottom/right with -1, cropped back",
-                  "series": "axial brain MR, one of T1, T2, T1c, FLAIR (trained at 128x128, ~1.8 mm)"},
-        "normalisation": {"kind": PER_SLICE_MINMAX, "range": [-1.0, 1.0]},
-        "output_mapping": default_output_mapping(),
-        "training": {k: v for k, v in cfg.to_dict().items() if k != "net"},
-        "training_history": history or {},
-        "training_data": training_data or {},
-        "metrics": metrics or {},
-        "intended_use": INTENDED_USE,
-        "limitations": (
+    card = common.model_card(
+        name=name, task=TASK, version=version, onnx_file=onnx_file, config=cfg.to_dict(), describe={
+            "output_label": "missing brain contrasts",
+            "output_modality": "MR",
+            "runtime": CONDITIONAL,
+            "conditioning": conditioning(cfg.net.gate_source and cfg.net.input_gate),
+            "architecture": (
+                "Seed 002 conditional generator: one encoder to a contrast-independent code, one "
+                "decoder conditioned on a one-hot target contrast (tiled and stacked with the code, and "
+                "scaling/shifting every instance norm), U-Net skips, PatchGAN discriminator with "
+                "adversarial and class heads; LSGAN, class guidance, reconstruction, cycle, cycle- and "
+                "code-consistency, Algorithm-1 structure and Algorithm-2 background losses; "
+                "InstanceNorm without running statistics." + _not_in_seed(cfg, post_filter, gate_bias)),
+            "net": cfg.net.to_dict(),
+            "input": {"name": "input", "layout": "NCHW", "channels": 1, "dtype": "float32",
+                      "spatial_multiple": cfg.net.spatial_multiple,
+                      "padding": "bottom/right with -1, cropped back",
+                      "series": "axial brain MR, one of T1, T2, T1c, FLAIR (trained at 128x128, ~1.8 mm)"},
+            "normalisation": {"kind": PER_SLICE_MINMAX, "range": [-1.0, 1.0]},
+            "output_mapping": default_output_mapping()},
+        history=history, training_data=training_data, metrics=metrics, intended_use=INTENDED_USE, limitations=(
             "Trained unpaired on a brain phantom (tissue-parameter signal equations), not on "
             "patients; intensities are relative per slice. A synthetic T1c can only show "
-            "enhancement that the input contrast predicts."),
-        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "opset": OPSET,
-    }
+            "enhancement that the input contrast predicts."))
     if post_filter is not None:
         card["post_filter"] = post_filter.to_dict()
         card["limitations"] += post_filter.limitation("input series")
@@ -182,12 +161,8 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Export a brain multi-contrast checkpoint to ONNX + card.")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--out", type=Path, default=Path("models/weights"))
-    p.add_argument("--name", default="brain_contrasts")
-    p.add_argument("--version", default="0.1.0")
-    p.add_argument("--metrics", type=Path, default=None, help="JSON from models.brain.evaluate")
+    p = common.export_arguments("Export a brain multi-contrast checkpoint to ONNX + card.", TASK,
+                                "models.brain.evaluate")
     add_post_filter_argument(p, None)
     add_pair_bias_argument(p, ())
     a = p.parse_args(argv)
@@ -197,11 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     t = with_post_filter(t, post_filter)
     onnx_path = export_onnx(t, a.out / f"{a.name}.onnx", cfg.net.n_contrasts)
     delta = parity(t, onnx_path, *parity_inputs(cfg.net.n_contrasts))
-    metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
+    metrics = common.read_metrics(a.metrics)
     card = build_card(a.name, onnx_path, cfg, version=a.version, metrics=metrics, history=ckpt.get("history"),
                       post_filter=post_filter, gate_bias=a.gate_bias)
-    card["export_parity_max_abs"] = delta
-    print(write_card(card, a.out, a.name), f"parity max|Δ| = {delta:.2e}")
+    common.write_exported(card, delta, a.out, a.name)
     return 0
 
 

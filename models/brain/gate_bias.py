@@ -81,7 +81,7 @@ def calibrate(translator: ConditionalTranslator, src: str, tgt: str, grid: Seque
     model's error inside the tumour as a fraction of the input's."""
     from dicom_synth.intensity import normalise_slices
     from models.brain.evaluate import fit_histmatch
-    from models.dce.evaluate import body_mask, score_case, shortfalls, summarise, unit_slices
+    from models.common.evaluate import body_mask, score_case, shortfalls, summarise, unit_slices
 
     if split == "test":
         raise ValueError("calibrate on validation (or training) subjects, never the test ones")
@@ -152,7 +152,7 @@ def format_rows(rows: Sequence[Mapping], src: str, tgt: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.brain.build_demo import DEMO_POST_FILTER
+    from models.brain.recipe import DEMO_POST_FILTER
     from models.brain.train import load_translator
     from models.guided_filter import add_post_filter_argument, post_filter_from
 

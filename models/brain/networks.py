@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.ct.networks import ResidualBlock
+from models.common.layers import ResidualBlock
+from models.common.layers import instance_norm as _norm
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,6 @@ class BrainNetConfig:
         return asdict(self)
 
 
-def _norm(ch: int) -> nn.Module:
-    return nn.InstanceNorm2d(ch, affine=False, track_running_stats=False)
 
 
 class Encoder(nn.Module):

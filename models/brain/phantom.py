@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.ct.draw import Canvas, Ellipsoid, gaussian_blur, random_wobble, smooth_field
+from models.common.draw import Canvas, Ellipsoid, gaussian_blur, random_wobble, smooth_field
+from models.common.split import SeedSplits
 
 CONTRASTS = ("t1", "t2", "t1c", "flair")
-SPLIT_BASE = {"train": 51_000, "val": 52_000, "test": 53_000}
+SPLITS = SeedSplits({"train": 51_000, "val": 52_000, "test": 53_000})
+SPLIT_BASE = SPLITS.base
 R1_PER_MM_S = 4.0
 
 # name: (PD, T1 ms, T2 ms, gadolinium mM after contrast)
@@ -57,20 +59,8 @@ SEQUENCES = {  # TR, TE, TI (None: no inversion), contrast agent
 }
 
 
-def split_of(seed: int) -> str:
-    for name, base in SPLIT_BASE.items():
-        if base <= seed < base + 1000:
-            return name
-    return "other"
-
-
-def split_seeds(split: str, n: int) -> list[int]:
-    """The first n subject seeds of a split (train 51000.., val 52000.., test 53000..)."""
-    if split not in SPLIT_BASE:
-        raise ValueError(f"unknown split {split!r}; known: {sorted(SPLIT_BASE)}")
-    if not 0 < n <= 1000:
-        raise ValueError("n must be 1..1000")
-    return [SPLIT_BASE[split] + i for i in range(n)]
+split_of = SPLITS.split_of
+split_seeds = SPLITS.seeds
 
 
 def signal_table(sequence: str, params: np.ndarray) -> np.ndarray:

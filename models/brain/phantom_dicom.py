@@ -12,13 +12,23 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage
 
 from models.brain.phantom import CONTRASTS, SEQUENCES, BrainSubject, generate_subject
+from models.common.phantom_dicom import (
+    centred_corner,
+    new_instance,
+    set_patient,
+    set_plane,
+    set_site,
+    study_day,
+    to_stored,
+    uid,
+    write_series,
+)
 
-UID_PREFIX = "1.2.826.0.1.3680043.8.498."
+IMAGE_TYPE = ("ORIGINAL", "PRIMARY", "M", "NORM", "DIS2D")
 # contrast: series description, series number, scanning sequence, variant, options, flip, ETL,
 # bandwidth, minutes after study start
 _PROTOCOL = {
@@ -29,14 +39,6 @@ _PROTOCOL = {
 }
 
 
-def _uid(*parts: object) -> str:
-    return generate_uid(prefix=UID_PREFIX, entropy_srcs=[str(p) for p in parts])
-
-
-def to_stored(volume: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(volume), 0, 4095).astype(np.uint16)
-
-
 def brain_headers(subject: BrainSubject, contrast: str, *, study_uid: str | None = None,
                   patient_id: str | None = None) -> list[Dataset]:
     """One header per slice (no pixel data), feet to head."""
@@ -44,46 +46,23 @@ def brain_headers(subject: BrainSubject, contrast: str, *, study_uid: str | None
     tr, te, ti, agent = SEQUENCES[contrast]
     seed = subject.seed
     n, rows, cols = subject.images[contrast].shape
-    study_uid = study_uid or _uid("brain-study", seed)
-    series_uid = _uid("brain-series", study_uid, contrast)
-    frame_uid = _uid("brain-frame", study_uid)
+    study_uid = study_uid or uid("brain-study", seed)
+    series_uid = uid("brain-series", study_uid, contrast)
+    frame_uid = uid("brain-frame", study_uid)
     patient_id = patient_id or f"PHANTOM-BRAIN-{seed}"
-    day = dt.date(2024, 1, 1) + dt.timedelta(days=seed % 365)
-    start = dt.datetime.combine(day, dt.time(10, 0)) + dt.timedelta(minutes=seed % 200)
+    day, start = study_day(seed, 10, 200)
     acq = start + dt.timedelta(minutes=minutes)
     px = subject.pixel_spacing_mm
-    x0, y0 = -(cols - 1) / 2 * px, -(rows - 1) / 2 * px
     out = []
     for k in range(n):
-        ds = Dataset()
-        sop_uid = _uid("brain-sop", series_uid, k)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NORM", "DIS2D"]
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = day.strftime("%Y%m%d")
-        ds.StudyTime = start.strftime("%H%M%S.%f")
-        ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = acq.strftime("%H%M%S.%f")
+        ds = new_instance(MRImageStorage, uid("brain-sop", series_uid, k), IMAGE_TYPE, day,
+                          start.strftime("%H%M%S.%f"), acq.strftime("%H%M%S.%f"))
         ds.AccessionNumber = f"MRB{seed:07d}"
-        ds.Modality = "MR"
-        ds.Manufacturer = "SIEMENS"
-        ds.ManufacturerModelName = "Skyra"
-        ds.SoftwareVersions = "syngo MR E11 (phantom)"
-        ds.InstitutionName = "Phantom Hospital"
-        ds.StationName = "PHANTOM-MR"
-        ds.ReferringPhysicianName = ""
+        set_site(ds, "MR", "Skyra", "syngo MR E11 (phantom)", "PHANTOM-MR")
         ds.StudyDescription = "MRT Schaedel mit KM"
         ds.SeriesDescription = desc
         ds.ProtocolName = desc
-        ds.PatientName = f"PHANTOM^BRAIN^{seed}"
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = "19650101"
-        ds.PatientSex = "F" if seed % 2 else "M"
-        ds.PatientAge = "059Y"
+        set_patient(ds, f"PHANTOM^BRAIN^{seed}", patient_id, "19650101", "F" if seed % 2 else "M", "059Y")
         ds.PatientWeight = 75
         ds.BodyPartExamined = "HEAD"
         ds.ScanningSequence = ss
@@ -120,26 +99,9 @@ def brain_headers(subject: BrainSubject, contrast: str, *, study_uid: str | None
             ds.ContrastBolusVolume = 7.5
             ds.ContrastBolusTotalDose = 7.5
             ds.ContrastBolusIngredient = "GADOLINIUM"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = number
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
-        z = float(subject.z_mm[k])
-        ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{z:.4f}"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = f"{z:.4f}"
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, cols
-        ds.PixelSpacing = [f"{px:.6f}", f"{px:.6f}"]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
+        set_plane(ds, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, series_number=number, index=k,
+                  z=float(subject.z_mm[k]), corner=centred_corner(rows, cols, px), shape=(rows, cols),
+                  pixel_spacing=[f"{px:.6f}", f"{px:.6f}"])
         ds.WindowCenter = 1000
         ds.WindowWidth = 2000
         out.append(ds)
@@ -154,16 +116,8 @@ def write_brain_series(out_dir: Path, seed: int, n_slices: int = 16, size: int =
         raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
     if subject is None:
         subject = generate_subject(seed, n_slices=n_slices, size=size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pixels = to_stored(subject.images[contrast])
-    paths = []
-    for k, ds in enumerate(brain_headers(subject, contrast, study_uid=study_uid, patient_id=patient_id)):
-        ds.PixelData = pixels[k].tobytes()
-        path = out_dir / f"{contrast}-{seed}-{k + 1:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    headers = brain_headers(subject, contrast, study_uid=study_uid, patient_id=patient_id)
+    return write_series(out_dir, headers, to_stored(subject.images[contrast]), f"{contrast}-{seed}")
 
 
 def write_brain_study(out_dir: Path, seed: int, n_slices: int = 16, size: int = 128,

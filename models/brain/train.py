@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +39,12 @@ from tqdm import tqdm
 from dicom_synth.intensity import normalise_slices
 from models.brain.networks import BrainNetConfig, ConditionalTranslator, ContrastDiscriminator
 from models.brain.phantom import CONTRASTS, generate_subject, split_seeds
-from models.brain.structure import brain_mask, structure_map, structure_map_soft, structure_map_torch
 from models.chain import carried_times
-from models.ct.networks import init_weights
-from models.ct.train import peak_rss_mb
+from models.common import trainer
+from models.common.layers import init_weights
+from models.common.structure import brain_mask, structure_map, structure_map_soft, structure_map_torch
+
+METRIC = "val_mae"  # mean absolute error of every translation inside the head on the validation subjects
 
 
 @dataclass(frozen=True)
@@ -334,13 +334,12 @@ def onehot(idx: torch.Tensor, n: int) -> torch.Tensor:
     return F.one_hot(idx, n).float()
 
 
-class MultiContrastGAN:
+class MultiContrastGAN(trainer.GanModel):
     """Translator (encoder + decoder), discriminator, optimisers, one training step."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        want_cuda = cfg.device == "cuda" and torch.cuda.is_available()
-        self.device = torch.device("cuda" if want_cuda else "cpu")
+        self.device = trainer.device_of(cfg.device)
         self.T = ConditionalTranslator(cfg.net).to(self.device)
         self.D = ContrastDiscriminator(cfg.net).to(self.device)
         init_weights(self.T)
@@ -463,16 +462,9 @@ class MultiContrastGAN:
                 count += int(m.sum())
         return total / max(count, 1)
 
-    def state(self, extra: dict | None = None) -> dict:
-        return {"T": self.T.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "step": self.step, "config": self.cfg.to_dict(), **(extra or {})}
-
-    def load_state(self, ckpt: dict) -> None:
-        self.T.load_state_dict(ckpt["T"])
-        self.D.load_state_dict(ckpt["D"])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.opt_d.load_state_dict(ckpt["opt_d"])
-        self.step = int(ckpt["step"])
+    @property
+    def nets(self) -> dict[str, torch.nn.Module]:
+        return {"T": self.T, "D": self.D}
 
 
 def paired_l1(y: torch.Tensor, target: torch.Tensor, source: torch.Tensor, change: float = 0.0) -> torch.Tensor:
@@ -529,12 +521,7 @@ def gate_target_l1(gate: torch.Tensor, target: torch.Tensor, source: torch.Tenso
 
 
 def load_translator(ckpt_path: Path) -> tuple[ConditionalTranslator, TrainConfig, dict]:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    t = ConditionalTranslator(cfg.net)
-    t.load_state_dict(ckpt["T"])
-    t.eval()
-    return t, cfg, ckpt
+    return trainer.load_network(ckpt_path, TrainConfig.from_dict, ConditionalTranslator, "T")
 
 
 def sample_batch(data: BrainData, cfg: TrainConfig, rng: np.random.Generator,
@@ -571,89 +558,48 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
     """Run (or resume) training; writes latest.pt, best.pt, history.json, config.json.
     `init_from`: start from another run's network weights (step 0, fresh optimisers; new
     layers such as the input gate keep their initialisation)."""
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = trainer.prepare(cfg, out_dir)
     t0 = time.time()
     data = data or build_data(cfg, progress)
     model = MultiContrastGAN(cfg)
     history: dict = {"steps": [], "data_seconds": round(time.time() - t0, 1), "n_slices": int(len(data.images)),
                      "train_seeds": split_seeds("train", cfg.n_train)[0], "val_seeds": split_seeds("val", cfg.n_val)[0]}
-    best = math.inf
-    if resume is not None:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
-        model.load_state(ckpt)
-        history = ckpt.get("history", history)
-        best = ckpt.get("best_val_mae", math.inf)
-    elif init_from is not None:
-        ckpt = torch.load(init_from, map_location="cpu", weights_only=False)
-        missing, unexpected = model.T.load_state_dict(ckpt["T"], strict=False)
-        if unexpected or any(not k.startswith("decoder.gate") for k in missing):
-            raise ValueError(f"{init_from} does not fit this network: missing {missing}, unexpected {unexpected}")
-        model.D.load_state_dict(ckpt["D"])
-        history["init_from"] = {"checkpoint": str(init_from), "step": int(ckpt["step"]),
-                                "config": ckpt["config"]["name"], "new_layers": list(missing),
-                                **carried_times(ckpt.get("history", {}))}
-        history.update(carried_times(history["init_from"]))  # times count the whole chain
+    history, best = trainer.resume_or_init(model, history, METRIC, resume, init_from, init_from_checkpoint)
     rng = np.random.default_rng([cfg.seed, model.step])
     gen = torch.Generator().manual_seed(cfg.seed + model.step)
-    t_train, cpu_train = time.time(), time.process_time()
-    # cumulative over resumes: checkpoints carry the totals so far
-    prior_s, prior_cpu = float(history.get("train_seconds", 0.0)), float(history.get("train_cpu_seconds", 0.0))
 
-    def count_time() -> None:
-        history["train_seconds"] = round(prior_s + time.time() - t_train, 1)
-        history["train_cpu_seconds"] = round(prior_cpu + time.process_time() - cpu_train, 1)
-    bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps, disable=not progress,
-               desc=f"multicontrast {cfg.name}")
-    for step in bar:
+    def step_once(step: int) -> dict[str, float]:
         crop = cfg.size if step >= cfg.full_size_from * cfg.steps else cfg.crop
         x, src, st, bg, pr, les = sample_batch(data, cfg, rng, crop)
         dev = model.device
-        losses = model.train_step(x.to(dev), src, st.to(dev), bg.to(dev), gen, pr if cfg.lambda_paired > 0 else None,
-                                  None if les is None else les.to(dev))
-        bar.set_postfix(rec=f"{losses['rec']:.3f}", cyc=f"{losses['cycle']:.3f}", d=f"{losses['d']:.2f}")
-        if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
-            val = model.validate(data.val_images, data.val_background)
-            history["steps"].append({"step": step + 1, "val_mae": round(val, 5),
-                                     "seconds": round(time.time() - t_train, 1),
-                                     **{k: round(v, 5) for k, v in losses.items()}})
-            count_time()
-            extra = {"history": history, "best_val_mae": min(best, val)}
-            if val < best:
-                best = val
-                torch.save(model.state(extra), out_dir / "best.pt")
-            torch.save(model.state(extra), out_dir / "latest.pt")
-    count_time()
-    history["best_val_mae"] = best
-    history["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    return history
+        return model.train_step(x.to(dev), src, st.to(dev), bg.to(dev), gen, pr if cfg.lambda_paired > 0 else None,
+                                None if les is None else les.to(dev))
+
+    return trainer.fit(model, cfg, out_dir, history, best, train_step=step_once,
+                       validate=lambda: model.validate(data.val_images, data.val_background), metric=METRIC,
+                       postfix=lambda losses: {"rec": f"{losses['rec']:.3f}", "cyc": f"{losses['cycle']:.3f}",
+                                               "d": f"{losses['d']:.2f}"},
+                       desc=f"multicontrast {cfg.name}", progress=progress)
+
+
+def init_from_checkpoint(model: MultiContrastGAN, path: Path) -> dict:
+    """Another run's network weights (step 0, fresh optimisers); new layers such as the input
+    gate keep their initialisation."""
+    ckpt = trainer.load_checkpoint(path)
+    missing, unexpected = model.T.load_state_dict(ckpt["T"], strict=False)
+    if unexpected or any(not k.startswith("decoder.gate") for k in missing):
+        raise ValueError(f"{path} does not fit this network: missing {missing}, unexpected {unexpected}")
+    model.D.load_state_dict(ckpt["D"])
+    return {"checkpoint": str(path), "step": int(ckpt["step"]), "config": ckpt["config"]["name"],
+            "new_layers": list(missing), **carried_times(ckpt.get("history", {}))}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train the seed-002 conditional multi-contrast translator.")
-    p.add_argument("--config", choices=sorted(CONFIGS), default="small")
-    p.add_argument("--out", type=Path, default=Path("runs/brain"))
-    p.add_argument("--resume", type=Path, default=None)
-    p.add_argument("--init-from", type=Path, default=None,
-                   help="start from this checkpoint's weights (step 0; e.g. small_paired -> small_paired_gate)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    trainer.add_train_arguments(p, CONFIGS, "runs/brain", "small_paired -> small_paired_gate")
     a = p.parse_args(argv)
-    cfg = CONFIGS[a.config]
-    if a.resume is not None:
-        cfg = TrainConfig.from_dict(torch.load(a.resume, map_location="cpu", weights_only=False)["config"])
-    overrides = {k: v for k, v in (("steps", a.steps), ("seed", a.seed), ("threads", a.threads),
-                                   ("device", a.device)) if v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
-    hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress, init_from=a.init_from)
-    print(json.dumps({k: v for k, v in hist.items() if k != "steps"}, indent=1))
+    cfg = trainer.config_from_args(a, CONFIGS, TrainConfig.from_dict)
+    trainer.print_summary(train(cfg, a.out, resume=a.resume, progress=not a.no_progress, init_from=a.init_from))
     return 0
 
 

@@ -24,8 +24,6 @@ procedure.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,10 +33,18 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_synth import intensity
-from dicom_synth.multicontrast import load_synthesis_model, normalise
-from dicom_synth.registry import load_card
+from dicom_synth.multicontrast import normalise
+from models.common.evaluate import (
+    filled_body,
+    phantom_main,
+    save_panel,
+    score_case,
+    shortfalls,
+    summarise,
+    table_row,
+    unit_slices,
+)
 from models.ct.phantom import ORGANS, REGIONS, L, generate_subject, split_seeds
-from models.dce.evaluate import score_case, shortfalls, summarise, unit_slices
 from models.guided_filter import GuidedFilter
 
 HU_KNOTS = (-1000, -900, -500, -200, -150, -120, -100, -80, -60, -40, -20, 0, 10, 20, 30, 40, 50, 60,
@@ -87,13 +93,7 @@ def body_mask_ct(ct_hu: np.ndarray) -> np.ndarray:
     """Body = above -500 HU, holes filled per slice (bowel gas, airway), largest 3-D part."""
     in_plane = np.zeros((3, 3, 3), bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    m = ndimage.binary_opening(ct_hu > -500, structure=in_plane)
-    m = np.stack([ndimage.binary_fill_holes(s) for s in m])
-    lab, n = ndimage.label(m)
-    if n > 1:
-        sizes = ndimage.sum(m, lab, range(1, n + 1))
-        m = lab == (1 + int(np.argmax(sizes)))
-    return m
+    return filled_body(ndimage.binary_opening(ct_hu > -500, structure=in_plane))
 
 
 def fit_baselines(n_subjects: int = 4, n_slices: int = 12, size: int = 128) -> dict[str, PiecewiseMap]:
@@ -224,23 +224,6 @@ def phantom_cases(n: int, n_slices: int = 24, size: int = 128) -> Iterable[dict]
                    "organs": {name: tuple(L[t] for t in ts) for name, ts in ORGANS[region].items()}}
 
 
-def save_panel(path: Path, tiles: list[tuple[str, np.ndarray]], title: str = "") -> Path:
-    """Labelled tiles side by side as an 8-bit PNG."""
-    from PIL import Image, ImageDraw
-
-    img = np.concatenate([(np.clip(t, 0, 1) * 255).astype(np.uint8) for _, t in tiles], 1)
-    im = Image.fromarray(img)
-    draw = ImageDraw.Draw(im)
-    w = tiles[0][1].shape[1]
-    for i, (label, _) in enumerate(tiles):
-        draw.text((i * w + 4, 4), label, fill=255)
-    if title:
-        draw.text((4, tiles[0][1].shape[0] - 14), title, fill=255)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
-    return path
-
-
 def evaluate(cases: Iterable[dict], model, baselines: dict[str, PiecewiseMap],
              panels_dir: Path | None = None) -> dict:
     """Every case through the model and the baselines. When the card names a post filter,
@@ -304,9 +287,7 @@ def format_tables(res: dict) -> str:
              "| method | convention | SSIM | PSNR dB | MAE | MSE | Pearson r |", "|---|---|---|---|---|---|---|"]
     for method, convs in res["table"].items():
         for conv, r in convs.items():
-            lines.append(f"| {method} | {conv} | {r['ssim'][0]:.3f} ± {r['ssim'][1]:.3f} | "
-                         f"{r['psnr'][0]:.2f} ± {r['psnr'][1]:.2f} | {r['mae'][0]:.4f} ± {r['mae'][1]:.4f} | "
-                         f"{r['mse'][0]:.4f} ± {r['mse'][1]:.4f} | {r['r'][0]:.3f} ± {r['r'][1]:.3f} |")
+            lines.append(f"| {method} | {conv} | {table_row(r)} |")
     organs = sorted({o for m in res["structure"].values() for o in m if o != "mean"})
     lines += ["", "Organ Dice, CT anatomy vs the organ re-segmented on each image (3-D per series)",
               "| image | " + " | ".join(organs) + " | mean |", "|---" * (len(organs) + 2) + "|"]
@@ -324,23 +305,10 @@ def format_tables(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Evaluate CT -> pseudo-MRI on phantom test subjects.")
-    p.add_argument("--test-subjects", type=int, default=2, help="per region")
-    p.add_argument("--slices", type=int, default=24)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--models-dir", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=Path("runs/ct_eval"))
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args(argv)
-    model = load_synthesis_model(load_card("pseudo_mri", a.models_dir), threads=a.threads)
-    res = evaluate(phantom_cases(a.test_subjects, a.slices, a.size), model, fit_baselines(),
-                   panels_dir=a.out / "panels")
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "metrics.json").write_text(json.dumps(res, indent=1))
-    text = format_tables(res)
-    (a.out / "table.md").write_text(text + "\n")
-    print(text)
-    return 0
+    return phantom_main(argv, description="Evaluate CT -> pseudo-MRI on phantom test subjects.", task="pseudo_mri",
+                        test_subjects=2, slices=24, out="runs/ct_eval", per="per region", report=format_tables,
+                        score=lambda model, n, slices, size, panels: evaluate(
+                            phantom_cases(n, slices, size), model, fit_baselines(), panels_dir=panels))
 
 
 if __name__ == "__main__":

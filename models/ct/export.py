@@ -7,9 +7,6 @@ its model card, which `dicom_synth.multicontrast` reads: the HU window in `norma
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +15,13 @@ import torch
 
 from dicom_synth.intensity import default_output_mapping
 from dicom_synth.multicontrast import PSEUDO_MRI
-from dicom_synth.registry import sha256_file
-from models.ct.networks import ResnetGenerator, with_post_filter
+from models.common import export as common
+from models.common.export import OPSET
+from models.common.layers import ResidualBlock, with_post_filter
 from models.ct.train import TrainConfig, load_generator
-from models.dce.export import write_card
 from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_from
 
-OPSET = 17
+TASK = "pseudo_mri"
 OUTPUT_LABEL = "pseudo-MRI (T2-like)"
 INTENDED_USE = (
     "Research and demonstration only. Synthesizes a T2-weighted-looking pseudo-MRI in the "
@@ -33,30 +30,20 @@ INTENDED_USE = (
     "DIAGNOSIS: it cannot show what the CT does not encode, and may invent or miss structure.")
 
 
-def export_onnx(generator: ResnetGenerator, path: Path, opset: int = OPSET) -> Path:
+def export_onnx(generator: torch.nn.Module, path: Path, opset: int = OPSET) -> Path:
     """Trace in eval mode (the mode validated) with a 64x64 dummy (reflection padding needs
     a few pixels at the bottleneck); batch, height and width stay dynamic."""
-    generator.eval()
-    dummy = torch.zeros(1, 1, 64, 64)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(generator, (dummy,), str(path), input_names=["input"], output_names=["output"],
-                      dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
-                                    "output": {0: "batch", 2: "height", 3: "width"}},
-                      opset_version=opset, dynamo=False)
-    return path
+    return common.export_onnx(generator, path, {"input": torch.zeros(1, 1, 64, 64)}, opset=opset)
 
 
-def parity(generator: ResnetGenerator, onnx_path: Path, x: np.ndarray) -> float:
+def parity(generator: torch.nn.Module, onnx_path: Path, x: np.ndarray) -> float:
     """max |ONNX Runtime - PyTorch| on the same (N, 1, H, W) input."""
-    import onnxruntime as ort
+    return common.parity(generator, onnx_path, {"input": x})
 
-    generator.eval()
-    with torch.no_grad():
-        ref = generator(torch.from_numpy(x)).numpy()
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (out,) = sess.run(None, {"input": x})
-    return float(np.abs(out - ref).max())
+
+def feature_module(generator: torch.nn.Module) -> torch.nn.Module:
+    """The generator's last residual block (after the bottleneck): what `features` pool."""
+    return [m for m in generator.modules() if isinstance(m, ResidualBlock)][-1]
 
 
 AIR_HU = -500.0  # below: air or lung, a signal void on every MR sequence
@@ -101,38 +88,27 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
                metrics: dict[str, Any] | None = None, training_data: dict[str, Any] | None = None,
                history: dict[str, Any] | None = None, post_filter: GuidedFilter | None = None) -> dict[str, Any]:
     """Everything the runtime needs to run the file as it was validated."""
-    card = {
-        "name": name,
-        "task": "pseudo_mri",
-        "version": version,
-        "onnx_file": Path(onnx_file).name,
-        "sha256": sha256_file(onnx_file),
-        "output_label": OUTPUT_LABEL,
-        "output_modality": "MR",
-        "runtime": PSEUDO_MRI,
-        "architecture": architecture(cfg, post_filter),
-        "net": cfg.net.to_dict(),
-        "input": {"name": "input", "layout": "NCHW", "channels": 1, "dtype": "float32",
-                  "spatial_multiple": cfg.net.spatial_multiple,
-                  "padding": "bottom/right with -1 (air after the window), cropped back",
-                  "series": "axial non-contrast CT in Hounsfield units (rescale applied), "
-                            "head-and-neck or abdomen/pelvis"},
-        "normalisation": cfg.normalisation(),
-        # applied by the runtime after the network (dicom_synth.multicontrast.signal_void)
-        "signal_void": {"below_hu": AIR_HU, "value": -1.0, "why": "air (airway, lung, bowel gas) has no MR signal"},
-        "output_mapping": default_output_mapping(),
-        "training": {k: v for k, v in cfg.to_dict().items() if k != "net"},
-        "training_history": {k: v for k, v in (history or {}).items() if k != "subjects"},
-        "training_data": training_data or {},
-        "metrics": metrics or {},
-        "intended_use": INTENDED_USE,
-        "limitations": (
+    card = common.model_card(
+        name=name, task=TASK, version=version, onnx_file=onnx_file, config=cfg.to_dict(), describe={
+            "output_label": OUTPUT_LABEL,
+            "output_modality": "MR",
+            "runtime": PSEUDO_MRI,
+            "architecture": architecture(cfg, post_filter),
+            "net": cfg.net.to_dict(),
+            "input": {"name": "input", "layout": "NCHW", "channels": 1, "dtype": "float32",
+                      "spatial_multiple": cfg.net.spatial_multiple,
+                      "padding": "bottom/right with -1 (air after the window), cropped back",
+                      "series": "axial non-contrast CT in Hounsfield units (rescale applied), "
+                                "head-and-neck or abdomen/pelvis"},
+            "normalisation": cfg.normalisation(),
+            # applied by the runtime after the network (dicom_synth.multicontrast.signal_void)
+            "signal_void": {"below_hu": AIR_HU, "value": -1.0, "why": "air (airway, lung, bowel gas) has no MR signal"},
+            "output_mapping": default_output_mapping()},
+        history={k: v for k, v in (history or {}).items() if k != "subjects"}, training_data=training_data,
+        metrics=metrics, intended_use=INTENDED_USE, limitations=(
             "Trained unpaired on a CT/MRI phantom, not on patients; output intensities are "
             "relative ((o+1)/2*stored_max), T2-like, not a calibrated MR signal. Figures on the "
-            "phantom say nothing about clinical accuracy."),
-        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "opset": OPSET,
-    }
+            "phantom say nothing about clinical accuracy."))
     if post_filter is not None:
         card["post_filter"] = post_filter.to_dict()
         card["limitations"] += post_filter.limitation("CT")
@@ -140,12 +116,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Export a CT->pseudo-MRI checkpoint to ONNX + card.")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--out", type=Path, default=Path("models/weights"))
-    p.add_argument("--name", default="pseudo_mri")
-    p.add_argument("--version", default="0.1.0")
-    p.add_argument("--metrics", type=Path, default=None, help="JSON from models.ct.evaluate")
+    p = common.export_arguments("Export a CT->pseudo-MRI checkpoint to ONNX + card.", TASK, "models.ct.evaluate")
     add_post_filter_argument(p, None)
     a = p.parse_args(argv)
     post_filter = post_filter_from(a.post_filter)
@@ -154,11 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     onnx_path = export_onnx(g, a.out / f"{a.name}.onnx")
     x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 128, 96)).astype(np.float32)
     delta = parity(g, onnx_path, x)
-    metrics = json.loads(a.metrics.read_text()) if a.metrics else {}
+    metrics = common.read_metrics(a.metrics)
     card = build_card(a.name, onnx_path, cfg, version=a.version, metrics=metrics, history=ckpt.get("history"),
                       post_filter=post_filter)
-    card["export_parity_max_abs"] = delta
-    print(write_card(card, a.out, a.name), f"parity max|Δ| = {delta:.2e}")
+    common.write_exported(card, delta, a.out, a.name)
     return 0
 
 

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.guided_filter import GuidedFilter
+from models.common.layers import ResidualBlock
+from models.common.layers import instance_norm as _norm
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,6 @@ class CycleNetConfig:
         return asdict(self)
 
 
-def _norm(ch: int) -> nn.Module:
-    return nn.InstanceNorm2d(ch, affine=False, track_running_stats=False)
-
-
 class GaussianBlur(nn.Module):
     """Fixed separable Gaussian, reflect-padded; part of the exported graph, not a weight."""
 
@@ -99,17 +96,6 @@ class SoftBins(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, torch.exp(-(((x - self.centres) / self.width) ** 2))], 1)
-
-
-class ResidualBlock(nn.Module):
-    def __init__(self, ch: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=False), _norm(ch), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=False), _norm(ch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
 
 
 class ResnetGenerator(nn.Module):
@@ -197,49 +183,6 @@ def with_input_basis(state: dict[str, torch.Tensor], cfg: CycleNetConfig) -> dic
     return state
 
 
-class GuidedSmoothing(nn.Module):
-    """`GuidedFilter` as a module: (image, guide) -> filtered image, both (N, 1, H, W), any
-    size (reflect padding); part of the exported graph (`GuidedFilter.smooth` is the same in
-    NumPy)."""
-
-    def __init__(self, spec: GuidedFilter):
-        super().__init__()
-        self.spec = spec
-        self.pad = nn.ReflectionPad2d(spec.radius)
-
-    def forward(self, image: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        r, h, w = self.spec.radius, image.shape[-2], image.shape[-1]
-        img, gd = self.pad(image), self.pad(guide)
-        scale = -0.5 / self.spec.sigma_range**2
-        num = torch.zeros_like(image)
-        den = torch.zeros_like(image)
-        for dy, dx, ws in self.spec.offsets():
-            g = gd[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-            wt = ws * torch.exp(scale * (g - guide) ** 2)
-            num = num + wt * img[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-            den = den + wt
-        return num / den  # den >= 1: the centre pixel weighs 1
-
-
-class FilteredNetwork(nn.Module):
-    """A network followed by `GuidedSmoothing` guided by its own first input (the CT, or the
-    brain's source contrast): what is exported when a card names a `post_filter`. It takes
-    the same inputs as the network."""
-
-    def __init__(self, network: nn.Module, spec: GuidedFilter):
-        super().__init__()
-        self.network = network
-        self.smoothing = GuidedSmoothing(spec)
-
-    def forward(self, x: torch.Tensor, *conditions: torch.Tensor | None) -> torch.Tensor:
-        return self.smoothing(self.network(x, *conditions), x)
-
-
-def with_post_filter(network: nn.Module, spec: GuidedFilter | None) -> nn.Module:
-    """The network, followed by the input-guided filter when there is one: what goes to ONNX."""
-    return network if spec is None else FilteredNetwork(network, spec)
-
-
 class PatchDiscriminator(nn.Module):
     """Unconditional PatchGAN (LSGAN output, no sigmoid): `layers` stride-2 stages."""
 
@@ -258,15 +201,6 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
-
-
-def init_weights(net: nn.Module, gain: float = 0.02) -> None:
-    """CycleGAN's normal(0, 0.02) initialisation."""
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.normal_(m.weight, 0.0, gain)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 def count_transposed(net: nn.Module) -> int:

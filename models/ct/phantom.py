@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.ct.draw import Canvas, Ellipsoid, gaussian_blur, random_wobble, smooth_field
+from models.common.draw import Canvas, Ellipsoid, gaussian_blur, random_wobble, smooth_field
+from models.common.split import SeedSplits
 
 REGIONS = ("abdomen", "head_neck")
-SPLIT_BASE = {"train": 41_000, "val": 42_000, "test": 43_000}
+SPLITS = SeedSplits({"train": 41_000, "val": 42_000, "test": 43_000})
+SPLIT_BASE = SPLITS.base
 MR_SCALE = 2000.0  # stored MR units per unit T2 signal (DICOM writer, demo)
 
 # name: (HU, T2-weighted signal on [0, ~1])
@@ -66,20 +68,8 @@ ORGANS: dict[str, dict[str, tuple[str, ...]]] = {
 Z_EXTENT = {"abdomen": (0.0, 330.0), "head_neck": (0.0, 250.0)}
 
 
-def split_of(seed: int) -> str:
-    for name, base in SPLIT_BASE.items():
-        if base <= seed < base + 1000:
-            return name
-    return "other"
-
-
-def split_seeds(split: str, n: int) -> list[int]:
-    """The first n subject seeds of a split (train 41000.., val 42000.., test 43000..)."""
-    if split not in SPLIT_BASE:
-        raise ValueError(f"unknown split {split!r}; known: {sorted(SPLIT_BASE)}")
-    if not 0 < n <= 1000:
-        raise ValueError("n must be 1..1000")
-    return [SPLIT_BASE[split] + i for i in range(n)]
+split_of = SPLITS.split_of
+split_seeds = SPLITS.seeds
 
 
 @dataclass

@@ -10,29 +10,25 @@ same study. Stored pixels are HU + 1024 (RescaleIntercept -1024, slope 1, 12 bit
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage
 
+from models.common import phantom_dicom as common
+from models.common.phantom_dicom import centred_corner, new_instance, set_patient, set_plane, set_site, study_day, uid
 from models.ct.phantom import REGIONS, CTSubject, generate_subject
 
-UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's documented example root
 _PROTOCOL = {  # region: study description, series description, body part, kernel, kVp, mAs
     "abdomen": ("CT Abdomen Pelvis RT planning", "Abdomen 3.0 Br40", "ABDOMEN", "Br40", 120, 180),
     "head_neck": ("CT Head Neck RT planning", "HeadNeck 2.0 Hr40", "HEADNECK", "Hr40", 120, 250),
 }
 
 
-def _uid(*parts: object) -> str:
-    return generate_uid(prefix=UID_PREFIX, entropy_srcs=[str(p) for p in parts])
-
-
 def to_stored(hu: np.ndarray) -> np.ndarray:
     """HU to stored uint16 with intercept -1024 (clipped to 12 bits: -1024..3071 HU)."""
-    return np.clip(np.rint(hu + 1024.0), 0, 4095).astype(np.uint16)
+    return common.to_stored(hu, offset=1024.0)
 
 
 def ct_headers(subject: CTSubject, *, study_uid: str | None = None,
@@ -41,44 +37,24 @@ def ct_headers(subject: CTSubject, *, study_uid: str | None = None,
     seed, region = subject.seed, subject.region
     study_desc, series_desc, body_part, kernel, kvp, mas = _PROTOCOL[region]
     n, rows, cols = subject.ct.shape
-    study_uid = study_uid or _uid("ct-study", seed, region)
-    series_uid = _uid("ct-series", study_uid, region)
-    frame_uid = _uid("ct-frame", study_uid)
+    study_uid = study_uid or uid("ct-study", seed, region)
+    series_uid = uid("ct-series", study_uid, region)
+    frame_uid = uid("ct-frame", study_uid)
     patient_id = patient_id or f"PHANTOM-CT-{seed}"
-    day = dt.date(2024, 1, 1) + dt.timedelta(days=seed % 365)
-    start = dt.datetime.combine(day, dt.time(8, 0)) + dt.timedelta(minutes=seed % 300)
+    day, start = study_day(seed, 8, 300)
     px = subject.pixel_spacing_mm
-    x0, y0 = -(cols - 1) / 2 * px, -(rows - 1) / 2 * px
     out = []
     for k in range(n):
-        ds = Dataset()
-        sop_uid = _uid("ct-sop", series_uid, k)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = day.strftime("%Y%m%d")
-        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = start.strftime("%H%M%S")
+        time = start.strftime("%H%M%S")
+        ds = new_instance(CTImageStorage, uid("ct-sop", series_uid, k), ("ORIGINAL", "PRIMARY", "AXIAL"), day,
+                          time, time)
         ds.AccessionNumber = f"CT{seed:08d}"
-        ds.Modality = "CT"
-        ds.Manufacturer = "SIEMENS"
-        ds.ManufacturerModelName = "SOMATOM go.Open Pro"
-        ds.SoftwareVersions = "syngo CT VA40 (phantom)"
-        ds.InstitutionName = "Phantom Hospital"
-        ds.StationName = "PHANTOM-CT"
-        ds.ReferringPhysicianName = ""
+        set_site(ds, "CT", "SOMATOM go.Open Pro", "syngo CT VA40 (phantom)", "PHANTOM-CT")
         ds.StudyDescription = study_desc
         ds.SeriesDescription = series_desc
         ds.ProtocolName = study_desc
-        ds.PatientName = f"PHANTOM^CT^{seed}"
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = "19600101"
-        ds.PatientSex = "M" if region == "abdomen" else ("F" if seed % 2 else "M")
-        ds.PatientAge = "064Y"
+        set_patient(ds, f"PHANTOM^CT^{seed}", patient_id, "19600101",
+                    "M" if region == "abdomen" else ("F" if seed % 2 else "M"), "064Y")
         ds.BodyPartExamined = body_part
         ds.ScanOptions = "HELICAL_CT"
         ds.SliceThickness = f"{subject.slice_spacing_mm:.2f}"
@@ -103,26 +79,9 @@ def ct_headers(subject: CTSubject, *, study_uid: str | None = None,
         ds.TotalCollimationWidth = 38.4
         ds.SpiralPitchFactor = 0.8
         ds.CTDIvol = 12.0 if region == "abdomen" else 40.0
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = 2
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
-        z = float(subject.z_mm[k])
-        ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{z:.4f}"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = f"{z:.4f}"
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, cols
-        ds.PixelSpacing = [f"{px:.6f}", f"{px:.6f}"]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
+        set_plane(ds, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, series_number=2, index=k,
+                  z=float(subject.z_mm[k]), corner=centred_corner(rows, cols, px), shape=(rows, cols),
+                  pixel_spacing=[f"{px:.6f}", f"{px:.6f}"])
         ds.WindowCenter = [40, 400] if region == "abdomen" else [40, 300]
         ds.WindowWidth = [400, 1800] if region == "abdomen" else [350, 2500]
         ds.RescaleIntercept = -1024
@@ -140,16 +99,8 @@ def write_ct_series(out_dir: Path, seed: int, n_slices: int = 24, size: int = 12
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
     if subject is None:
         subject = generate_subject(seed, region, n_slices=n_slices, size=size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pixels = to_stored(subject.ct)
-    paths = []
-    for k, ds in enumerate(ct_headers(subject, study_uid=study_uid, patient_id=patient_id)):
-        ds.PixelData = pixels[k].tobytes()
-        path = out_dir / f"ct-{region}-{seed}-{k + 1:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    headers = ct_headers(subject, study_uid=study_uid, patient_id=patient_id)
+    return common.write_series(out_dir, headers, to_stored(subject.ct), f"ct-{region}-{seed}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import random
-import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +31,14 @@ from tqdm import tqdm
 
 from dicom_synth.intensity import normalise_slices
 from dicom_synth.multicontrast import HU_CURVE, HU_WINDOW, normalise
-from models.brain.structure import structure_map_soft, structure_map_torch
 from models.chain import carried_times
+from models.common import trainer
+from models.common.layers import init_weights
+from models.common.structure import structure_map_soft, structure_map_torch
 from models.ct.networks import (
     CycleNetConfig,
     PatchDiscriminator,
     ResnetGenerator,
-    init_weights,
     with_input_basis,
     with_long_skip,
 )
@@ -63,6 +60,8 @@ def curve_values(hu: tuple[float, ...], curve: tuple[tuple[float, float], ...] =
     """HU -> the generator's input value under a piecewise-linear curve."""
     knots, values = zip(*curve, strict=True)
     return tuple(round(float(v), 4) for v in np.interp(hu, knots, values))
+
+METRIC = "val_mae"  # CT -> MRI mean absolute error inside the body on the validation pairs
 
 
 @dataclass(frozen=True)
@@ -294,13 +293,12 @@ def _lsgan(pred: torch.Tensor, real: bool) -> torch.Tensor:
     return F.mse_loss(pred, torch.full_like(pred, 1.0 if real else 0.0))
 
 
-class CycleGAN:
+class CycleGAN(trainer.GanModel):
     """Both generators, the three discriminators, their optimisers and one training step."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        want_cuda = cfg.device == "cuda" and torch.cuda.is_available()
-        self.device = torch.device("cuda" if want_cuda else "cpu")
+        self.device = trainer.device_of(cfg.device)
         n = cfg.net
         self.G = ResnetGenerator(n).to(self.device)  # CT -> MRI (the exported one)
         self.F = ResnetGenerator(n).to(self.device)  # MRI -> CT
@@ -392,40 +390,16 @@ class CycleGAN:
             n += int(m.sum())
         return total / max(n, 1)
 
-    def state(self, extra: dict | None = None) -> dict:
-        out = {k: v.state_dict() for k, v in self.nets.items()}
-        out.update(opt_g=self.opt_g.state_dict(), opt_d=self.opt_d.state_dict(), step=self.step,
-                   config=self.cfg.to_dict(), **(extra or {}))
-        return out
-
-    def load_state(self, ckpt: dict) -> None:
-        for k, v in self.nets.items():
-            v.load_state_dict(ckpt[k])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.opt_d.load_state_dict(ckpt["opt_d"])
-        self.step = int(ckpt["step"])
-
 
 def load_generator(ckpt_path: Path) -> tuple[ResnetGenerator, TrainConfig, dict]:
     """The CT -> MRI generator of a checkpoint in eval mode, with the run's options."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    g = ResnetGenerator(cfg.net)
-    g.load_state_dict(ckpt["G"])
-    g.eval()
-    return g, cfg, ckpt
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return ru / (1024.0 * 1024.0) if sys.platform == "darwin" else ru / 1024.0
+    return trainer.load_network(ckpt_path, TrainConfig.from_dict, ResnetGenerator, "G")
 
 
 def init_from_checkpoint(model: CycleGAN, path: Path) -> dict:
     """Another run's weights (step 0, fresh optimisers). A plain generator may be loaded into
     one with `long_skip` (`with_long_skip`: same function to start with)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = trainer.load_checkpoint(path)
     src = CycleNetConfig(**ckpt["config"]["net"])
     dst = model.cfg.net
     adds_bins = bool(dst.input_basis) and not src.input_basis
@@ -451,90 +425,40 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
           domains: Domains | None = None, init_from: Path | None = None) -> dict:
     """Run (or resume) training; writes latest.pt, best.pt, history.json, config.json.
     `init_from`: start from another run's weights instead (`init_from_checkpoint`)."""
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = trainer.prepare(cfg, out_dir)
     t0 = time.time()
     data = domains or build_domains(cfg, progress)
     model = CycleGAN(cfg)
     history: dict = {"steps": [], "data_seconds": round(time.time() - t0, 1), "n_ct_slices": int(len(data.ct)),
                      "n_mr_slices": int(len(data.mr)), "subjects": data.subjects}
-    best = math.inf
-    if resume is not None:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
-        model.load_state(ckpt)
-        history = ckpt.get("history", history)
-        best = ckpt.get("best_val_mae", math.inf)
-    elif init_from is not None:
-        history["init_from"] = init_from_checkpoint(model, init_from)
-        history.update(carried_times(history["init_from"]))  # times count the whole chain
+    history, best = trainer.resume_or_init(model, history, METRIC, resume, init_from, init_from_checkpoint)
     rng = np.random.default_rng([cfg.seed, model.step])
     gen = torch.Generator().manual_seed(cfg.seed + model.step)
-    t_train, cpu_train = time.time(), time.process_time()
-    # cumulative over resumes: checkpoints carry the totals so far
-    prior_s, prior_cpu = float(history.get("train_seconds", 0.0)), float(history.get("train_cpu_seconds", 0.0))
 
-    def count_time() -> None:
-        history["train_seconds"] = round(prior_s + time.time() - t_train, 1)
-        history["train_cpu_seconds"] = round(prior_cpu + time.process_time() - cpu_train, 1)
-    bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps, disable=not progress,
-               desc=f"cyclegan {cfg.name}")
-    for step in bar:
+    def step_once(step: int) -> dict[str, float]:
         size = cfg.size if step >= cfg.full_size_from * cfg.steps else cfg.crop
         ct = random_crops(data.ct, cfg.batch_size, size, rng, cfg.mirror).to(model.device)
         mr = random_crops(data.mr, cfg.batch_size, size, rng, cfg.mirror).to(model.device)
-        losses = model.train_step(ct, mr, gen)
-        bar.set_postfix(cyc=f"{losses['cycle']:.3f}", g=f"{losses['g_gan']:.2f}", d=f"{losses['d_mr']:.2f}")
-        if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
-            val = model.validate(data.val_ct, data.val_mr, data.val_body)
-            history["steps"].append({"step": step + 1, "val_mae": round(val, 5),
-                                     "seconds": round(time.time() - t_train, 1),
-                                     **{k: round(v, 5) for k, v in losses.items()}})
-            count_time()
-            extra = {"history": history, "best_val_mae": min(best, val)}
-            if val < best:
-                best = val
-                torch.save(model.state(extra), out_dir / "best.pt")
-            torch.save(model.state(extra), out_dir / "latest.pt")
-    count_time()
-    history["best_val_mae"] = best
-    history["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    if model.device.type == "cuda":
-        history["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    return history
+        return model.train_step(ct, mr, gen)
+
+    return trainer.fit(model, cfg, out_dir, history, best, train_step=step_once,
+                       validate=lambda: model.validate(data.val_ct, data.val_mr, data.val_body), metric=METRIC,
+                       postfix=lambda losses: {"cyc": f"{losses['cycle']:.3f}", "g": f"{losses['g_gan']:.2f}",
+                                               "d": f"{losses['d_mr']:.2f}"},
+                       desc=f"cyclegan {cfg.name}", progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train the seed-004 CycleGAN (CT -> pseudo-MRI).")
-    p.add_argument("--config", choices=sorted(CONFIGS), default="small")
-    p.add_argument("--out", type=Path, default=Path("runs/ct"))
-    p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
-    p.add_argument("--init-from", type=Path, default=None,
-                   help="start from this checkpoint's weights (step 0; e.g. small_curve -> small_curve_skip_ngf)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default=None)
+    trainer.add_train_arguments(p, CONFIGS, "runs/ct", "small_curve -> small_curve_skip_ngf")
     p.add_argument("--lambda-identity", type=float, default=None)
     p.add_argument("--lambda-edge", type=float, default=None)
     p.add_argument("--lambda-ngf", type=float, default=None)
     p.add_argument("--lambda-tv", type=float, default=None)
-    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    cfg = CONFIGS[a.config]
-    if a.resume is not None:
-        cfg = TrainConfig.from_dict(torch.load(a.resume, map_location="cpu", weights_only=False)["config"])
-    overrides = {k: v for k, v in (("steps", a.steps), ("seed", a.seed), ("threads", a.threads),
-                                   ("device", a.device),
-                                   ("lambda_identity", a.lambda_identity), ("lambda_edge", a.lambda_edge),
-                                   ("lambda_ngf", a.lambda_ngf), ("lambda_tv", a.lambda_tv))
-                 if v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
-    hist = train(cfg, a.out, resume=a.resume, progress=not a.no_progress, init_from=a.init_from)
-    print(json.dumps({k: v for k, v in hist.items() if k not in ("steps", "subjects")}, indent=1))
+    cfg = trainer.config_from_args(a, CONFIGS, TrainConfig.from_dict, lambda_identity=a.lambda_identity,
+                                   lambda_edge=a.lambda_edge, lambda_ngf=a.lambda_ngf, lambda_tv=a.lambda_tv)
+    trainer.print_summary(train(cfg, a.out, resume=a.resume, progress=not a.no_progress, init_from=a.init_from))
     return 0
 
 

@@ -10,21 +10,19 @@ Offline: needs torch (the `train` extra) but no network.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dicom_synth.inference import SynthesisModel
-from dicom_synth.registry import UnknownModelError, default_models_dir, load_card
+from dicom_synth.registry import load_card
+from models.common import export as common
+from models.common.export import write_card
 from models.dce import evaluate as ev
-from models.dce.export import build_card, export_onnx, parity, write_card
+from models.dce.export import build_card, export_onnx, feature_module, parity
 from models.dce.train import CONFIGS, load_generator, train
 
 NAME = "dce_phase1"
@@ -44,16 +42,14 @@ def build(out_dir: Path, run_dir: Path, config: str = "demo", n_test: int = 4,
         train(cfg, run_dir)
         checkpoint = run_dir / "latest.pt"
     g, cfg, ckpt = load_generator(checkpoint)
-    hist_file = Path(checkpoint).parent / "history.json"
-    history = json.loads(hist_file.read_text()) if hist_file.exists() else ckpt.get("history", {})
+    history = common.run_history(checkpoint, ckpt)
     # Build in the run folder; replace the shipped files only when everything passed, so a
     # service reading models/weights never sees a half-written model.
     stage = Path(run_dir) / "weights"
     onnx_path = export_onnx(g, stage / f"{NAME}.onnx")
     x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 384, 384)).astype(np.float32)
     delta = parity(g, onnx_path, x)
-    if delta >= 1e-4:
-        raise RuntimeError(f"ONNX parity failed: max |Δ| = {delta}")
+    common.require_parity(delta)
     training_data = {
         "kind": "phantom",
         "generator": "models.dce.phantom (3 T spoiled-GRE physics, Parker AIF, Tofts lesions)",
@@ -71,7 +67,6 @@ def build(out_dir: Path, run_dir: Path, config: str = "demo", n_test: int = 4,
     res = ev.evaluate(ev.phantom_cases(n_test), model, ev.fit_linear_on_phantom(),
                       panels_dir=run_dir / "panels")
     n_slices = res["n_slices"]
-    eval_s = time.time() - t_eval
     metrics = {
         "dataset": f"phantom test subjects 3000..{3000 + n_test - 1}, 48 slices 384x384 each",
         "conventions": {"unit": "per-slice min-max to [0,1], data_range 1, whole image",
@@ -88,43 +83,24 @@ def build(out_dir: Path, run_dir: Path, config: str = "demo", n_test: int = 4,
     cmd = f"python -m models.dce.build_demo --config {config}"
     cmd += f" --steps {steps}" if steps is not None else ""
     cmd += f" --threads {threads}" if threads is not None else ""
-    card["build"] = {"command": cmd,
-                     "total_seconds": round(time.time() - t0, 1),
-                     "total_cpu_seconds": round(time.process_time() - cpu0, 1),
-                     "train_seconds": history.get("train_seconds"),
-                     "eval_seconds_incl_phantom_generation": round(eval_s, 1),
-                     "hardware": f"{platform.processor() or platform.machine()}, "
-                                 f"{torch.get_num_threads()} torch threads, CPU shared "
-                                 "with other jobs (wall time inflated)",
-                     "torch": torch.__version__}
+    card["build"] = common.build_record(cmd, t0, t_eval, history,
+                                        total_cpu_seconds=round(time.process_time() - cpu0, 1))
+    card["build"]["hardware"] += ", CPU shared with other jobs (wall time inflated)"
     staged_card = write_card(card, stage, NAME)
+    card = common.finish_build(staged_card, onnx_path, g, feature_module(g), config,
+                               ev.format_table(res["table"], res["n_series"], n_slices))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     os.replace(onnx_path, Path(out_dir) / onnx_path.name)
-    path = Path(out_dir) / staged_card.name
-    os.replace(staged_card, path)
-    print(ev.format_table(res["table"], res["n_series"], n_slices))
-    print(f"card: {path}  total {card['build']['total_seconds']} s")
+    os.replace(staged_card, Path(out_dir) / staged_card.name)
+    print(f"moved to {out_dir}")
     return card
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Rebuild the demo DCE phase-1 model from the phantom.")
-    p.add_argument("--out", type=Path, default=default_models_dir())
-    p.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
-    p.add_argument("--config", choices=sorted(CONFIGS), default="demo")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--test-subjects", type=int, default=4)
-    p.add_argument("--checkpoint", type=Path, default=None, help="skip training, use this")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: config)")
-    p.add_argument("--if-missing", action="store_true", help="do nothing when a card exists")
+    p = common.build_arguments("Rebuild the demo DCE phase-1 model from the phantom.", CONFIGS, "demo", "runs/demo", 4)
     a = p.parse_args(argv)
-    if a.if_missing:
-        try:
-            load_card("dce_phase1", a.out)
-            print("dce_phase1 model present; nothing to do")
-            return 0
-        except (UnknownModelError, ValueError):
-            pass
+    if a.if_missing and common.model_present(NAME, a.out):
+        return 0
     a.out.mkdir(parents=True, exist_ok=True)
     build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, checkpoint=a.checkpoint,
           threads=a.threads)

@@ -17,81 +17,26 @@ service runs, not a PyTorch twin of it.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from dicom_synth import intensity
 from dicom_synth.inference import SynthesisModel
 from dicom_synth.registry import load_card
+from models.common.evaluate import (
+    body_mask,
+    score_case,
+    summarise,
+    table_row,
+    unit_slices,
+    write_report,
+)
+from models.common.evaluate import save_panel as common_panel
 
 METHODS = ("model", "identity", "linear")
-CONVENTIONS = ("unit", "body")
-_K1, _K2, _SIGMA = 0.01, 0.03, 1.5  # Wang et al. 2004 SSIM constants and Gaussian window
-
-
-# --- metrics --------------------------------------------------------------------------------
-def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> np.ndarray:
-    """SSIM map of two 2-D images (Gaussian σ = 1.5 window, K1 = 0.01, K2 = 0.03)."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    f = lambda v: ndimage.gaussian_filter(v, _SIGMA, truncate=3.5)  # noqa: E731 (11x11)
-    mu_a, mu_b = f(a), f(b)
-    saa = f(a * a) - mu_a**2
-    sbb = f(b * b) - mu_b**2
-    sab = f(a * b) - mu_a * mu_b
-    c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
-    return ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
-
-
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0,
-         mask: np.ndarray | None = None) -> float:
-    """Mean SSIM over the image, or over the mask."""
-    m = ssim_map(a, b, data_range)
-    if mask is None:
-        return float(m.mean())
-    return float(m[mask].mean()) if mask.any() else float("nan")
-
-
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0,
-         mask: np.ndarray | None = None) -> float:
-    """10·log10(data_range² / MSE); infinite for identical images."""
-    d = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
-    mse = float(d[mask].mean() if mask is not None else d.mean())
-    return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
-
-
-def series_errors(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
-    """MAE, MSE and Pearson r between two series (all voxels, or the masked ones)."""
-    x = np.asarray(a, np.float64)[mask] if mask is not None else np.asarray(a, np.float64).ravel()
-    y = np.asarray(b, np.float64)[mask] if mask is not None else np.asarray(b, np.float64).ravel()
-    d = x - y
-    sx, sy = x.std(), y.std()
-    r = float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy)) if sx > 0 and sy > 0 else 0.0
-    return {"mae": float(np.abs(d).mean()), "mse": float((d * d).mean()), "r": r}
-
-
-def unit_slices(volume: np.ndarray) -> np.ndarray:
-    """Per-slice min-max to [0, 1] (the "unit" convention)."""
-    return intensity.normalise_slices(volume, 0.0, 1.0)
-
-
-def body_mask(volume: np.ndarray, frac: float = 0.08) -> np.ndarray:
-    """Body = smoothed signal above a fraction of the robust maximum, holes filled per slice,
-    largest 3-D component kept. Made from the *input* series, so every method is scored on
-    the same voxels."""
-    v = ndimage.gaussian_filter(np.asarray(volume, np.float32), (0, 1.5, 1.5))
-    m = v > frac * np.percentile(v, 99.5)
-    m = np.stack([ndimage.binary_fill_holes(s) for s in m])
-    lab, n = ndimage.label(m)
-    if n > 1:
-        sizes = ndimage.sum(m, lab, range(1, n + 1))
-        m = lab == (1 + int(np.argmax(sizes)))
-    return m
 
 
 # --- baselines ------------------------------------------------------------------------------
@@ -121,59 +66,6 @@ def fit_linear(pairs: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Li
     return LinearMap(a=float(a), b=float((sy - a * sx) / n if n else 0.0))
 
 
-# --- one case -------------------------------------------------------------------------------
-def score_case(truth01: np.ndarray, preds01: dict[str, np.ndarray], mask: np.ndarray) -> dict:
-    """Per-slice SSIM/PSNR lists and per-series errors, per method and convention."""
-    out: dict = {}
-    for method, pred in preds01.items():
-        res = {}
-        for conv in CONVENTIONS:
-            ss, ps = [], []
-            for k in range(truth01.shape[0]):
-                mk = mask[k] if conv == "body" else None
-                if mk is not None and not mk.any():
-                    continue
-                ss.append(ssim(pred[k], truth01[k], 1.0, mk))
-                ps.append(psnr(pred[k], truth01[k], 1.0, mk))
-            res[conv] = {"ssim": ss, "psnr": ps,
-                         **series_errors(pred, truth01, mask if conv == "body" else None)}
-        out[method] = res
-    return out
-
-
-def summarise(cases: list[dict]) -> dict:
-    """mean ± sd: SSIM/PSNR over all slices, MAE/MSE/r over series (as the paper does)."""
-    table: dict = {}
-    for method in cases[0]["scores"]:
-        table[method] = {}
-        for conv in CONVENTIONS:
-            slices_ss = np.concatenate([c["scores"][method][conv]["ssim"] for c in cases])
-            slices_ps = np.concatenate([c["scores"][method][conv]["psnr"] for c in cases])
-            row = {"ssim": [float(slices_ss.mean()), float(slices_ss.std())],
-                   "psnr": [float(slices_ps.mean()), float(slices_ps.std())]}
-            for k in ("mae", "mse", "r"):
-                v = np.array([c["scores"][method][conv][k] for c in cases])
-                row[k] = [float(v.mean()), float(v.std())]
-            table[method][conv] = row
-    return table
-
-
-HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "r": True, "mae": False, "mse": False}
-
-
-def shortfalls(table: dict, baselines: Iterable[str], model: str = "model") -> list[str]:
-    """Every (convention, metric, baseline) where the model's mean does not beat the
-    baseline's, as 'body ssim vs identity: 0.898 <= 0.940'; empty when it beats them all."""
-    out = []
-    for base in baselines:
-        for conv, row in table[model].items():
-            for metric, higher in HIGHER_IS_BETTER.items():
-                m, b = row[metric][0], table[base][conv][metric][0]
-                if (m <= b) if higher else (m >= b):
-                    out.append(f"{conv} {metric} vs {base}: {m:.4g} {'<=' if higher else '>='} {b:.4g}")
-    return out
-
-
 def format_table(table: dict, n_series: int, n_slices: int) -> str:
     lines = [f"{n_series} series, {n_slices} slices; mean ± sd (SSIM/PSNR per slice, "
              "MAE/MSE/r per series)",
@@ -181,10 +73,7 @@ def format_table(table: dict, n_series: int, n_slices: int) -> str:
              "|---|---|---|---|---|---|---|"]
     for method, convs in table.items():
         for conv, r in convs.items():
-            lines.append(f"| {method} | {conv} | {r['ssim'][0]:.3f} ± {r['ssim'][1]:.3f} | "
-                         f"{r['psnr'][0]:.2f} ± {r['psnr'][1]:.2f} | {r['mae'][0]:.4f} ± "
-                         f"{r['mae'][1]:.4f} | {r['mse'][0]:.4f} ± {r['mse'][1]:.4f} | "
-                         f"{r['r'][0]:.3f} ± {r['r'][1]:.3f} |")
+            lines.append(f"| {method} | {conv} | {table_row(r)} |")
     lines.append("Seed 000 (real patients, test sets): SSIM 0.71 ± 0.01, PSNR 23.70 ± 1.41 dB, "
                  "MAE 0.032 ± 0.004, MSE 0.006 ± 0.002, r 0.872 ± 0.038.")
     return "\n".join(lines)
@@ -192,22 +81,9 @@ def format_table(table: dict, n_series: int, n_slices: int) -> str:
 
 def save_panel(path: Path, x01: np.ndarray, y01: np.ndarray, p01: np.ndarray, title: str = "") -> Path:
     """input | truth | synthetic | |difference| for one slice, as an 8-bit PNG."""
-    from PIL import Image, ImageDraw
-
-    diff = np.abs(p01 - y01)
-    tiles = [x01, y01, p01, np.clip(diff * 2, 0, 1)]  # difference shown ×2
-    img = np.concatenate([(np.clip(t, 0, 1) * 255).astype(np.uint8) for t in tiles], 1)
-    im = Image.fromarray(img)
-    draw = ImageDraw.Draw(im)
-    w = x01.shape[1]
-    for i, label in enumerate(["input T1 (non-FS)", "truth DCE phase 1", "synthetic",
-                               "|difference| x2"]):
-        draw.text((i * w + 4, 4), label, fill=255)
-    if title:
-        draw.text((4, x01.shape[0] - 14), title, fill=255)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
-    return path
+    diff = np.clip(np.abs(p01 - y01) * 2, 0, 1)  # difference shown x2
+    return common_panel(path, [("input T1 (non-FS)", x01), ("truth DCE phase 1", y01), ("synthetic", p01),
+                               ("|difference| x2", diff)], title)
 
 
 # --- data sources ---------------------------------------------------------------------------
@@ -303,10 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--fit-pairs is required with --pairs (the baseline must not see test data)")
     cases = phantom_cases(a.phantom_test, a.slices) if a.phantom_test else npz_cases(a.pairs)
     res = evaluate(cases, model, linear, panels_dir=a.out / "panels")
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "metrics.json").write_text(json.dumps(res, indent=1))
     text = format_table(res["table"], res["n_series"], res["n_slices"])
-    (a.out / "table.md").write_text(text + "\n")
+    write_report(a.out, res, text)
     print(text)
     return 0
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from models.common.layers import instance_norm as _norm
+
 
 @dataclass(frozen=True)
 class NetConfig:
@@ -36,8 +38,6 @@ class NetConfig:
         return asdict(self)
 
 
-def _norm(ch: int) -> nn.Module:
-    return nn.InstanceNorm2d(ch, affine=False, track_running_stats=False)
 
 
 class UnetBlock(nn.Module):
@@ -107,15 +107,6 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, cond: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return self.model(torch.cat([cond, image], 1))
-
-
-def init_weights(net: nn.Module, gain: float = 0.02) -> None:
-    """pix2pix's normal(0, 0.02) initialisation."""
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.normal_(m.weight, 0.0, gain)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 def receptive_field(cfg: NetConfig) -> int:

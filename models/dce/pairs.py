@@ -76,6 +76,7 @@ class PairResult:
     """One study's outcome: written (with the npz path) or refused (with the reason)."""
 
     study_uid: str
+    patient_id: str = ""
     source_uid: str | None = None
     target_uid: str | None = None
     source_description: str = ""
@@ -339,6 +340,7 @@ def pair_study(study_uid: str, series: list[SeriesFiles], out_dir: Path | None,
     src_loaded = load_series(src_sf.files, pixels=True)
     tgt_loaded = load_series(tgt_sf.files, pixels=True)
     s0, t0 = src_loaded.slices[0], tgt_loaded.slices[tgt_idx[0]]
+    res.patient_id = str(s0.get("PatientID", "") or "")
     for_s, for_t = str(s0.get("FrameOfReferenceUID", "")), str(t0.get("FrameOfReferenceUID", ""))
     if not for_s or not for_t or for_s != for_t:
         res.refused = (f"different FrameOfReferenceUID ({for_s or 'missing'} vs "

@@ -19,28 +19,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from models.common.split import SeedSplits
 from models.dce import physics as ph
 
 # Subjects are split by seed range, so a seed alone says which split it belongs to.
-SPLIT_BASE = {"train": 1000, "val": 2000, "test": 3000}
+SPLITS = SeedSplits({"train": 1000, "val": 2000, "test": 3000})
+SPLIT_BASE = SPLITS.base
 FOV_MM = 384.0  # seed 000 protocol: FOV 384 mm, matrix 384, 1.0 mm slices
 
 
-def split_of(seed: int) -> str:
-    """Which split a subject seed belongs to (train 1000-1999, val 2000-2999, test 3000-3999)."""
-    for name, base in SPLIT_BASE.items():
-        if base <= seed < base + 1000:
-            return name
-    return "other"
-
-
-def split_seeds(split: str, n: int) -> list[int]:
-    """The first n subject seeds of a split."""
-    if split not in SPLIT_BASE:
-        raise ValueError(f"unknown split {split!r}; known: {sorted(SPLIT_BASE)}")
-    if not 0 < n <= 1000:
-        raise ValueError("n must be 1..1000")
-    return [SPLIT_BASE[split] + i for i in range(n)]
+split_of = SPLITS.split_of
+split_seeds = SPLITS.seeds
 
 
 @dataclass

@@ -14,14 +14,14 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
+from models.common import phantom_dicom as common
+from models.common.phantom_dicom import centred_corner, new_instance, set_patient, set_plane, set_site, study_day, uid
 from models.dce import physics as ph
 from models.dce.phantom import PhantomSubject, generate_subject
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's documented example root
 SERIES_KINDS = ("t1", "dce1")
 
 # Per-series protocol headers: the seed 000 Prisma protocol (see SEEDS.md).
@@ -41,13 +41,9 @@ _PROTOCOL = {
 }
 
 
-def _uid(*parts: object) -> str:
-    return generate_uid(prefix=UID_PREFIX, entropy_srcs=[str(p) for p in parts])
-
-
 def to_stored(volume: np.ndarray, bits: int = 12) -> np.ndarray:
     """Scanner units to the stored uint16 pixels (rounded, clipped to the stored bit depth)."""
-    return np.clip(np.rint(volume), 0, 2**bits - 1).astype(np.uint16)
+    return common.to_stored(volume, bits=bits)
 
 
 def write_phantom_series(out_dir: Path, seed: int, n_slices: int = 48, size: int = 384, *,
@@ -61,17 +57,9 @@ def write_phantom_series(out_dir: Path, seed: int, n_slices: int = 48, size: int
         raise ValueError(f"which must be one of {SERIES_KINDS}, got {which!r}")
     if subject is None:
         subject = generate_subject(seed, n_slices=n_slices, size=size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     pixels = to_stored(subject.t1 if which == "t1" else subject.dce1)
     headers = series_headers(subject, which=which, study_uid=study_uid, patient_id=patient_id)
-    paths = []
-    for k, ds in enumerate(headers):
-        ds.PixelData = pixels[k].tobytes()
-        path = out_dir / f"{which}-{seed}-{k + 1:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    return common.write_series(out_dir, headers, pixels, f"{which}-{seed}")
 
 
 def write_phantom_study(out_dir: Path, seed: int, n_slices: int = 48, size: int = 384, *,
@@ -89,47 +77,23 @@ def series_headers(subject: PhantomSubject, *, which: str, study_uid: str | None
     seq: ph.Sequence = proto["seq"]
     seed = subject.seed
     n, rows, cols = subject.t1.shape
-    study_uid = study_uid or _uid("study", seed)
-    series_uid = _uid("series", study_uid, which)
-    frame_uid = _uid("frame", study_uid)
+    study_uid = study_uid or uid("study", seed)
+    series_uid = uid("series", study_uid, which)
+    frame_uid = uid("frame", study_uid)
     patient_id = patient_id or f"PHANTOM-{seed:04d}"
-    day = dt.date(2024, 1, 1) + dt.timedelta(days=seed % 365)
-    start = dt.datetime.combine(day, dt.time(9, 0)) + dt.timedelta(minutes=seed % 300)
+    day, start = study_day(seed, 9, 300)
     acq = start + dt.timedelta(seconds=proto["offset_s"])
     px = subject.pixel_spacing_mm
-    x0 = -(cols - 1) / 2 * px
-    y0 = -(rows - 1) / 2 * px
     out = []
     for k in range(n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-        sop_uid = _uid("sop", series_uid, k)
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = proto["ImageType"]
-        ds.SOPClassUID = MR_IMAGE_STORAGE
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = day.strftime("%Y%m%d")
-        ds.StudyTime = start.strftime("%H%M%S.%f")
-        ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = acq.strftime("%H%M%S.%f")
+        ds = new_instance(MR_IMAGE_STORAGE, uid("sop", series_uid, k), proto["ImageType"], day,
+                          start.strftime("%H%M%S.%f"), acq.strftime("%H%M%S.%f"))
         ds.AccessionNumber = f"ACC{seed:06d}"
-        ds.Modality = "MR"
-        ds.Manufacturer = "SIEMENS"
-        ds.InstitutionName = "Phantom Hospital"
-        ds.ReferringPhysicianName = ""
-        ds.StationName = "PHANTOM"
+        set_site(ds, "MR", "Prisma", "syngo MR XA30 (phantom)", "PHANTOM")
         ds.StudyDescription = "MR Mamma beidseits"
         ds.SeriesDescription = seq.name
         ds.ProtocolName = seq.name
-        ds.ManufacturerModelName = "Prisma"
-        ds.SoftwareVersions = "syngo MR XA30 (phantom)"
-        ds.PatientName = f"PHANTOM^BREAST^{seed}"
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "F"
-        ds.PatientAge = "054Y"
+        set_patient(ds, f"PHANTOM^BREAST^{seed}", patient_id, "19700101", "F", "054Y")
         ds.PatientWeight = 65
         ds.BodyPartExamined = "BREAST"
         ds.Laterality = ""  # both breasts in one image (Type 2C, empty allowed)
@@ -158,28 +122,10 @@ def series_headers(subject: PhantomSubject, *, which: str, study_uid: str | None
         ds.InPlanePhaseEncodingDirection = "ROW"
         ds.FlipAngle = f"{seq.flip_deg:g}"
         ds.PatientPosition = "FFP"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = proto["SeriesNumber"]
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
-        z = float(subject.z_mm[k])
-        ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{z:.4f}"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = f"{z:.4f}"
+        set_plane(ds, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid,
+                  series_number=proto["SeriesNumber"], index=k, z=float(subject.z_mm[k]),
+                  corner=centred_corner(rows, cols, px), shape=(rows, cols), pixel_spacing=[f"{px:g}", f"{px:g}"])
         ds.ImagesInAcquisition = n
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = cols
-        ds.PixelSpacing = [f"{px:g}", f"{px:g}"]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
         ds.WindowCenter = 800 if which == "t1" else 500
         ds.WindowWidth = 1800 if which == "t1" else 1200
         if which == "dce1":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,8 +26,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dicom_synth.intensity import normalise_slices
-from models.dce.networks import NetConfig, PatchDiscriminator, UnetGenerator, init_weights
+from models.common import trainer
+from models.common.layers import init_weights
+from models.common.trainer import device_of
+from models.dce.networks import NetConfig, PatchDiscriminator, UnetGenerator
 from models.dce.phantom import generate_subject, split_seeds
+
+METRIC = "val_l1"  # mean L1 on whole validation slices in eval mode
 
 
 @dataclass(frozen=True)
@@ -194,13 +198,12 @@ def focus_points(ys: np.ndarray, threshold: float, xs: np.ndarray | None = None,
     return out
 
 
-class Pix2Pix:
+class Pix2Pix(trainer.GanModel):
     """Generator, discriminator, their optimisers and one training step."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.device = torch.device(cfg.device if cfg.device != "cuda" or torch.cuda.is_available()
-                                   else "cpu")
+        self.device = device_of(cfg.device)
         self.G = UnetGenerator(cfg.net).to(self.device)
         self.D = PatchDiscriminator(cfg.net).to(self.device)
         init_weights(self.G)
@@ -244,36 +247,20 @@ class Pix2Pix:
         self.G.train()
         return total / max(n, 1)
 
-    def state(self, extra: dict | None = None) -> dict:
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "step": self.step, "config": self.cfg.to_dict(), **(extra or {})}
-
-    def load_state(self, ckpt: dict) -> None:
-        self.G.load_state_dict(ckpt["G"])
-        self.D.load_state_dict(ckpt["D"])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.opt_d.load_state_dict(ckpt["opt_d"])
-        self.step = int(ckpt["step"])
+    @property
+    def nets(self) -> dict[str, torch.nn.Module]:
+        return {"G": self.G, "D": self.D}
 
 
 def load_generator(ckpt_path: Path) -> tuple[UnetGenerator, TrainConfig, dict]:
     """The generator of a checkpoint in eval mode, with the run's options."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    g = UnetGenerator(cfg.net)
-    g.load_state_dict(ckpt["G"])
-    g.eval()
-    return g, cfg, ckpt
+    return trainer.load_network(ckpt_path, TrainConfig.from_dict, UnetGenerator, "G")
 
 
 def train(cfg: TrainConfig, out_dir: Path, data: Path | None = None,
           resume: Path | None = None, progress: bool = True) -> dict:
     """Run (or resume) training; writes latest.pt, best.pt and history.json in out_dir."""
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = trainer.prepare(cfg, out_dir)
     t0 = time.time()
     if data is not None:
         xs, ys = npz_pairs(data)
@@ -284,24 +271,24 @@ def train(cfg: TrainConfig, out_dir: Path, data: Path | None = None,
         xs, ys = phantom_pairs(split_seeds("train", cfg.n_train), cfg, "train subjects")
         val_cfg = dataclasses.replace(cfg, slices_per_subject=max(4, cfg.slices_per_subject // 2))
         vx, vy = phantom_pairs(split_seeds("val", cfg.n_val), val_cfg, "val subjects")
-    data_s = time.time() - t0
+    return fit_pairs(cfg, out_dir, (xs, ys), (vx, vy), resume, progress, data_seconds=time.time() - t0)
+
+
+def fit_pairs(cfg: TrainConfig, out_dir: Path, train_pairs: tuple[np.ndarray, np.ndarray],
+              val_pairs: tuple[np.ndarray, np.ndarray], resume: Path | None = None, progress: bool = True,
+              data_seconds: float = 0.0) -> dict:
+    """Train on (source, target) slices in [-1, 1], (N, H, W) each; validate on val_pairs."""
+    out_dir = trainer.prepare(cfg, out_dir)
+    (xs, ys), (vx, vy) = train_pairs, val_pairs
     model = Pix2Pix(cfg)
-    history: dict = {"steps": [], "data_seconds": round(data_s, 1), "n_pairs": int(len(xs))}
-    best = math.inf
-    if resume is not None:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
-        model.load_state(ckpt)
-        history = ckpt.get("history", history)
-        best = ckpt.get("best_val_l1", math.inf)
+    history: dict = {"steps": [], "data_seconds": round(data_seconds, 1), "n_pairs": int(len(xs))}
+    history, best = trainer.resume_or_init(model, history, METRIC, resume)
     gen = torch.Generator().manual_seed(cfg.seed + model.step)
     rng = np.random.default_rng(cfg.seed + model.step)
     xt, yt = torch.from_numpy(xs[:, None]), torch.from_numpy(ys[:, None])
     focus = focus_points(ys, cfg.focus_threshold, xs, seed=cfg.seed) if cfg.focus_prob > 0 else []
-    t_train, cpu_train = time.time(), time.process_time()
-    bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps,
-               disable=not progress, desc=f"pix2pix {cfg.name}")
-    losses: dict[str, float] = {}
-    for step in bar:
+
+    def step_once(step: int) -> dict[str, float]:
         idx = torch.from_numpy(rng.integers(0, len(xt), cfg.batch_size))
         for group in (*model.opt_g.param_groups, *model.opt_d.param_groups):
             group["lr"] = cfg.lr_at(step)
@@ -313,46 +300,21 @@ def train(cfg: TrainConfig, out_dir: Path, data: Path | None = None,
                 if len(pts) and rng.random() < cfg.focus_prob:
                     centres[i] = torch.from_numpy(pts[rng.integers(len(pts))])
         x, y = augment(xt[idx], yt[idx], cfg.crop_at(step), cfg, gen, centres)
-        losses = model.train_step(x.to(model.device), y.to(model.device))
-        bar.set_postfix(l1=f"{losses['l1']:.4f}", d=f"{losses['d']:.3f}")
-        last = step + 1 == cfg.steps
-        if (step + 1) % cfg.val_every == 0 or last:
-            val = model.validate(vx, vy)
-            history["steps"].append({"step": step + 1, "val_l1": round(val, 5), **{
-                k: round(v, 5) for k, v in losses.items()}})
-            extra = {"history": history, "best_val_l1": min(best, val)}
-            if val < best:
-                best = val
-                torch.save(model.state(extra), out_dir / "best.pt")
-            torch.save(model.state(extra), out_dir / "latest.pt")
-    history["train_seconds"] = round(time.time() - t_train, 1)
-    history["train_cpu_seconds"] = round(time.process_time() - cpu_train, 1)
-    history["best_val_l1"] = best
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    return history
+        return model.train_step(x.to(model.device), y.to(model.device))
+
+    return trainer.fit(model, cfg, out_dir, history, best, train_step=step_once,
+                       validate=lambda: model.validate(vx, vy), metric=METRIC,
+                       postfix=lambda losses: {"l1": f"{losses['l1']:.4f}", "d": f"{losses['d']:.3f}"},
+                       desc=f"pix2pix {cfg.name}", progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train Pix2Pix for DCE phase-1 synthesis.")
-    p.add_argument("--config", choices=sorted(CONFIGS), default="small")
-    p.add_argument("--out", type=Path, default=Path("runs/dce"))
+    trainer.add_train_arguments(p, CONFIGS, "runs/dce")
     p.add_argument("--data", type=Path, default=None, help="folder of .npz pairs (real data)")
-    p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default=None)
     a = p.parse_args(argv)
-    cfg = CONFIGS[a.config]
-    if a.resume is not None:
-        cfg = TrainConfig.from_dict(torch.load(a.resume, map_location="cpu",
-                                               weights_only=False)["config"])
-    overrides = {k: v for k, v in (("steps", a.steps), ("seed", a.seed), ("threads", a.threads),
-                                   ("device", a.device)) if v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
-    hist = train(cfg, a.out, data=a.data, resume=a.resume)
-    print(json.dumps({k: v for k, v in hist.items() if k != "steps"}, indent=1))
+    cfg = trainer.config_from_args(a, CONFIGS, TrainConfig.from_dict)
+    trainer.print_summary(train(cfg, a.out, data=a.data, resume=a.resume, progress=not a.no_progress))
     return 0
 
 

@@ -11,7 +11,7 @@ from dicom_synth.settings import Settings, get_settings
 
 
 def get_job_store(settings: Annotated[Settings, Depends(get_settings)]) -> JobStore:
-    return JobStore(settings.db_path)
+    return JobStore(settings.jobs_db_url)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

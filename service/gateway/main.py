@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from dicom_synth import __version__
+from dicom_synth.filemodes import keep_files_private
+from dicom_synth.settings import get_settings
+from service.gateway.auth import BearerAuth
+from service.gateway.body_limit import UploadSizeLimit
 from service.gateway.routes import health, jobs, synthesize
+from service.uploads import clean_staging
+
+log = logging.getLogger("service.gateway")
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = app.dependency_overrides.get(get_settings, get_settings)()
+    keep_files_private(settings.data_dir)
+    if settings.auth == "off":
+        log.warning("SYNTH_AUTH=off: the HTTP API answers anyone who can reach it")
+    elif settings.api_token is None and settings.api_tokens_file is None and not settings.oidc_issuer:
+        log.warning("no token is configured (SYNTH_API_TOKEN, SYNTH_API_TOKENS_FILE, SYNTH_OIDC_ISSUER): "
+                    "every request but /healthz answers 401")
+    # Staging left by a gateway that died mid-upload (one gateway per data directory).
+    clean_staging(settings.data_dir)
+    yield
 
 
 def create_app() -> FastAPI:
@@ -13,7 +38,10 @@ def create_app() -> FastAPI:
         title="dicom-synth",
         version=__version__,
         description="Synthesizes the series a study lacks and returns them as clearly synthetic series.",
+        lifespan=_lifespan,
     )
+    app.add_middleware(UploadSizeLimit)
+    app.add_middleware(BearerAuth)  # outermost: a request without a token is answered before its body is read
     app.include_router(synthesize.router)
     app.include_router(jobs.router)
     app.include_router(health.router)

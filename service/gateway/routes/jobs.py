@@ -7,12 +7,14 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
 
 from dicom_synth.domain import JobStatus
+from dicom_synth.jobstate import advance
 from dicom_synth.jobstore import JobNotFound
 from dicom_synth.settings import job_output_dir
+from service.gateway.auth import requires
 from service.gateway.deps import JobStoreDep, SettingsDep
 from service.queue import enqueue_export
 
-router = APIRouter(prefix="/jobs")
+router = APIRouter(prefix="/jobs", dependencies=[requires("read")])
 
 
 def _get(store, job_id: str):
@@ -50,7 +52,7 @@ def get_result(job_id: str, store: JobStoreDep, settings: SettingsDep) -> Stream
     return StreamingResponse(buf, media_type="application/zip", headers=headers)
 
 
-@router.post("/{job_id}/resend", status_code=202)
+@router.post("/{job_id}/resend", status_code=202, dependencies=[requires("admin")])
 def resend(job_id: str, store: JobStoreDep, settings: SettingsDep) -> dict:
     """Send a job's kept output files to the PACS again (after a failed export)."""
     job = _get(store, job_id)
@@ -60,6 +62,7 @@ def resend(job_id: str, store: JobStoreDep, settings: SettingsDep) -> dict:
         raise HTTPException(409, f"job {job_id} has no output to send (status {job.status})")
     if job.status not in (JobStatus.FAILED, JobStatus.DONE):
         raise HTTPException(409, f"job {job_id} is {job.status}; resend a done or failed job")
-    store.update(job_id, status=JobStatus.EXPORTING, error=None)
+    if advance(store, job_id, JobStatus.EXPORTING, only_from={JobStatus.FAILED, JobStatus.DONE}, error=None) is None:
+        raise HTTPException(409, f"job {job_id} is {store.get(job_id).status}; resend a done or failed job")
     enqueue_export(job_id)
     return {"job_id": job_id, "status_url": f"/jobs/{job_id}"}

@@ -6,10 +6,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from dicom_synth.limits import Limits, OverLimit
 from dicom_synth.pipeline import UnknownTaskError, check_task_name, decide
 from dicom_synth.series import SeriesReadError, load_series
 from dicom_synth.taskfit import SourceContrastError, check_source_contrast
 from service.completion import mark_announced
+from service.gateway.auth import requires
 from service.gateway.deps import SettingsDep
 from service.intake import accept_series
 from service.store import InvalidInstance, SeriesStore
@@ -18,7 +20,7 @@ from service.uploads import UploadError, new_staging_dir, stage_upload
 router = APIRouter()
 
 
-@router.post("/synthesize", status_code=202)
+@router.post("/synthesize", status_code=202, dependencies=[requires("submit")])
 async def synthesize(
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description="DICOM files of one series, or one zip")] = [],  # noqa: B006
@@ -52,13 +54,17 @@ def _check_fit(staged_files: list, task: str, source_contrast: str | None) -> No
 def _ingest(settings, files: list[UploadFile], task: str, source_contrast: str | None = None) -> dict:
     staging = new_staging_dir(settings.data_dir)
     try:
-        staged = stage_upload(((f.filename or "", f.file) for f in files), staging)
+        staged = stage_upload(((f.filename or "", f.file) for f in files), staging,
+                              Limits.from_settings(settings))
         if task != "auto" or source_contrast is not None:
             _check_fit(staged.files, task, source_contrast)
-        store = SeriesStore(settings.store_dir)
+        store = SeriesStore(settings.store_dir, max_instance_pixels=settings.max_instance_pixels,
+                            max_series_instances=settings.max_series_instances)
         stored = _store_all(store, staged.files)
     except UploadError as exc:
         raise HTTPException(exc.status_code, exc.reason) from exc
+    except OverLimit as exc:
+        raise HTTPException(413, str(exc)) from exc
     except InvalidInstance as exc:
         raise HTTPException(422, f"damaged DICOM: {exc}") from exc
     except OSError as exc:
@@ -76,7 +82,8 @@ def _ingest(settings, files: list[UploadFile], task: str, source_contrast: str |
         source_contrast=source_contrast,
     )
     # The job has the series: a listener restart must not announce it again.
-    mark_announced(store, staged.study_instance_uid, staged.series_instance_uid, files, "http upload")
+    mark_announced(store, staged.study_instance_uid, staged.series_instance_uid, files, "http upload",
+                   job_id=job.job_id)
     return {"job_id": job.job_id, "status_url": f"/jobs/{job.job_id}"}
 
 

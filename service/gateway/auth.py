@@ -1,0 +1,104 @@
+"""Who may call the gateway. `BearerAuth` (ASGI middleware) authenticates every request but
+those to OPEN_PATHS before any of its body is read: no or an unknown token answers 401.
+Each route then names the scope it needs with `requires(scope)` (403 without it);
+tests/test_auth.py checks that every route does.
+
+Tokens are those of service.tokens (SYNTH_API_TOKEN, SYNTH_API_TOKENS_FILE) and, when
+SYNTH_OIDC_ISSUER is set, JWTs of that issuer (service.gateway.oidc). SYNTH_AUTH=off
+lets every request through with every scope.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.params import Depends as DependsParam
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dicom_synth.settings import Settings, get_settings
+from service.tokens import ANONYMOUS, SCOPES, Principal, TokenBook, TokenFileError
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+def _settings_of(scope: Scope) -> Settings:
+    app = scope.get("app")
+    overrides = getattr(app, "dependency_overrides", {}) if app is not None else {}
+    return overrides.get(get_settings, get_settings)()
+
+
+def authenticate(settings: Settings, token: str) -> Principal | None:
+    principal = TokenBook(settings).lookup(token)
+    if principal is None and settings.oidc_issuer:
+        from service.gateway.oidc import verify_jwt
+
+        principal = verify_jwt(settings, token)
+    return principal
+
+
+def _bearer(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == b"authorization":
+            kind, _, token = value.decode("latin-1").strip().partition(" ")
+            return token.strip() if kind.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def _unauthorized(detail: str, error: str | None) -> JSONResponse:
+    challenge = 'Bearer realm="dicom-synth"' + (f', error="{error}"' if error else "")
+    return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": challenge})
+
+
+class BearerAuth:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = _settings_of(scope)
+        principal: Principal | None = ANONYMOUS
+        if settings.auth != "off" and scope["path"] not in OPEN_PATHS:
+            token = _bearer(scope)
+            if token is None:
+                await _unauthorized("a bearer token is required (Authorization: Bearer <token>)", None)(
+                    scope, receive, send)
+                return
+            try:
+                principal = authenticate(settings, token)
+            except TokenFileError as exc:
+                log.error("cannot read the tokens file: %s", exc)
+                await JSONResponse({"detail": "the tokens file is invalid; see the gateway log"},
+                                   status_code=500)(scope, receive, send)
+                return
+            if principal is None:
+                await _unauthorized("the bearer token is not valid", "invalid_token")(scope, receive, send)
+                return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+class ScopeCheck:
+    """The dependency `requires(scope)` adds to a route: 403 unless the caller has `scope`."""
+
+    def __init__(self, scope: str) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}")
+        self.scope = scope
+
+    def __call__(self, request: Request) -> Principal:
+        principal = getattr(request.state, "principal", None)
+        if principal is None:  # BearerAuth not installed: refuse rather than open
+            raise HTTPException(401, "not authenticated", headers={"WWW-Authenticate": "Bearer"})
+        if not principal.may(self.scope):
+            raise HTTPException(403, f"this token lacks the {self.scope!r} scope")
+        return principal
+
+
+def requires(scope: str) -> DependsParam:
+    return Depends(ScopeCheck(scope))
