@@ -1,6 +1,6 @@
 """Listener throughput next to DCMTK storescp, on the same files sent by the same storescu.
 
-    .venv/bin/python bench/bench_listener.py [--files 500] [--size 256] [--repeat 3] [--dir D]
+    .venv/bin/python bench/bench_listener.py [--files 500] [--size 256] [--repeat 3] [--dir D] [--tls]
 
 Generates N MR slices (size x size, uint16) with pydicom, then per round sends all of them
 with one `storescu` association (TCP_NODELAY=1) to: DCMTK `storescp` (writes, no fsync),
@@ -9,7 +9,8 @@ our Listener with fsync disabled (to show what durability costs; not a real mode
 alternate the servers, so load from other processes hits all alike. Prints per server the
 median instances/s, the ratio to storescp, the server's CPU time per instance (user+sys,
 all its threads: what it costs, whatever else runs on the machine) and the time from the
-end of storescu to the series' announcement.
+end of storescu to the series' announcement. With --tls, also our Listener's DICOM TLS
+port (storescu +tls with a client certificate, TLS 1.2+ from a test CA), in the same rounds.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def send(port: int, files: list[Path], called: str) -> float:
+def send(port: int, files: list[Path], called: str, tls_args: tuple[str, ...] = ()) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(["storescu", "-aec", called, HOST, str(port), *map(str, files)],
+    r = subprocess.run(["storescu", "-aec", called, *tls_args, HOST, str(port), *map(str, files)],
                        env=ENV, capture_output=True, text=True)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
@@ -134,7 +135,8 @@ def fsync_disabled(disabled: bool):
         os.fsync = real
 
 
-def run_listener(files: list[Path], work: Path, *, no_fsync: bool = False) -> dict[str, Any]:
+def run_listener(files: list[Path], work: Path, *, no_fsync: bool = False, pki: Any = None) -> dict[str, Any]:
+    """Our listener; with `pki` (a tests.tlscerts.TestCA) over its DICOM TLS port."""
     data = work / "listener"
     done = threading.Event()
     announced: list[float] = []
@@ -145,12 +147,20 @@ def run_listener(files: list[Path], work: Path, *, no_fsync: bool = False) -> di
             done.set()
 
     settings = Settings(data_dir=data).model_copy(update={"dicom_port": 0, "dicom_host": HOST})
+    tls_args: tuple[str, ...] = ()
+    if pki is not None:
+        server, client = pki.issue("bench-listener"), pki.issue("bench-scu", server=False)
+        settings = settings.model_copy(update={
+            "dicom_tls_port": 0, "dicom_plain": "off", "dicom_tls_certificate": server.cert,
+            "dicom_tls_private_key": server.key, "dicom_tls_ca_certificates": pki.cert})
+        tls_args = ("+tls", str(client.key), str(client.cert), "+cf", str(pki.cert))
     listener = Listener(settings, on_complete)
     with fsync_disabled(no_fsync):
         listener.start()
         try:
             cpu0 = _self_cpu()
-            dt = send(listener.port, files, settings.ae_title)
+            port = listener.tls_port if pki is not None else listener.port
+            dt = send(int(port or 0), files, settings.ae_title, tls_args)
             t_end = time.perf_counter()
             cpu = _self_cpu() - cpu0
             done.wait(30)
@@ -170,6 +180,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None,
                     help="where to put the files and both servers' output (default: the "
                          "temporary directory)")
+    ap.add_argument("--tls", action="store_true", help="also the Listener over DICOM TLS")
     args = ap.parse_args()
     if shutil.which("storescu", path=ENV["PATH"]) is None or shutil.which("storescp", path=ENV["PATH"]) is None:
         sys.exit("needs DCMTK (apt-get install dcmtk)")
@@ -188,6 +199,11 @@ def main() -> None:
             "dicom-synth Listener": lambda: run_listener(files, work),
             "Listener, fsync off (reference)": lambda: run_listener(files, work, no_fsync=True),
         }
+        if args.tls:
+            from tests.tlscerts import TestCA
+
+            pki = TestCA(work / "pki")
+            servers["dicom-synth Listener over TLS"] = lambda: run_listener(files, work, pki=pki)
         results: dict[str, list[dict[str, Any]]] = {k: [] for k in servers}
         for _ in range(args.repeat):
             for name, fn in servers.items():  # interleaved, so load changes hit all alike
@@ -210,6 +226,10 @@ def main() -> None:
               f"{cpu_ms:12.2f} {ann_s:>19}")
         print(f"{'':34} {'rounds:':>7} " + ", ".join(
             f"{len(files) / r['seconds']:.0f}" for r in runs) + " inst/s")
+    if args.tls:
+        plain = statistics.median(len(files) / r["seconds"] for r in results["dicom-synth Listener"])
+        tls = statistics.median(len(files) / r["seconds"] for r in results["dicom-synth Listener over TLS"])
+        print(f"\nListener over TLS / plain: {tls / plain:.2f}x ({tls:.0f} vs {plain:.0f} inst/s)")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,44 @@ class PacsAddress:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class DicomWebAddress:
+    """Where results go over DICOMweb: `dicomweb+http(s)://host:port/path` (the STOW-RS
+    base; `url` is it without the `dicomweb+` prefix)."""
+
+    url: str
+
+    PREFIX = "dicomweb+"
+
+    @classmethod
+    def parse(cls, text: str) -> DicomWebAddress:
+        from urllib.parse import urlsplit
+
+        url = text.removeprefix(cls.PREFIX).rstrip("/")
+        parts = urlsplit(url)
+        if not text.startswith(cls.PREFIX) or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected dicomweb+http://host:port/path, got {text!r}")
+        if parts.username or parts.password:
+            raise ValueError("put no credentials in SYNTH_PACS")
+        return cls(url=url)
+
+    @property
+    def host(self) -> str:
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.url).hostname or ""
+
+    def __str__(self) -> str:
+        return f"{self.PREFIX}{self.url}"
+
+
+def parse_pacs(text: str) -> PacsAddress | DicomWebAddress:
+    """SYNTH_PACS: `AE@host:port` (C-STORE) or `dicomweb+http://host:port/path` (STOW-RS)."""
+    if text.startswith(DicomWebAddress.PREFIX):
+        return DicomWebAddress.parse(text)
+    return PacsAddress.parse(text)
+
+
 @dataclass
 class Job:
     """One job per complete source series. Persisted by `dicom_synth.jobstore`."""
@@ -80,6 +118,8 @@ class Job:
     claimed_by: str | None = None  # Celery node that last started a task for this job
     supersedes: str | None = None  # the job made from fewer instances of the same series
     superseded_by: str | None = None  # the job made when later instances of the series came
+    attempts: dict[str, int] = field(default_factory=dict)  # task name -> times started for this job
+    purged: dict | None = None  # {"at": when, "reason": why}: its input and output files are deleted
 
     def public(self) -> dict:
         """The job as the HTTP contract shows it."""
@@ -97,4 +137,5 @@ class Job:
             "timeline": dict(self.timeline),
             "supersedes": self.supersedes,
             "superseded_by": self.superseded_by,
+            "purged": dict(self.purged) if self.purged else None,
         }

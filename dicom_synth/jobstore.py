@@ -18,8 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Column, Float, Index, MetaData, Table, Text, insert, select, update
+from sqlalchemy import JSON, Column, Float, Index, MetaData, Table, Text, cast, func, insert, select, update
 
+from dicom_synth import metrics
 from dicom_synth.database import engine_for, sqlite_url, write_connection
 from dicom_synth.domain import Job, JobStatus
 from dicom_synth.jobstate import INITIAL, JOB_FIELDS, check_fields, check_transition
@@ -69,6 +70,7 @@ class JobStore:
                 job_id=job.job_id, status=str(job.status), created_at=job.created_at,
                 updated_at=job.updated_at, body=json.dumps(asdict(job)),
             ))
+        metrics.JOBS_CREATED.labels(origin=job.origin.partition(":")[0]).inc()
         return job
 
     def get(self, job_id: str) -> Job:
@@ -103,6 +105,9 @@ class JobStore:
                 update(jobs).where(jobs.c.job_id == job_id)
                 .values(status=str(job.status), updated_at=job.updated_at, body=json.dumps(asdict(job)))
             )
+            entered = job.timeline.get(str(before)) if job.status != before else None
+        if entered is not None:  # committed: the step `before` took this long
+            metrics.STEP_SECONDS.labels(step=str(before)).observe(max(0.0, job.updated_at - entered))
         return job, result
 
     def update(self, job_id: str, **changes: Any) -> Job:
@@ -124,6 +129,30 @@ class JobStore:
             query = query.where(jobs.c.status == str(status))
         with self.engine.connect() as conn:
             return [self._decode(b) for b in conn.execute(query).scalars()]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs are in each (status, task) (task '' until classified), for /metrics."""
+        task = (func.json_extract(jobs.c.body, "$.task") if self.engine.dialect.name == "sqlite"
+                else cast(jobs.c.body, JSON)["task"].as_string())
+        query = select(jobs.c.status, task, func.count()).group_by(jobs.c.status, task)
+        with self.engine.connect() as conn:
+            return {(status, name or ""): n for status, name, n in conn.execute(query)}
+
+    def ended_before(self, cutoff: float) -> list[Job]:
+        """Jobs in a final state last changed before `cutoff` (epoch seconds), oldest first."""
+        final = [str(s) for s in JobStatus if s.is_final]
+        query = (select(jobs.c.body).where(jobs.c.status.in_(final), jobs.c.updated_at < cutoff)
+                 .order_by(jobs.c.updated_at))
+        with self.engine.connect() as conn:
+            return [self._decode(b) for b in conn.execute(query).scalars()]
+
+    def of_source_series(self, series_uid: str) -> list[Job]:
+        """Every job made from the series (its UID as the job body stores it)."""
+        needle = json.dumps({"source_series_uid": series_uid})[1:-1]
+        query = select(jobs.c.body).where(jobs.c.body.contains(needle, autoescape=True))
+        with self.engine.connect() as conn:
+            return [j for j in (self._decode(b) for b in conn.execute(query).scalars())
+                    if j.source_series_uid == series_uid]
 
     def unfinished(self) -> list[Job]:
         """Jobs not in a final state, oldest first (for recovery after a restart)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydicom import Dataset
 
+from dicom_synth import metrics
 from dicom_synth.classify import Classification, classify_series
 from dicom_synth.classify.evidence import evidence_summary
 from dicom_synth.derived import build_derived_series, write_series
@@ -92,7 +93,8 @@ def synthesize_series(
     every output instance's ImageComments."""
     if loaded.volume is None:
         raise ValueError("series was loaded without pixels")
-    outputs = model.run(loaded.volume, progress=progress, source_label=source_label)
+    with metrics.INFERENCE_SECONDS.labels(model=card.task).time():
+        outputs = model.run(loaded.volume, progress=progress, source_label=source_label)
     frame_numbers = loaded.frame_numbers if any(f is not None for f in loaded.frame_numbers) else None
     return [
         build_derived_series(

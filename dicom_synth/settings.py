@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dicom_synth.callers import AllowedCaller
-from dicom_synth.domain import PacsAddress
+from dicom_synth.domain import DicomWebAddress, PacsAddress, parse_pacs
 
 
 class Settings(BaseSettings):
@@ -32,8 +32,9 @@ class Settings(BaseSettings):
         None, description="job store, an SQLAlchemy URL (postgresql+psycopg://user@host/db in production); "
         "unset = SQLite at <data_dir>/jobs.sqlite3"
     )
-    pacs: Annotated[PacsAddress | None, NoDecode] = Field(
-        None, description="where results go: AE@host:port; unset = keep locally"
+    pacs: Annotated[PacsAddress | DicomWebAddress | None, NoDecode] = Field(
+        None, description="where results go: AE@host:port (C-STORE) or dicomweb+http://host:port/path "
+        "(STOW-RS); unset = keep locally"
     )
     allowed_calling_aets: Annotated[list[str] | None, NoDecode] = Field(
         None, description="comma-separated calling AE titles allowed to store, each AE (any address) or "
@@ -54,6 +55,42 @@ class Settings(BaseSettings):
     oidc_jwks_url: str | None = Field(None, description="the issuer's JWKS; unset = from its discovery document")
     oidc_scopes_claim: str = Field(
         "scope", description="the claim with the scopes (space-separated or a list; dotted path for nested)"
+    )
+    metrics_public: bool = Field(
+        False, description="true: GET /metrics answers without a token (a Prometheus on a trusted network)"
+    )
+    # TLS (issue 17): see service/tls.py. Certificates and keys are PEM files.
+    http_tls_certificate: Path | None = Field(None, description="gateway HTTPS certificate (chain); unset = HTTP")
+    http_tls_private_key: Path | None = Field(None, description="gateway HTTPS private key")
+    dicom_tls_port: int | None = Field(
+        None, ge=0, le=65535, description="DICOM TLS listener port (PS3.15 B.9/B.11 profile, TLS 1.2+), "
+        "beside the plain SYNTH_DICOM_PORT; unset = no TLS port"
+    )
+    dicom_plain: Literal["on", "off"] = Field(
+        "on", description="off: no plain DICOM port, only SYNTH_DICOM_TLS_PORT"
+    )
+    dicom_tls_certificate: Path | None = Field(None, description="the DICOM TLS listener's certificate")
+    dicom_tls_private_key: Path | None = Field(None, description="the DICOM TLS listener's private key")
+    dicom_tls_ca_certificates: Path | None = Field(
+        None, description="CAs of client certificates: set = every TLS peer must show one they signed"
+    )
+    pacs_tls: Literal["on", "off"] = Field("off", description="on: the exporter talks TLS to SYNTH_PACS")
+    pacs_tls_ca_certificates: Path | None = Field(
+        None, description="CAs that sign the PACS's certificate; unset = the system's trust store"
+    )
+    pacs_tls_certificate: Path | None = Field(None, description="our client certificate for the PACS; optional")
+    pacs_tls_private_key: Path | None = Field(None, description="our client certificate's private key")
+    pacs_tls_server_name: str | None = Field(
+        None, description="the name the PACS's certificate must carry; unset = SYNTH_PACS's host"
+    )
+    # Retention and disk safety (issue 17): see service/retention.py and dicom_synth/diskspace.py.
+    retention_days: float = Field(
+        7.0, ge=0, description="inputs and outputs are purged this long after their job ends; 0 keeps them"
+    )
+    retention_check_seconds: float = Field(3600.0, gt=0, description="how often the gateway purges")
+    min_free_gb: float = Field(
+        1.0, ge=0, description="below this free on the data disk the listener answers 0xA700 and the "
+        "gateway 507; 0 = no watermark"
     )
     series_quiet_seconds: float = Field(
         30.0, gt=0, le=3600, description="silence that completes a series whose headers do not show it whole"
@@ -89,16 +126,45 @@ class Settings(BaseSettings):
     dicom_idle_timeout: float = Field(
         60.0, gt=0, le=3600, description="an association with no PDU for this long is aborted"
     )
+    task_max_attempts: int = Field(
+        2, ge=1, le=100, description="starts of one step for one job before it is failed as poison "
+        "(a start that never finished killed its worker)"
+    )
+    restart_backoff_seconds: float = Field(
+        0.5, ge=0, le=60, description="runner: first delay before restarting a dead child; doubles per death"
+    )
+    restart_backoff_max_seconds: float = Field(
+        30.0, ge=0, le=3600, description="runner: the longest delay between restarts of one child"
+    )
+    stuck_check_seconds: float = Field(
+        60.0, gt=0, le=86400, description="runner: how often jobs stuck past their step's deadline are requeued"
+    )
+    classify_deadline_seconds: float = Field(
+        600.0, gt=0, description="a job received or classified with no change for this long is stuck"
+    )
+    synthesize_deadline_seconds: float = Field(
+        3600.0, gt=0, description="a job queued or running with no change (progress) for this long is stuck"
+    )
+    export_deadline_seconds: float = Field(
+        1800.0, gt=0, description="a job exporting with no change for this long is stuck (above the retries' time)"
+    )
+
+    def step_deadlines(self) -> dict[str, float]:
+        """Task name → seconds without a change after which a job in that step is stuck."""
+        from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, TASK_SYNTHESIZE
+
+        return {TASK_CLASSIFY: self.classify_deadline_seconds, TASK_SYNTHESIZE: self.synthesize_deadline_seconds,
+                TASK_EXPORT: self.export_deadline_seconds}
 
     @field_validator("pacs", mode="before")
     @classmethod
     def _parse_pacs(cls, v: object) -> object:
-        if v is None or isinstance(v, PacsAddress):
+        if v is None or isinstance(v, (PacsAddress, DicomWebAddress)):
             return v
         text = str(v).strip()
         if not text:
             return None
-        return PacsAddress.parse(text)
+        return parse_pacs(text)
 
     @field_validator("database_url")
     @classmethod

@@ -20,7 +20,8 @@ What was announced is persisted per series (`.announced.json` beside the files, 
 shared store), so a restart announces what was stored but never announced (even when
 Redis lost its state), and a later instance (new SOPInstanceUID) starts a new
 announcement with the full current file list that names the job it supersedes. A resent
-duplicate of an announced series (nothing new) is not announced again.
+duplicate of an announced series (nothing new) is not announced again, unless the job it
+made failed (`rerun_last_job`): then the re-send starts a new job that supersedes it.
 """
 
 from __future__ import annotations
@@ -266,9 +267,13 @@ class CompletionTracker:
         claim_ttl_seconds: float = 120.0,
         poll_seconds: float = 0.05,
         clock: Callable[[], float] = time.time,
+        rerun_last_job: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
         self.on_complete = on_complete
+        # Given the job of a series' last announcement: whether a re-send with no new
+        # instance makes a new job (service.intake.resend_makes_new_job: it failed).
+        self.rerun_last_job = rerun_last_job or (lambda job_id: False)
         self.state = state
         self.quiet = quiet_seconds
         self.grace = grace_seconds
@@ -450,12 +455,16 @@ class CompletionTracker:
             files = self.store.series_files(study, series)
             earlier = read_marker_record(series_dir)
             announced = set(earlier["sop_instance_uids"]) if earlier else None
-            if not files or (announced is not None and {f.stem for f in files} <= announced):
+            supersedes = earlier.get("job_id") if earlier else None
+            nothing_new = announced is not None and {f.stem for f in files} <= announced
+            rerun = nothing_new and bool(files) and supersedes is not None and self.rerun_last_job(supersedes)
+            if not files or (nothing_new and not rerun):
                 log.info("series %s: nothing new since its last announcement", series)
                 self.state.finish(s.series_id, s.version, token)
                 return False
-            supersedes = earlier.get("job_id") if earlier else None
-            if announced is not None:
+            if rerun:
+                reason = f"{reason}; re-sent after job {supersedes} failed"
+            elif announced is not None:
                 reason = f"{reason}; late instances after an earlier announcement"
             done = CompletedSeries(study, series, files, calling_ae, reason, supersedes)
             job_id = _job_id_of(self.on_complete(done))

@@ -32,6 +32,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -104,6 +105,8 @@ class Peer:
     """The peer's maximum P-DATA-TF length (0: no limit)."""
     stored: int = 0
     refused: int = 0
+    outcome: str = "ended"
+    """How it ended: released, aborted by the peer, aborted: ..., lost (for the audit trail)."""
     _send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def send(self, data: bytes) -> None:
@@ -132,6 +135,8 @@ class StorageHandler(Protocol):
     def opened(self, peer: Peer) -> None: ...
 
     def closed(self, peer: Peer) -> None: ...
+
+    # optional: `rejected(calling_ae, address, reason)`, an association refused at negotiation
 
     def echo(self, peer: Peer) -> int: ...
 
@@ -168,12 +173,16 @@ class StorageAcceptor:
         network_timeout: float | None = 60.0,
         idle_timeout: float | None = None,
         spool_dir: Path | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """`acse_timeout`: ARTIM, from connect to a whole A-ASSOCIATE-RQ (and the wait for
         the peer to close after a release or rejection). `idle_timeout`: the longest wait
         for the next PDU of an association (default `network_timeout`). `network_timeout`:
-        the longest wait for more bytes of a PDU that has begun."""
+        the longest wait for more bytes of a PDU that has begun. `ssl_context`: serve DICOM
+        TLS (service.tls): each connection's handshake, within the ARTIM timeout, comes
+        before any PDU; one that fails (a plain association, no client certificate) is closed."""
         self.ae_title = ae_title
+        self.ssl_context = ssl_context
         self.spool_dir = spool_dir
         """Where received data sets are written (default: the temporary directory)."""
         self.handler = handler
@@ -283,6 +292,11 @@ class StorageAcceptor:
         pending = True
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                tls = self._handshake(conn, where)
+                if tls is None:
+                    return
+                conn = tls  # closing it (finally) closes the connection
             reader = _Reader(conn)
             try:
                 peer = self._negotiate(conn, reader, (str(address[0]), int(address[1])))
@@ -294,8 +308,10 @@ class StorageAcceptor:
                 self._data_phase(peer, reader)
         except _Closed as exc:
             log.debug("association from %s: %s", where, exc)
+            _ended(peer, str(exc))
         except _ProtocolError as exc:
             log.warning("aborting the association from %s: %s", where, exc)
+            _ended(peer, "aborted: protocol error")
             _send_quietly(peer or conn, _abort_pdu(_SERVICE_PROVIDER, exc.reason))
         except TimeoutError:
             if peer is None:  # ARTIM expired (PS3.8 9.1.5): close without an answer
@@ -304,11 +320,14 @@ class StorageAcceptor:
             else:
                 log.warning("aborting the association from %s: idle or network timeout", where)
                 _send_quietly(peer, _abort_pdu(_SERVICE_USER, 0))
+                _ended(peer, "aborted: idle or network timeout")
         except OSError as exc:
             if not self._stopping:
                 log.warning("association from %s lost: %s", where, exc)
+            _ended(peer, "lost")
         except Exception:
             log.exception("association from %s failed", where)
+            _ended(peer, "aborted: internal error")
             _send_quietly(peer or conn, _abort_pdu(_SERVICE_PROVIDER, 0))
         finally:
             _close(conn)
@@ -325,6 +344,18 @@ class StorageAcceptor:
                     log.exception("association end not recorded")
             with self._lock:
                 self._threads.discard(threading.current_thread())
+
+    def _handshake(self, conn: socket.socket, where: str) -> ssl.SSLSocket | None:
+        """The TLS handshake on an accepted connection; None (closed, reason logged) when it fails."""
+        conn.settimeout(self.acse_timeout)
+        try:
+            tls = self.ssl_context.wrap_socket(conn, server_side=True)  # type: ignore[union-attr]
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("TLS handshake with %s failed: %s", where, getattr(exc, "reason", None) or exc)
+            _close(conn)
+            return None
+        log.debug("TLS %s with %s", tls.version(), where)
+        return tls
 
     def _negotiated(self, host: str) -> None:
         with self._lock:
@@ -369,6 +400,12 @@ class StorageAcceptor:
             log.warning("association from %s@%s rejected: %s", calling, address[0],
                         refusal if not allowed else
                         f"too many associations ({from_peer} from this peer)")
+            rejected = getattr(self.handler, "rejected", None)
+            if rejected is not None:
+                try:
+                    rejected(calling, address, refusal or "too many associations")
+                except Exception:
+                    log.exception("association rejection not recorded")
             conn.sendall(_reject_pdu(rq, *rsd))
             _await_close(conn, self.acse_timeout)
             return None
@@ -805,6 +842,11 @@ def _reject_pdu(rq: A_ASSOCIATE, result: int, source: int, diagnostic: int) -> b
 
 
 # --- closing ----------------------------------------------------------------------------------
+
+
+def _ended(peer: Peer | None, outcome: str) -> None:
+    if peer is not None:
+        peer.outcome = outcome
 
 
 def _send_quietly(to: Peer | socket.socket, data: bytes) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from dicom_synth import metrics
 from dicom_synth.domain import PacsAddress
 
 log = logging.getLogger(__name__)
@@ -119,14 +121,15 @@ def _is_stored(status: int) -> bool:
     return status == 0x0000 or status == 0x0001 or 0xB000 <= status <= 0xBFFF
 
 
-def _open(ae: AE, pacs: PacsAddress, files: Sequence[_File]) -> Association:
+def _open(ae: AE, pacs: PacsAddress, files: Sequence[_File],
+          tls: tuple[ssl.SSLContext, str] | None = None) -> Association:
     connected: list[bool] = []
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _set_nodelay),
         (evt.EVT_CONN_OPEN, lambda _e: connected.append(True)),
     ]
     ae.requested_contexts = _contexts(files)
-    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, evt_handlers=handlers)
+    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, evt_handlers=handlers, tls_args=tls)
     if assoc.is_established:
         return assoc
     if not connected:
@@ -158,9 +161,10 @@ def _attempt(
     pending: dict[Path, _File],
     acknowledged: list[Path],
     warnings: list[str],
+    tls: tuple[ssl.SSLContext, str] | None = None,
 ) -> None:
     """Send every pending file once on one association; remove acknowledged ones."""
-    assoc = _open(ae, pacs, list(pending.values()))
+    assoc = _open(ae, pacs, list(pending.values()), tls)
     failures: list[str] = []
     stored_now = 0
     try:
@@ -199,9 +203,11 @@ def send_files(
     retries: int,
     backoff_seconds: float,
     timeout_seconds: float = 30.0,
+    tls: tuple[ssl.SSLContext, str] | None = None,
 ) -> ExportResult:
     """C-STORE `paths` to `pacs`: at most `retries + 1` associations, waiting
-    `backoff_seconds`, then twice that, and so on (capped at 60 s) between them.
+    `backoff_seconds`, then twice that, and so on (capped at 60 s) between them. `tls`:
+    (context, server name) for DICOM TLS (service.tls.pacs_client_context).
     Returns when every file is acknowledged; raises ExportError otherwise."""
     if retries < 0:
         raise ValueError("retries must be >= 0")
@@ -235,9 +241,11 @@ def send_files(
         for attempt in retrying:
             with attempt:
                 attempts += 1
+                metrics.EXPORT_ATTEMPTS.inc()
                 if pending:
-                    _attempt(ae, pacs, pending, acknowledged, warnings)
+                    _attempt(ae, pacs, pending, acknowledged, warnings, tls)
     except RetryError as exc:
+        metrics.EXPORT_FAILURES.inc()
         last = exc.last_attempt.exception()
         raise ExportError(
             f"gave up after {attempts} attempt(s): {last}; "
@@ -246,6 +254,7 @@ def send_files(
             total=len(files),
         ) from last
     except ExportError as exc:
+        metrics.EXPORT_FAILURES.inc()
         exc.acknowledged, exc.total = len(acknowledged), len(files)
         raise
     finally:

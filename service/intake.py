@@ -78,6 +78,18 @@ def _mark_superseded(store: JobStore, old_job_id: str, new_job_id: str) -> None:
         log.warning("job %s superseded by %s is gone", old_job_id, new_job_id)
 
 
+def resend_makes_new_job(settings: Settings, job_id: str) -> bool:
+    """Whether a DICOM re-send of the series whose last job is `job_id` (with no new
+    instance) starts a new job (`dicom_synth.jobstate.resend_starts_new_job`)."""
+    from dicom_synth.jobstate import resend_starts_new_job
+    from dicom_synth.jobstore import JobNotFound
+
+    try:
+        return resend_starts_new_job(JobStore(settings.jobs_db_url).get(job_id))
+    except JobNotFound:
+        return False
+
+
 def requeue_unfinished(settings: Settings) -> int:
     """After a restart, put every job that is not final back on its queue.
 
@@ -88,3 +100,11 @@ def requeue_unfinished(settings: Settings) -> int:
     from service.queue import app
 
     return len(resume(JobStore(settings.jobs_db_url), app.send_task))
+
+
+def requeue_stuck_jobs(settings: Settings) -> int:
+    """Requeue the jobs stuck past their step's deadline (`dicom_synth.jobstate.requeue_stuck`)."""
+    from dicom_synth.jobstate import requeue_stuck
+    from service.queue import app
+
+    return len(requeue_stuck(JobStore(settings.jobs_db_url), app.send_task, settings.step_deadlines()))

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dicom_synth import metrics
+from dicom_synth.audit import AuditTrail
+from dicom_synth.diskspace import low_disk_reason
 from dicom_synth.limits import OverLimit
 from dicom_synth.settings import Settings
 from dicom_synth.supported import SOP_CLASSES, sop_class_name
@@ -27,6 +31,7 @@ from service.completion import CompletedSeries, CompletionTracker
 from service.completion_state import EmbeddedRedis, SharedCompletionState, redis_client
 from service.dicom_scp import SPOOL_PREFIX, Peer, StorageAcceptor, StoreRequest
 from service.store import InvalidInstance, SeriesStore, is_out_of_space
+from service.tls import dicom_server_context
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +42,41 @@ MAX_PDU = 262_144
 class _Handlers:
     """What the acceptor calls on each association's thread; returns statuses, never raises."""
 
-    def __init__(self, store: SeriesStore, tracker: CompletionTracker) -> None:
+    def __init__(self, store: SeriesStore, tracker: CompletionTracker, min_free_gb: float = 0.0,
+                 audit: AuditTrail | None = None) -> None:
         self.series_store = store
         self.tracker = tracker
+        self.min_free_gb = min_free_gb
+        self.audit = audit
+        self._opened_at: dict[int, float] = {}
 
     def opened(self, peer: Peer) -> None:
-        pass
+        self._opened_at[peer.key] = time.monotonic()
+        metrics.ASSOCIATIONS.labels(outcome="accepted").inc()
 
     def closed(self, peer: Peer) -> None:
         self.tracker.association_ended(peer.key)
+        opened = self._opened_at.pop(peer.key, None)
+        if self.audit is not None:
+            seconds = round(time.monotonic() - opened, 3) if opened is not None else None
+            self.audit.record_quietly(
+                "association", who=peer.calling_ae, address=peer.address[0], action="association",
+                outcome=peer.outcome,
+                detail={"called_ae": peer.called_ae, "stored": peer.stored, "refused": peer.refused,
+                        "seconds": seconds})
+
+    def rejected(self, calling_ae: str, address: tuple[str, int], reason: str) -> None:
+        metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
+        if self.audit is not None:
+            self.audit.record_quietly("association", who=calling_ae, address=address[0], action="association",
+                                      outcome=f"rejected: {reason}", detail={"stored": 0, "refused": 0})
 
     def echo(self, peer: Peer) -> int:
         return dicom_net.SUCCESS
 
     def store(self, peer: Peer, request: StoreRequest) -> tuple[int, str]:
         status, reason = self._store(peer, request)
+        metrics.INSTANCES.labels(status=metrics.status_label(status)).inc()
         # An instance of a kind we store was refused: the series it belonged to may lack it.
         if status not in (dicom_net.SUCCESS, dicom_net.SOP_CLASS_NOT_SUPPORTED):
             self.tracker.instance_refused(peer.key)
@@ -67,6 +92,10 @@ class _Handlers:
         if request.sop_class_uid not in SOP_CLASSES:
             log.warning("refused %s from %s", sop_class_name(request.sop_class_uid), calling_ae)
             return dicom_net.SOP_CLASS_NOT_SUPPORTED, "SOP class not accepted"
+        low = low_disk_reason(self.series_store.root, self.min_free_gb)
+        if low is not None:  # before the disk is full: the jobs already here still have room to run
+            log.warning("refused an instance from %s: %s", calling_ae, low)
+            return dicom_net.OUT_OF_RESOURCES, low
         try:
             inst = self.series_store.put(request.path,
                                          expected_sop_instance_uid=request.sop_instance_uid or None,
@@ -93,8 +122,9 @@ class _Handlers:
         return dicom_net.SUCCESS, ""
 
 
-def build_acceptor(settings: Settings, handlers: _Handlers, spool_dir: Path) -> StorageAcceptor:
-    """The storage SCP with our contexts and limits."""
+def build_acceptor(settings: Settings, handlers: _Handlers, spool_dir: Path,
+                   ssl_context: ssl.SSLContext | None = None) -> StorageAcceptor:
+    """The storage SCP with our contexts and limits (DICOM TLS with `ssl_context`)."""
     contexts = {sop_class: dicom_net.TRANSFER_SYNTAXES
                 for sop_class in dicom_net.STORAGE_SOP_CLASSES}
     contexts[dicom_net.VERIFICATION] = dicom_net.VERIFICATION_SYNTAXES
@@ -108,6 +138,7 @@ def build_acceptor(settings: Settings, handlers: _Handlers, spool_dir: Path) -> 
         idle_timeout=settings.dicom_idle_timeout,
         network_timeout=settings.dicom_idle_timeout,
         spool_dir=spool_dir,
+        ssl_context=ssl_context,
     )
 
 
@@ -115,7 +146,8 @@ class Listener:
     """Serves C-STORE and C-ECHO in background threads; announces completed series."""
 
     def __init__(self, settings: Settings,
-                 on_complete: Callable[[CompletedSeries], object]) -> None:
+                 on_complete: Callable[[CompletedSeries], object],
+                 rerun_last_job: Callable[[str], bool] | None = None) -> None:
         self.settings = settings
         self.store = SeriesStore(settings.store_dir, max_instance_pixels=settings.max_instance_pixels,
                                  max_series_instances=settings.max_series_instances)
@@ -127,37 +159,57 @@ class Listener:
             self.store, on_complete, SharedCompletionState(redis_client(redis_url)),
             quiet_seconds=settings.series_quiet_seconds,
             grace_seconds=settings.series_grace_seconds,
+            rerun_last_job=rerun_last_job,
         )
-        self._handlers = _Handlers(self.store, self.tracker)
+        self._handlers = _Handlers(self.store, self.tracker, settings.min_free_gb,
+                                   audit=AuditTrail(settings.jobs_db_url))
         self._acceptor: StorageAcceptor | None = None
+        self._tls_acceptor: StorageAcceptor | None = None
+        self._tls_context = dicom_server_context(settings)  # a TLS setting in error stops the start
 
     @property
     def port(self) -> int:
-        """The bound port (differs from settings when those ask for port 0)."""
+        """The bound plain port (differs from settings when those ask for port 0)."""
         if self._acceptor is None:
             return self.settings.dicom_port
         return self._acceptor.port
 
+    @property
+    def tls_port(self) -> int | None:
+        """The bound DICOM TLS port; None without one."""
+        if self._tls_acceptor is None:
+            return self.settings.dicom_tls_port
+        return self._tls_acceptor.port
+
     def start(self) -> None:
         """Announce series left from a previous run, then serve; returns at once."""
-        if self._acceptor is not None:
+        if self._acceptor is not None or self._tls_acceptor is not None:
             return
         self.tracker.recover()
         self.tracker.start()
         spool_dir = self.store.incoming_dir
         _remove_stale_spools(spool_dir, older_than=max(600.0, 2 * self.settings.dicom_idle_timeout))
-        acceptor = build_acceptor(self.settings, self._handlers, spool_dir)
-        acceptor.start(self.settings.dicom_host, self.settings.dicom_port)
-        self._acceptor = acceptor
-        log.info("DICOM listener %s on %s:%d, store %s", self.settings.ae_title,
-                 self.settings.dicom_host, self.port, self.store.root)
+        host = self.settings.dicom_host
+        if self.settings.dicom_plain == "on" or self._tls_context is None:
+            acceptor = build_acceptor(self.settings, self._handlers, spool_dir)
+            acceptor.start(host, self.settings.dicom_port)
+            self._acceptor = acceptor
+            log.info("DICOM listener %s on %s:%d, store %s", self.settings.ae_title, host, self.port,
+                     self.store.root)
+        if self._tls_context is not None:
+            tls_acceptor = build_acceptor(self.settings, self._handlers, spool_dir, self._tls_context)
+            tls_acceptor.start(host, int(self.settings.dicom_tls_port or 0))
+            self._tls_acceptor = tls_acceptor
+            log.info("DICOM TLS listener %s on %s:%d%s", self.settings.ae_title, host, self.tls_port,
+                     ", client certificates required" if self.settings.dicom_tls_ca_certificates else "")
 
     def stop(self) -> None:
         """Stop accepting, end open associations, stop announcing (stored series that were
         not announced yet are announced by the next start)."""
-        if self._acceptor is not None:
-            self._acceptor.stop()
-            self._acceptor = None
+        for acceptor in (self._acceptor, self._tls_acceptor):
+            if acceptor is not None:
+                acceptor.stop()
+        self._acceptor = self._tls_acceptor = None
         self.tracker.stop()
         if self._embedded_redis is not None:
             self._embedded_redis.shutdown()
@@ -177,10 +229,11 @@ def _remove_stale_spools(spool_dir: Path, older_than: float = 600.0) -> None:
             pass
 
 
-def serve_forever(settings: Settings, on_complete: Callable[[CompletedSeries], object]) -> None:
-    """Process entry point: serve until SIGINT or SIGTERM."""
+def serve_forever(settings: Settings, on_complete: Callable[[CompletedSeries], object],
+                  rerun_last_job: Callable[[str], bool] | None = None) -> None:
+    """Process entry point: serve until SIGINT or SIGTERM (`rerun_last_job`: see CompletionTracker)."""
     done = threading.Event()
-    listener = Listener(settings, on_complete)
+    listener = Listener(settings, on_complete, rerun_last_job)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     listener.start()

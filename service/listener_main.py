@@ -8,7 +8,7 @@ from dicom_synth.domain import Job
 from dicom_synth.filemodes import keep_files_private
 from dicom_synth.settings import get_settings
 from service.completion import CompletedSeries
-from service.intake import accept_series
+from service.intake import accept_series, resend_makes_new_job
 from service.listener import serve_forever
 
 
@@ -27,7 +27,7 @@ def main() -> None:
             supersedes=series.supersedes,
         )
 
-    serve_forever(settings, on_complete)
+    serve_forever(settings, on_complete, lambda job_id: resend_makes_new_job(settings, job_id))
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from celery import Celery
 from celery import Task as CeleryTask
 from celery.signals import worker_init, worker_ready
 
-from dicom_synth.domain import JobStatus
+from dicom_synth.domain import DicomWebAddress, JobStatus
 from dicom_synth.filemodes import keep_files_private
-from dicom_synth.jobstate import advance, fail_from_task, resume
+from dicom_synth.jobstate import advance, begin_attempt, end_attempt, fail_from_task, resume, superseded_reason
 from dicom_synth.jobstore import JobStore
 from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, celery_config
 from dicom_synth.settings import get_settings, job_output_dir
@@ -53,6 +53,9 @@ class JobTask(CeleryTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[override]
         fail_from_task(_store(), args[0] if args else kwargs.get("job_id"), exc)
 
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):  # type: ignore[override]
+        end_attempt(_store(), args[0] if args else kwargs.get("job_id"), self.name)  # it did not kill us
+
 
 @worker_ready.connect
 def resume_claimed_exports(sender, **kwargs) -> None:  # noqa: ARG001
@@ -64,24 +67,39 @@ def resume_claimed_exports(sender, **kwargs) -> None:  # noqa: ARG001
 @app.task(name=TASK_EXPORT, base=JobTask, bind=True)
 def export(self, job_id: str) -> str:
     """Send a job's output series to the PACS; a PACS that stays down ends the job
-    `failed` with the reason, files kept, so POST /jobs/{id}/resend can try again."""
+    `failed` with the reason, files kept, so POST /jobs/{id}/resend can try again. A job
+    superseded by a fuller one is never sent: it ends `skipped` with the reason."""
     from service.export import ExportError, send_files
+    from service.tls import pacs_client_context
 
     settings = get_settings()
     store = _store()
     job = store.get(job_id)
     if job.status != JobStatus.EXPORTING:
         return str(job.status)
-    store.update(job_id, claimed_by=self.request.hostname)
+    job = begin_attempt(store, job_id, TASK_EXPORT, only_from={JobStatus.EXPORTING},
+                        claimed_by=self.request.hostname)
+    if job is None:
+        return "not started"  # moved on meanwhile, or poison (failed)
+    if job.superseded_by:
+        advance(store, job_id, JobStatus.SKIPPED, only_from={JobStatus.EXPORTING}, error=superseded_reason(job))
+        return "superseded"
     if settings.pacs is None:
         advance(store, job_id, JobStatus.DONE, only_from={JobStatus.EXPORTING}, progress=1.0)
         return "done"
     files = sorted(job_output_dir(settings, job_id).rglob("*.dcm"))
     try:
-        send_files(
-            files, settings.pacs, calling_ae=settings.ae_title,
-            retries=settings.export_retries, backoff_seconds=settings.export_backoff_seconds,
-        )
+        if isinstance(settings.pacs, DicomWebAddress):
+            from service import stow_export
+
+            stow_export.send_files(files, settings.pacs, retries=settings.export_retries,
+                                   backoff_seconds=settings.export_backoff_seconds)
+        else:
+            send_files(
+                files, settings.pacs, calling_ae=settings.ae_title,
+                retries=settings.export_retries, backoff_seconds=settings.export_backoff_seconds,
+                tls=pacs_client_context(settings),
+            )
     except ExportError as exc:
         advance(store, job_id, JobStatus.FAILED, only_from={JobStatus.EXPORTING},
                 error=f"export to {settings.pacs} failed: {exc}")

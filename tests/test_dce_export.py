@@ -11,7 +11,8 @@ import torch
 
 from dicom_synth.inference import SynthesisModel
 from dicom_synth.registry import load_card
-from models.dce.export import build_card, export_onnx, parity, write_card
+from models.common.export import write_card
+from models.dce.export import build_card, export_onnx, parity
 from models.dce.networks import NetConfig, PatchDiscriminator, UnetGenerator, receptive_field
 from models.dce.train import CONFIGS
 

@@ -124,3 +124,41 @@ def test_demo_orthanc_config_requires_a_login(tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_compose_prometheus_and_grafana_dashboard_show_the_service_metrics():
+    """Prometheus scrapes the gateway, Grafana provisions the dashboard from docker/, every
+    query of the dashboard names a metric the service exports, and each service of the
+    compose file counts into its own folder under /data/metrics (the gateway merges them)."""
+    import json
+
+    from prometheus_client import Counter, Histogram
+
+    from dicom_synth import metrics
+
+    services = _compose()["services"]
+    assert {"prometheus", "grafana"} <= set(services)
+    grafana_password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert grafana_password.startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./") and not volume.lstrip().startswith("#"):
+                assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+    prom = yaml.safe_load((ROOT / "docker/prometheus/prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["gateway:8000"]
+    assert services["gateway"]["environment"]["SYNTH_METRICS_PUBLIC"] == "true"  # no token in prometheus.yml
+
+    dirs = {name: svc["environment"].get("PROMETHEUS_MULTIPROC_DIR") for name, svc in services.items()
+            if svc.get("image", "").startswith("dicom-synth/")}
+    assert all(d and d.startswith("/data/metrics/") for d in dirs.values()), dirs
+    assert len(set(dirs.values())) == len(dirs)  # pid 1 in every container: one folder each
+
+    exported = {m._name for m in vars(metrics).values() if isinstance(m, Counter | Histogram)}
+    exported |= {"synth_jobs", "synth_queue_depth", "synth_disk_free_bytes", "synth_scrape_ok"}
+    dashboard = json.loads((ROOT / "docker/grafana/dicom-synth.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    named = {re.sub(r"_(total|bucket|count|sum)$", "", m) for e in exprs for m in re.findall(r"\bsynth_[a-z_]+", e)}
+    assert named <= exported, named - exported  # no query of a metric that does not exist
+    assert exported <= named, exported - named  # and every metric is on the dashboard

@@ -23,7 +23,7 @@ def test_the_same_series_posted_twice_is_stored_once(tmp_path, redis_server, ort
     stack = start_stack(tmp_path / "svc", broker_url=redis_server.url,
                         pacs=f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
     try:
-        files = write_phantom_series(tmp_path / "t1", seed=931, n_slices=3, size=384)  # the model's domain: 1 mm, 384 px
+        files = write_phantom_series(tmp_path / "t1", seed=931, n_slices=3, size=384)  # the DCE model's domain
         study_uid = dcmread(files[0]).StudyInstanceUID
         jobs = []
         for _ in range(2):

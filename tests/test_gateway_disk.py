@@ -30,7 +30,8 @@ def tiny_data_dir(tmp_path: Path):
 
 
 def test_full_disk_answers_507_and_stores_nothing(tmp_path, tiny_data_dir):
-    settings = Settings(data_dir=tiny_data_dir, broker_url="redis://127.0.0.1:1/0", auth="off")
+    settings = Settings(data_dir=tiny_data_dir, broker_url="redis://127.0.0.1:1/0", auth="off",
+                        min_free_gb=0)  # ENOSPC itself, no watermark (tests/test_retention.py)
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: settings
     JobStore(settings.db_path)  # the job database exists before the disk fills

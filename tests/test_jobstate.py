@@ -224,3 +224,82 @@ def test_no_job_status_is_written_outside_the_state_machine():
                 continue
             offenders += [f"{rel} {w}" for w in status_writes(path.read_text())]
     assert not offenders, "job status written outside dicom_synth/jobstate.py:\n" + "\n".join(offenders)
+
+
+@both_backends
+def test_starts_that_never_finish_fail_the_job_as_poison_and_resume_does_not_send_it(store):
+    from dicom_synth.jobstate import begin_attempt, end_attempt
+
+    _made(store, "poison", S.QUEUED)
+    _made(store, "fine", S.QUEUED)
+    only = {S.QUEUED, S.RUNNING}
+    # "fine": every start returns (end_attempt), so it may start any number of times
+    for _ in range(4):
+        assert begin_attempt(store, "fine", TASK_SYNTHESIZE, only_from=only, to=S.RUNNING, limit=2) is not None
+        end_attempt(store, "fine", TASK_SYNTHESIZE)
+    assert store.get("fine").attempts == {} and store.get("fine").status is S.RUNNING
+    # "poison": two starts that never returned (each killed its worker)
+    for n in (1, 2):
+        job = begin_attempt(store, "poison", TASK_SYNTHESIZE, only_from=only, to=S.RUNNING, limit=2)
+        assert job is not None and job.attempts == {TASK_SYNTHESIZE: n}
+    sent = _Sent()
+    assert resume(store, sent, limit=2) == [("fine", TASK_SYNTHESIZE)] == sent
+    job = store.get("poison")
+    assert job.status is S.FAILED and "started 2 times" in job.error and TASK_SYNTHESIZE in job.error
+    # a redelivered copy of the task finds it failed and does not start
+    assert begin_attempt(store, "poison", TASK_SYNTHESIZE, only_from=only, to=S.RUNNING, limit=2) is None
+
+
+def test_a_third_start_fails_the_job_itself(store):
+    from dicom_synth.jobstate import begin_attempt
+
+    _made(store, "j", S.RECEIVED)
+    for _ in range(2):
+        assert begin_attempt(store, "j", TASK_CLASSIFY, only_from={S.RECEIVED}, limit=2) is not None
+    assert begin_attempt(store, "j", TASK_CLASSIFY, only_from={S.RECEIVED}, limit=2) is None
+    assert store.get("j").status is S.FAILED and "killed its worker" in store.get("j").error
+
+
+def test_a_superseded_export_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SYNTH_PACS", "NOBODY@127.0.0.1:9")
+    monkeypatch.delenv("SYNTH_DATABASE_URL", raising=False)
+    from dicom_synth.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        from service.queue import export
+
+        store = JobStore(get_settings().jobs_db_url)
+        _made(store, "old", S.EXPORTING)
+        store.update("old", superseded_by="new")
+        assert export.apply(args=["old"]).get() == "superseded"
+        job = store.get("old")
+        assert job.status is S.SKIPPED and job.error == "superseded by job new: not exported"
+        assert job.attempts == {}  # the task returned: its start is no longer counted
+    finally:
+        get_settings.cache_clear()
+
+
+@both_backends
+def test_jobs_stuck_past_their_steps_deadline_are_requeued_once_per_deadline(store):
+    import time
+
+    from dicom_synth.jobstate import requeue_stuck
+
+    _made(store, "export", S.EXPORTING)
+    _made(store, "synth", S.RUNNING)
+    _made(store, "done", S.DONE)
+    deadlines = {TASK_CLASSIFY: 100.0, TASK_SYNTHESIZE: 1000.0, TASK_EXPORT: 100.0}
+    now = time.time()
+    assert requeue_stuck(store, _Sent(), deadlines, now=now) == []  # nothing is late yet
+    sent = _Sent()
+    assert requeue_stuck(store, sent, deadlines, now=now + 200) == [("export", TASK_EXPORT)] == sent
+    assert store.get("export").status is S.EXPORTING
+    # the requeue counts as a change: the next rounds wait a whole deadline again
+    touched = store.get("export").updated_at
+    assert touched >= now
+    assert requeue_stuck(store, _Sent(), deadlines, now=touched + 50) == []
+    assert requeue_stuck(store, _Sent(), deadlines, now=touched + 101) == [("export", TASK_EXPORT)]
+    assert ("synth", TASK_SYNTHESIZE) in requeue_stuck(store, _Sent(), deadlines, now=now + 2000)
+    assert store.get("synth").status is S.QUEUED and store.get("done").status is S.DONE

@@ -34,7 +34,7 @@ def test_create_get_update_list(job_store_url):
     assert [j.job_id for j in store.recent()] == ["b", "a"]
     assert [j.job_id for j in store.recent(status=S.SKIPPED)] == ["a"]
     assert [j.job_id for j in store.unfinished()] == ["b"]
-    assert current_revision(store.engine) == "0001"
+    assert current_revision(store.engine) == "0002"
 
 
 @both_backends
@@ -138,7 +138,7 @@ def test_rows_written_before_source_contrast_still_decode(job_store_url):
 
 def test_a_data_dir_from_before_alembic_is_adopted(tmp_path):
     """A jobs.sqlite3 made by the release before Alembic (same table, no alembic_version)
-    opens with its jobs intact and is stamped at the first revision."""
+    opens with its jobs intact and is brought to the newest revision."""
     db = tmp_path / "var" / "jobs.sqlite3"
     db.parent.mkdir()
     body = {"job_id": "kept", "status": "done", "source_series_uid": "1", "study_instance_uid": "2",
@@ -153,7 +153,7 @@ def test_a_data_dir_from_before_alembic_is_adopted(tmp_path):
         conn.execute("INSERT INTO jobs VALUES ('kept', 'done', 1.0, 1.0, ?)", (json.dumps(body),))
     store = JobStore(db)
     assert store.get("kept").status is S.DONE
-    assert current_revision(store.engine) == "0001"
+    assert current_revision(store.engine) == "0002"
     with sqlite3.connect(db) as conn:
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"jobs_created", "jobs_status"} <= indexes
@@ -171,5 +171,5 @@ def test_db_upgrade_command(job_store_url, monkeypatch, capsys):
         assert main(["db", "upgrade"]) == 0
     finally:
         get_settings.cache_clear()
-    assert capsys.readouterr().out.strip().endswith("revision 0001")
+    assert capsys.readouterr().out.strip().endswith("revision 0002")
     assert JobStore(job_store_url).recent() == []

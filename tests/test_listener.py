@@ -295,7 +295,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 def test_full_disk_answers_a700_and_never_half_writes(start_listener, tiny_fs: Path,
                                                       tmp_path: Path) -> None:
-    run = start_listener(data_dir=tiny_fs / "data")
+    run = start_listener(data_dir=tiny_fs / "data", min_free_gb=0)  # ENOSPC itself, no watermark
     files = make_series(tmp_path / "s", 8, size=256)  # 8 x 128 KiB into 512 KiB
     statuses = [int(scu_send(run.port, f).Status) for f in files]
     assert 0x0000 in statuses and 0xA700 in statuses, statuses
@@ -317,7 +317,7 @@ def test_full_disk_while_spooling_answers_a700(start_listener, tiny_fs: Path, tm
     spool = tiny_fs / "tmp"
     spool.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool))  # nothing may spool here either
-    run = start_listener(data_dir=tiny_fs / "data")
+    run = start_listener(data_dir=tiny_fs / "data", min_free_gb=0)  # ENOSPC itself, no watermark
     (tiny_fs / "filler").write_bytes(b"\0" * (512 * 1024 - 150 * 1024))  # room for one
     files = make_series(tmp_path / "s", 8, size=256)
     statuses = [int(scu_send(run.port, f).Status) for f in files]
@@ -582,3 +582,41 @@ def test_slowloris_peers_cannot_lock_others_out(start_listener, tmp_path: Path) 
     r = subprocess.run(["echoscu", "-aec", "SYNTH", HOST, str(run.port)], env=PEER_ENV,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def test_associations_are_audited_and_counted(start_listener, tmp_path: Path) -> None:
+    """Each association leaves one audit event (calling AE, address, counts, duration, how it
+    ended), a rejected one too; the Prometheus counters move with it."""
+    from prometheus_client import REGISTRY
+
+    from dicom_synth.audit import AuditTrail
+
+    def count(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {"stored": count("synth_instances_total", status="0x0000"),
+              "rejected": count("synth_associations_total", outcome="rejected"),
+              "accepted": count("synth_associations_total", outcome="accepted")}
+    run = start_listener(allowed_calling_aets=["PACS", "SCU"])
+    files = make_series(tmp_path / "s", 3)
+    assert storescu(run.port, files[:1], aet="INTRUDER").returncode != 0
+    assert storescu(run.port, files[:2], aet="PACS").returncode == 0
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(MR, ExplicitVRLittleEndian)
+    assoc = ae.associate(HOST, run.port, ae_title="SYNTH")
+    assert assoc.send_c_store(pydicom.dcmread(files[2])).Status == 0
+    assoc.abort()
+    trail = AuditTrail(run.listener.settings.jobs_db_url)
+    deadline = time.monotonic() + 10
+    while len(events := trail.events(kind="association")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    by_who = {e["who"]: e for e in events}
+    assert set(by_who) == {"INTRUDER", "PACS", "SCU"}
+    assert by_who["INTRUDER"]["outcome"].startswith("rejected: ")
+    assert (by_who["PACS"]["outcome"], by_who["PACS"]["detail"]["stored"], by_who["PACS"]["detail"]["refused"]) == (
+        "released", 2, 0)
+    assert by_who["SCU"]["outcome"] == "aborted by the peer" and by_who["SCU"]["detail"]["stored"] == 1
+    assert all(e["address"] == HOST and (e["detail"].get("seconds") or 0) >= 0 for e in events)
+    assert count("synth_instances_total", status="0x0000") - before["stored"] == 3
+    assert count("synth_associations_total", outcome="rejected") - before["rejected"] == 1
+    assert count("synth_associations_total", outcome="accepted") - before["accepted"] == 2

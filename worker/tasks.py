@@ -13,7 +13,7 @@ from celery.signals import worker_ready
 
 from dicom_synth.domain import JobStatus
 from dicom_synth.domainguard import guard
-from dicom_synth.jobstate import advance, fail_from_task, resume
+from dicom_synth.jobstate import advance, begin_attempt, end_attempt, fail_from_task, resume
 from dicom_synth.jobstore import JobStore
 from dicom_synth.multicontrast import Synthesizer, load_synthesis_model
 from dicom_synth.pipeline import decide, synthesize_series, write_outputs
@@ -48,6 +48,9 @@ class JobTask(CeleryTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[override]
         fail_from_task(_store(), args[0] if args else kwargs.get("job_id"), exc)
 
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):  # type: ignore[override]
+        end_attempt(_store(), args[0] if args else kwargs.get("job_id"), self.name)  # it did not kill us
+
 
 @worker_ready.connect
 def resume_claimed_jobs(sender, **kwargs) -> None:  # noqa: ARG001
@@ -63,7 +66,9 @@ def classify(self, job_id: str) -> str:
     job = store.get(job_id)
     if job.status not in (JobStatus.RECEIVED, JobStatus.CLASSIFIED):
         return str(job.status)
-    store.update(job_id, claimed_by=self.request.hostname)
+    if begin_attempt(store, job_id, TASK_CLASSIFY, only_from={JobStatus.RECEIVED, JobStatus.CLASSIFIED},
+                     claimed_by=self.request.hostname) is None:
+        return "not started"  # moved on meanwhile, or poison (failed)
     loaded = load_series(_input_files(job_id), pixels=True)
     decision = decide(loaded, job.requested_task, job.source_contrast)  # loop guard and task fit first
     c = decision.classification
@@ -92,10 +97,10 @@ def synthesize(self, job_id: str) -> str:
     if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
         return str(job.status)
     assert job.task is not None
-    running = advance(store, job_id, JobStatus.RUNNING, only_from={JobStatus.QUEUED, JobStatus.RUNNING},
-                      progress=0.0, claimed_by=self.request.hostname)
+    running = begin_attempt(store, job_id, TASK_SYNTHESIZE, only_from={JobStatus.QUEUED, JobStatus.RUNNING},
+                            to=JobStatus.RUNNING, progress=0.0, claimed_by=self.request.hostname)
     if running is None:
-        return "duplicate"
+        return "not started"  # a duplicate, or poison (failed)
     card, model = _model(job.task)
     loaded = load_series(_input_files(job_id), pixels=True)
 

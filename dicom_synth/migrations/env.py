@@ -6,6 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+from dicom_synth.audit import audit_events  # noqa: F401  (its table joins the metadata)
 from dicom_synth.jobstore import metadata
 
 config = context.config

@@ -149,9 +149,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
             "Trained unpaired on a brain phantom (tissue-parameter signal equations), not on "
             "patients; intensities are relative per slice. A synthetic T1c can only show "
             "enhancement that the input contrast predicts."))
-    if post_filter is not None:
-        card["post_filter"] = post_filter.to_dict()
-        card["limitations"] += post_filter.limitation("input series")
+    common.add_post_filter(card, post_filter, "input series")
     if gate_bias:
         card["gate_bias"] = {f"{s}->{t}": b for s, t, b in gate_bias}
         card["limitations"] += "".join(

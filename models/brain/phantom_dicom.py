@@ -16,17 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage
 
 from models.brain.phantom import CONTRASTS, SEQUENCES, BrainSubject, generate_subject
-from models.common.phantom_dicom import (
-    centred_corner,
-    new_instance,
-    set_patient,
-    set_plane,
-    set_site,
-    study_day,
-    to_stored,
-    uid,
-    write_series,
-)
+from models.common import phantom_dicom as common
 
 IMAGE_TYPE = ("ORIGINAL", "PRIMARY", "M", "NORM", "DIS2D")
 # contrast: series description, series number, scanning sequence, variant, options, flip, ETL,
@@ -46,23 +36,23 @@ def brain_headers(subject: BrainSubject, contrast: str, *, study_uid: str | None
     tr, te, ti, agent = SEQUENCES[contrast]
     seed = subject.seed
     n, rows, cols = subject.images[contrast].shape
-    study_uid = study_uid or uid("brain-study", seed)
-    series_uid = uid("brain-series", study_uid, contrast)
-    frame_uid = uid("brain-frame", study_uid)
+    study_uid = study_uid or common.uid("brain-study", seed)
+    series_uid = common.uid("brain-series", study_uid, contrast)
+    frame_uid = common.uid("brain-frame", study_uid)
     patient_id = patient_id or f"PHANTOM-BRAIN-{seed}"
-    day, start = study_day(seed, 10, 200)
+    day, start = common.study_day(seed, 10, 200)
     acq = start + dt.timedelta(minutes=minutes)
     px = subject.pixel_spacing_mm
     out = []
     for k in range(n):
-        ds = new_instance(MRImageStorage, uid("brain-sop", series_uid, k), IMAGE_TYPE, day,
+        ds = common.new_instance(MRImageStorage, common.uid("brain-sop", series_uid, k), IMAGE_TYPE, day,
                           start.strftime("%H%M%S.%f"), acq.strftime("%H%M%S.%f"))
         ds.AccessionNumber = f"MRB{seed:07d}"
-        set_site(ds, "MR", "Skyra", "syngo MR E11 (phantom)", "PHANTOM-MR")
+        common.set_site(ds, "MR", "Skyra", "syngo MR E11 (phantom)", "PHANTOM-MR")
         ds.StudyDescription = "MRT Schaedel mit KM"
         ds.SeriesDescription = desc
         ds.ProtocolName = desc
-        set_patient(ds, f"PHANTOM^BRAIN^{seed}", patient_id, "19650101", "F" if seed % 2 else "M", "059Y")
+        common.set_patient(ds, f"PHANTOM^BRAIN^{seed}", patient_id, "19650101", "F" if seed % 2 else "M", "059Y")
         ds.PatientWeight = 75
         ds.BodyPartExamined = "HEAD"
         ds.ScanningSequence = ss
@@ -78,19 +68,7 @@ def brain_headers(subject: BrainSubject, contrast: str, *, study_uid: str | None
         ds.EchoTime = f"{te:g}"
         if ti is not None:
             ds.InversionTime = f"{ti:g}"
-        ds.NumberOfAverages = 1
-        ds.ImagingFrequency = 123.2
-        ds.ImagedNucleus = "1H"
-        ds.EchoNumbers = 1
-        ds.MagneticFieldStrength = 3
-        ds.EchoTrainLength = etl
-        ds.PercentSampling = 100
-        ds.PercentPhaseFieldOfView = 100
-        ds.PixelBandwidth = bw
-        ds.ReceiveCoilName = "Head_32"
-        ds.TransmitCoilName = "Body"
-        ds.AcquisitionMatrix = [0, cols, rows, 0]
-        ds.InPlanePhaseEncodingDirection = "ROW"
+        common.set_mr_acquisition(ds, frequency=123.2, echo_train=etl, bandwidth=bw, coil="Head_32", shape=(rows, cols))
         ds.FlipAngle = flip
         ds.PatientPosition = "HFS"
         if agent:
@@ -99,13 +77,16 @@ def brain_headers(subject: BrainSubject, contrast: str, *, study_uid: str | None
             ds.ContrastBolusVolume = 7.5
             ds.ContrastBolusTotalDose = 7.5
             ds.ContrastBolusIngredient = "GADOLINIUM"
-        set_plane(ds, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, series_number=number, index=k,
-                  z=float(subject.z_mm[k]), corner=centred_corner(rows, cols, px), shape=(rows, cols),
-                  pixel_spacing=[f"{px:.6f}", f"{px:.6f}"])
+        common.set_plane(ds, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, series_number=number,
+                         index=k, z=float(subject.z_mm[k]), corner=common.centred_corner(rows, cols, px),
+                         shape=(rows, cols), pixel_spacing=[f"{px:.6f}", f"{px:.6f}"])
         ds.WindowCenter = 1000
         ds.WindowWidth = 2000
         out.append(ds)
     return out
+
+
+to_stored = common.to_stored  # the brain's stored pixels: scanner units, 12 bits
 
 
 def write_brain_series(out_dir: Path, seed: int, n_slices: int = 16, size: int = 128,
@@ -117,7 +98,7 @@ def write_brain_series(out_dir: Path, seed: int, n_slices: int = 16, size: int =
     if subject is None:
         subject = generate_subject(seed, n_slices=n_slices, size=size)
     headers = brain_headers(subject, contrast, study_uid=study_uid, patient_id=patient_id)
-    return write_series(out_dir, headers, to_stored(subject.images[contrast]), f"{contrast}-{seed}")
+    return common.write_series(out_dir, headers, to_stored(subject.images[contrast]), f"{contrast}-{seed}")
 
 
 def write_brain_study(out_dir: Path, seed: int, n_slices: int = 16, size: int = 128,

@@ -121,9 +121,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        m = self.net.spatial_multiple
-        if self.crop % m or self.size % m:
-            raise ValueError(f"crop {self.crop} and size {self.size} must be multiples of {m}")
+        trainer.require_multiples(self.net.spatial_multiple, crop=self.crop, size=self.size)
         if self.net.n_contrasts != len(CONTRASTS):
             raise ValueError(f"the phantom has {len(CONTRASTS)} contrasts")
 

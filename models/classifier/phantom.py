@@ -32,7 +32,6 @@ from dicom_synth.classify.labels import LABELS
 from models.classifier.headers import make_headers
 
 SPLIT_BASE = {"train": 100_000, "val": 200_000, "test": 300_000}
-DCE_SPLIT_BASE = {"train": 1000, "val": 2000, "test": 3000}
 
 
 @dataclass
@@ -532,16 +531,10 @@ def other_mr_volume(rng: np.random.Generator, n: int, size: int) -> tuple[np.nda
 # ------------------------------------------------------------------ series
 def _from_dce_phantom(label: str, seed: int, split: str, n: int) -> PhantomSeries | None:
     """A subject of the DCE helper's physics phantom (T1 non-FS or first post-contrast)."""
-    try:
-        from models.dce.phantom import generate_subject
-        from models.dce.phantom_dicom import series_headers
-    except ImportError:
-        return None
-    dseed = DCE_SPLIT_BASE[split] + seed % 1000
-    subject = generate_subject(dseed, n_slices=n, size=128, slice_spacing_mm=3.0)
-    which = "t1" if label == "breast_t1_nc" else "dce1"
-    volume = (subject.t1 if which == "t1" else subject.dce1).astype(np.float32)
-    return PhantomSeries(label, volume, series_headers(subject, which=which), seed, {"source": "models.dce.phantom"})
+    from models.family_series import dce_series
+
+    series = dce_series(label, seed, split, n)
+    return None if series is None else PhantomSeries(label, series[0], series[1], seed, {"source": series[2]})
 
 
 def _middle(depth: int, n: int) -> list[int]:
@@ -566,26 +559,10 @@ def _from_sibling_phantom(label: str, seed: int, split: str, depth: int, n: int)
 
 
 def _sibling_subject(label: str, seed: int, split: str, n: int) -> PhantomSeries | None:
-    try:
-        if label.startswith("brain_"):
-            from models.brain.phantom import SPLIT_BASE as BRAIN_SPLITS
-            from models.brain.phantom import generate_subject
-            from models.brain.phantom_dicom import brain_headers
+    from models.family_series import sibling_series
 
-            contrast = label[len("brain_"):]
-            subject = generate_subject(BRAIN_SPLITS[split] + seed % 1000, n_slices=n, size=128)
-            return PhantomSeries(label, subject.images[contrast].astype(np.float32),
-                                 brain_headers(subject, contrast), seed, {"source": "models.brain.phantom"})
-        from models.ct.phantom import SPLIT_BASE as CT_SPLITS
-        from models.ct.phantom import generate_subject as generate_ct
-        from models.ct.phantom_dicom import ct_headers
-
-        region = "head_neck" if label == "ct_head_neck" else "abdomen"
-        subject = generate_ct(CT_SPLITS[split] + seed % 1000, region=region, n_slices=n, size=128)
-        return PhantomSeries(label, subject.ct.astype(np.float32), ct_headers(subject), seed,
-                             {"source": "models.ct.phantom"})
-    except ImportError:
-        return None
+    series = sibling_series(label, seed, split, n)
+    return None if series is None else PhantomSeries(label, series[0], series[1], seed, {"source": series[2]})
 
 
 SIBLINGS = ("brain_t1", "brain_t2", "brain_t1c", "brain_flair", "ct_head_neck", "ct_abdomen_pelvis")

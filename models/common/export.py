@@ -88,6 +88,13 @@ def model_card(*, name: str, task: str, version: str, onnx_file: Path, config: M
     }
 
 
+def add_post_filter(card: dict[str, Any], post_filter: Any, guide: str) -> None:
+    """Record the input-guided filter exported after the network, and what it costs."""
+    if post_filter is not None:
+        card["post_filter"] = post_filter.to_dict()
+        card["limitations"] += post_filter.limitation(guide)
+
+
 def write_card(card: Mapping[str, Any], out_dir: Path, name: str) -> Path:
     path = Path(out_dir) / f"{name}{CARD_SUFFIX}"
     path.write_text(json.dumps(card, indent=2) + "\n")

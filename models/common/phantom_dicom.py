@@ -68,6 +68,26 @@ def set_patient(ds: Dataset, name: str, patient_id: str, birth_date: str, sex: s
     ds.PatientAge = age
 
 
+def set_mr_acquisition(ds: Dataset, *, frequency: float, echo_train: int, bandwidth: float, coil: str,
+                       shape: tuple[int, int]) -> None:
+    """The MR acquisition attributes every phantom protocol shares: 3 T proton imaging, one
+    average, full sampling, body transmit coil, phase encoding along rows."""
+    rows, cols = shape
+    ds.NumberOfAverages = 1
+    ds.ImagingFrequency = frequency
+    ds.ImagedNucleus = "1H"
+    ds.EchoNumbers = 1
+    ds.MagneticFieldStrength = 3
+    ds.EchoTrainLength = echo_train
+    ds.PercentSampling = 100
+    ds.PercentPhaseFieldOfView = 100
+    ds.PixelBandwidth = bandwidth
+    ds.ReceiveCoilName = coil
+    ds.TransmitCoilName = "Body"
+    ds.AcquisitionMatrix = [0, cols, rows, 0]
+    ds.InPlanePhaseEncodingDirection = "ROW"
+
+
 def set_plane(ds: Dataset, *, study_uid: str, series_uid: str, frame_uid: str, series_number: int, index: int,
               z: float, corner: tuple[float, float], shape: tuple[int, int], pixel_spacing: Sequence[str]) -> None:
     """Study/series identity, an axial slice at z (first pixel at `corner`), and the pixel

@@ -74,6 +74,12 @@ def load_network(ckpt_path: Path, from_dict: Callable[[dict], Any], build: Calla
     return net, cfg, ckpt
 
 
+def require_multiples(multiple: int, **sides: int) -> None:
+    """Every named side (crop, size, ...) a multiple of the network's spatial multiple."""
+    if any(v % multiple for v in sides.values()):
+        raise ValueError(" and ".join(f"{k} {v}" for k, v in sides.items()) + f" must be multiples of {multiple}")
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

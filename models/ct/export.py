@@ -109,9 +109,7 @@ def build_card(name: str, onnx_file: Path, cfg: TrainConfig, *, version: str,
             "Trained unpaired on a CT/MRI phantom, not on patients; output intensities are "
             "relative ((o+1)/2*stored_max), T2-like, not a calibrated MR signal. Figures on the "
             "phantom say nothing about clinical accuracy."))
-    if post_filter is not None:
-        card["post_filter"] = post_filter.to_dict()
-        card["limitations"] += post_filter.limitation("CT")
+    common.add_post_filter(card, post_filter, "CT")
     return card
 
 

@@ -17,7 +17,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
 from models.common import phantom_dicom as common
-from models.common.phantom_dicom import centred_corner, new_instance, set_patient, set_plane, set_site, study_day, uid
 from models.ct.phantom import REGIONS, CTSubject, generate_subject
 
 _PROTOCOL = {  # region: study description, series description, body part, kernel, kVp, mAs
@@ -37,23 +36,23 @@ def ct_headers(subject: CTSubject, *, study_uid: str | None = None,
     seed, region = subject.seed, subject.region
     study_desc, series_desc, body_part, kernel, kvp, mas = _PROTOCOL[region]
     n, rows, cols = subject.ct.shape
-    study_uid = study_uid or uid("ct-study", seed, region)
-    series_uid = uid("ct-series", study_uid, region)
-    frame_uid = uid("ct-frame", study_uid)
+    study_uid = study_uid or common.uid("ct-study", seed, region)
+    series_uid = common.uid("ct-series", study_uid, region)
+    frame_uid = common.uid("ct-frame", study_uid)
     patient_id = patient_id or f"PHANTOM-CT-{seed}"
-    day, start = study_day(seed, 8, 300)
+    day, start = common.study_day(seed, 8, 300)
     px = subject.pixel_spacing_mm
     out = []
     for k in range(n):
         time = start.strftime("%H%M%S")
-        ds = new_instance(CTImageStorage, uid("ct-sop", series_uid, k), ("ORIGINAL", "PRIMARY", "AXIAL"), day,
-                          time, time)
+        ds = common.new_instance(CTImageStorage, common.uid("ct-sop", series_uid, k), ("ORIGINAL", "PRIMARY", "AXIAL"),
+                                 day, time, time)
         ds.AccessionNumber = f"CT{seed:08d}"
-        set_site(ds, "CT", "SOMATOM go.Open Pro", "syngo CT VA40 (phantom)", "PHANTOM-CT")
+        common.set_site(ds, "CT", "SOMATOM go.Open Pro", "syngo CT VA40 (phantom)", "PHANTOM-CT")
         ds.StudyDescription = study_desc
         ds.SeriesDescription = series_desc
         ds.ProtocolName = study_desc
-        set_patient(ds, f"PHANTOM^CT^{seed}", patient_id, "19600101",
+        common.set_patient(ds, f"PHANTOM^CT^{seed}", patient_id, "19600101",
                     "M" if region == "abdomen" else ("F" if seed % 2 else "M"), "064Y")
         ds.BodyPartExamined = body_part
         ds.ScanOptions = "HELICAL_CT"
@@ -79,8 +78,8 @@ def ct_headers(subject: CTSubject, *, study_uid: str | None = None,
         ds.TotalCollimationWidth = 38.4
         ds.SpiralPitchFactor = 0.8
         ds.CTDIvol = 12.0 if region == "abdomen" else 40.0
-        set_plane(ds, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, series_number=2, index=k,
-                  z=float(subject.z_mm[k]), corner=centred_corner(rows, cols, px), shape=(rows, cols),
+        common.set_plane(ds, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, series_number=2, index=k,
+                  z=float(subject.z_mm[k]), corner=common.centred_corner(rows, cols, px), shape=(rows, cols),
                   pixel_spacing=[f"{px:.6f}", f"{px:.6f}"])
         ds.WindowCenter = [40, 400] if region == "abdomen" else [40, 300]
         ds.WindowWidth = [400, 1800] if region == "abdomen" else [350, 2500]

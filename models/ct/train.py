@@ -101,9 +101,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        m = self.net.spatial_multiple
-        if self.crop % m or self.size % m:
-            raise ValueError(f"crop {self.crop} and size {self.size} must be multiples of {m}")
+        trainer.require_multiples(self.net.spatial_multiple, crop=self.crop, size=self.size)
         bad = set(self.regions) - set(REGIONS)
         if bad:
             raise ValueError(f"unknown regions {sorted(bad)}")

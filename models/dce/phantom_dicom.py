@@ -17,7 +17,6 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from models.common import phantom_dicom as common
-from models.common.phantom_dicom import centred_corner, new_instance, set_patient, set_plane, set_site, study_day, uid
 from models.dce import physics as ph
 from models.dce.phantom import PhantomSubject, generate_subject
 
@@ -77,23 +76,23 @@ def series_headers(subject: PhantomSubject, *, which: str, study_uid: str | None
     seq: ph.Sequence = proto["seq"]
     seed = subject.seed
     n, rows, cols = subject.t1.shape
-    study_uid = study_uid or uid("study", seed)
-    series_uid = uid("series", study_uid, which)
-    frame_uid = uid("frame", study_uid)
+    study_uid = study_uid or common.uid("study", seed)
+    series_uid = common.uid("series", study_uid, which)
+    frame_uid = common.uid("frame", study_uid)
     patient_id = patient_id or f"PHANTOM-{seed:04d}"
-    day, start = study_day(seed, 9, 300)
+    day, start = common.study_day(seed, 9, 300)
     acq = start + dt.timedelta(seconds=proto["offset_s"])
     px = subject.pixel_spacing_mm
     out = []
     for k in range(n):
-        ds = new_instance(MR_IMAGE_STORAGE, uid("sop", series_uid, k), proto["ImageType"], day,
+        ds = common.new_instance(MR_IMAGE_STORAGE, common.uid("sop", series_uid, k), proto["ImageType"], day,
                           start.strftime("%H%M%S.%f"), acq.strftime("%H%M%S.%f"))
         ds.AccessionNumber = f"ACC{seed:06d}"
-        set_site(ds, "MR", "Prisma", "syngo MR XA30 (phantom)", "PHANTOM")
+        common.set_site(ds, "MR", "Prisma", "syngo MR XA30 (phantom)", "PHANTOM")
         ds.StudyDescription = "MR Mamma beidseits"
         ds.SeriesDescription = seq.name
         ds.ProtocolName = seq.name
-        set_patient(ds, f"PHANTOM^BREAST^{seed}", patient_id, "19700101", "F", "054Y")
+        common.set_patient(ds, f"PHANTOM^BREAST^{seed}", patient_id, "19700101", "F", "054Y")
         ds.PatientWeight = 65
         ds.BodyPartExamined = "BREAST"
         ds.Laterality = ""  # both breasts in one image (Type 2C, empty allowed)
@@ -107,24 +106,14 @@ def series_headers(subject: PhantomSubject, *, which: str, study_uid: str | None
         ds.SpacingBetweenSlices = f"{subject.slice_spacing_mm:g}"
         ds.RepetitionTime = f"{seq.tr_ms:g}"
         ds.EchoTime = f"{seq.te_ms:g}"
-        ds.NumberOfAverages = 1
-        ds.ImagingFrequency = 123.25
-        ds.ImagedNucleus = "1H"
-        ds.EchoNumbers = 1
-        ds.MagneticFieldStrength = 3
-        ds.EchoTrainLength = 1
-        ds.PercentSampling = 100
-        ds.PercentPhaseFieldOfView = 100
-        ds.PixelBandwidth = proto["PixelBandwidth"]
-        ds.ReceiveCoilName = "Breast_18"
-        ds.TransmitCoilName = "Body"
-        ds.AcquisitionMatrix = [0, cols, rows, 0]
-        ds.InPlanePhaseEncodingDirection = "ROW"
+        common.set_mr_acquisition(ds, frequency=123.25, echo_train=1, bandwidth=proto["PixelBandwidth"],
+                                  coil="Breast_18", shape=(rows, cols))
         ds.FlipAngle = f"{seq.flip_deg:g}"
         ds.PatientPosition = "FFP"
-        set_plane(ds, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid,
-                  series_number=proto["SeriesNumber"], index=k, z=float(subject.z_mm[k]),
-                  corner=centred_corner(rows, cols, px), shape=(rows, cols), pixel_spacing=[f"{px:g}", f"{px:g}"])
+        common.set_plane(ds, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid,
+                         series_number=proto["SeriesNumber"], index=k, z=float(subject.z_mm[k]),
+                         corner=common.centred_corner(rows, cols, px), shape=(rows, cols),
+                         pixel_spacing=[f"{px:g}", f"{px:g}"])
         ds.ImagesInAcquisition = n
         ds.WindowCenter = 800 if which == "t1" else 500
         ds.WindowWidth = 1800 if which == "t1" else 1200

@@ -20,7 +20,7 @@ import numpy as np
 from dicom_synth.inference import SynthesisModel
 from dicom_synth.registry import load_card
 from models.common import export as common
-from models.common.evaluate import write_report
+from models.common.evaluate import shortfalls, write_report
 from models.common.retrain import NotEnoughData, install, split_by_patient
 from models.dce import evaluate as ev
 from models.dce.export import TASK, build_card, export_onnx, feature_module, parity
@@ -116,7 +116,7 @@ def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Pat
                    "conventions": {"unit": "per-slice min-max to [0,1], data_range 1, whole image",
                                    "body": "same images, metrics restricted to the body mask of the input"},
                    "table": res["table"], "linear_baseline": res["linear"], "n_series": res["n_series"],
-                   "n_slices": res["n_slices"], "shortfalls": ev.shortfalls(res["table"], ("identity", "linear"))}
+                   "n_slices": res["n_slices"], "shortfalls": shortfalls(res["table"], ("identity", "linear"))}
         card = build_card(TASK, onnx_path, cfg, version=version, metrics=metrics, training_data=data,
                           history=history)
         card["export_parity_max_abs"] = delta
@@ -127,7 +127,7 @@ def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Pat
         text = ev.format_table(res["table"], res["n_series"], res["n_slices"])
         write_report(Path(out_dir) / f"{TASK}.retrain", res, text)
         card = common.add_domain(card_path, common.feature_tensor(onnx_path, g, feature_module(g)),
-                                 None if own else common.domain_counts("tiny" if config == "tiny" else config),
+                                 None if own else common.domain_counts(config),
                                  data=Path(export_dir) if own else None, log=log)
         log(text)
         install(stage, out_dir, TASK)

@@ -23,9 +23,15 @@ from service.tokens import ANONYMOUS, SCOPES, Principal, TokenBook, TokenFileErr
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz"})
+METRICS_PATH = "/metrics"
+"""Open too when SYNTH_METRICS_PUBLIC is true (a Prometheus on a trusted network)."""
 
 
-def _settings_of(scope: Scope) -> Settings:
+def is_open(path: str, settings: Settings) -> bool:
+    return path in OPEN_PATHS or (path == METRICS_PATH and settings.metrics_public)
+
+
+def settings_of(scope: Scope) -> Settings:
     app = scope.get("app")
     overrides = getattr(app, "dependency_overrides", {}) if app is not None else {}
     return overrides.get(get_settings, get_settings)()
@@ -61,9 +67,9 @@ class BearerAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        settings = _settings_of(scope)
+        settings = settings_of(scope)
         principal: Principal | None = ANONYMOUS
-        if settings.auth != "off" and scope["path"] not in OPEN_PATHS:
+        if settings.auth != "off" and not is_open(scope["path"], settings):
             token = _bearer(scope)
             if token is None:
                 await _unauthorized("a bearer token is required (Authorization: Bearer <token>)", None)(

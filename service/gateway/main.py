@@ -11,9 +11,11 @@ from fastapi import FastAPI
 from dicom_synth import __version__
 from dicom_synth.filemodes import keep_files_private
 from dicom_synth.settings import get_settings
+from service.gateway.audit_calls import AuditCalls
 from service.gateway.auth import BearerAuth
 from service.gateway.body_limit import UploadSizeLimit
-from service.gateway.routes import health, jobs, synthesize
+from service.gateway.routes import audit, dicomweb, health, jobs, metrics, synthesize
+from service.retention import PurgeLoop
 from service.uploads import clean_staging
 
 log = logging.getLogger("service.gateway")
@@ -30,7 +32,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                     "every request but /healthz answers 401")
     # Staging left by a gateway that died mid-upload (one gateway per data directory).
     clean_staging(settings.data_dir)
-    yield
+    purge = PurgeLoop(settings)  # SYNTH_RETENTION_DAYS: now, then every SYNTH_RETENTION_CHECK_SECONDS
+    purge.start()
+    try:
+        yield
+    finally:
+        purge.stop()
 
 
 def create_app() -> FastAPI:
@@ -41,10 +48,14 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     app.add_middleware(UploadSizeLimit)
-    app.add_middleware(BearerAuth)  # outermost: a request without a token is answered before its body is read
+    app.add_middleware(BearerAuth)  # a request without a token is answered before its body is read
+    app.add_middleware(AuditCalls)  # outermost: calls on patient data are audited, refused ones too
     app.include_router(synthesize.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(audit.router)
+    app.include_router(dicomweb.router)
     return app
 
 

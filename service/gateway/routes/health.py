@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
 
+from dicom_synth.database import current_revision, engine_for
 from dicom_synth.registry import known_tasks, load_card
+from service.children import read_status
 from service.gateway.deps import SettingsDep
 from service.queue import app as celery_app
 
@@ -35,6 +39,17 @@ def _check_store(settings) -> dict:
         return {"ok": False, "error": str(exc)}
 
 
+def _check_database(settings) -> dict:
+    """The job database answers, at which schema revision."""
+    try:
+        engine = engine_for(settings.jobs_db_url)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"ok": True, "backend": engine.dialect.name, "revision": current_revision(engine)}
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
 def _check_models(settings) -> dict:
     models = {}
     ok = True
@@ -48,9 +63,25 @@ def _check_models(settings) -> dict:
     return {"ok": ok and bool(models), "models": models}
 
 
+def _check_processes(settings) -> dict | None:
+    """The runner's children (None when no runner runs them, e.g. one container each)."""
+    status = read_status(settings.data_dir.resolve())
+    if status is None:
+        return None
+    children = status["children"]
+    down = sorted(name for name, child in children.items() if not child["up"])
+    return {"ok": not down, "down": down, "children": children}
+
+
 @router.get("/healthz")
 def healthz(settings: SettingsDep) -> JSONResponse:
-    """Broker, store and models, each checked; 503 when any fails."""
-    checks = {"broker": _check_broker(), "store": _check_store(settings), "models": _check_models(settings)}
+    """Broker, store, models and (under the runner) its child processes, each checked;
+    503 when any fails, and the failing check says what is unwell."""
+    checked_at = time.time()
+    checks = {"broker": _check_broker(), "database": _check_database(settings), "store": _check_store(settings),
+              "models": _check_models(settings)}
+    processes = _check_processes(settings)
+    if processes is not None:
+        checks["processes"] = processes
     ok = all(c["ok"] for c in checks.values())
-    return JSONResponse({"ok": ok, **checks}, status_code=200 if ok else 503)
+    return JSONResponse({"ok": ok, "checked_at": checked_at, **checks}, status_code=200 if ok else 503)

@@ -24,6 +24,12 @@ def _get(store, job_id: str):
         raise HTTPException(404, f"no job {job_id}") from None
 
 
+def _gone_if_purged(job) -> None:
+    """410 Gone, with the reason, for a job whose files retention deleted."""
+    if job.purged:
+        raise HTTPException(410, f"job {job.job_id}: {job.purged.get('reason', 'files purged')}")
+
+
 @router.get("")
 def list_jobs(store: JobStoreDep, limit: int = 50) -> list[dict]:
     """Recent jobs, newest first."""
@@ -39,6 +45,7 @@ def get_job(job_id: str, store: JobStoreDep) -> dict:
 def get_result(job_id: str, store: JobStoreDep, settings: SettingsDep) -> StreamingResponse:
     """The output DICOM files as a zip (one folder per output series)."""
     job = _get(store, job_id)
+    _gone_if_purged(job)
     out = job_output_dir(settings, job_id)
     files = sorted(out.rglob("*.dcm")) if out.exists() else []
     if not files:
@@ -58,6 +65,7 @@ def resend(job_id: str, store: JobStoreDep, settings: SettingsDep) -> dict:
     job = _get(store, job_id)
     if settings.pacs is None:
         raise HTTPException(409, "SYNTH_PACS is not set: results are kept locally")
+    _gone_if_purged(job)
     if not job.output_series_uids:
         raise HTTPException(409, f"job {job_id} has no output to send (status {job.status})")
     if job.status not in (JobStatus.FAILED, JobStatus.DONE):

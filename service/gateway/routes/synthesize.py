@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from dicom_synth.diskspace import low_disk_reason
 from dicom_synth.limits import Limits, OverLimit
 from dicom_synth.pipeline import UnknownTaskError, check_task_name, decide
 from dicom_synth.series import SeriesReadError, load_series
@@ -52,6 +53,9 @@ def _check_fit(staged_files: list, task: str, source_contrast: str | None) -> No
 
 
 def _ingest(settings, files: list[UploadFile], task: str, source_contrast: str | None = None) -> dict:
+    low = low_disk_reason(settings.data_dir, settings.min_free_gb)
+    if low is not None:  # refused before a byte is staged, while running jobs still have room
+        raise HTTPException(507, f"not accepting uploads: {low}")
     staging = new_staging_dir(settings.data_dir)
     try:
         staged = stage_upload(((f.filename or "", f.file) for f in files), staging,
