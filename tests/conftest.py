@@ -21,6 +21,20 @@ REALDATA = Path(os.environ.get("SYNTH_REALDATA") or REPO.parent / "shared" / "re
 DEFAULT_JOB_DB = os.environ.get("SYNTH_TEST_JOB_DB", "sqlite")
 
 
+def _realdata_files() -> set[Path]:
+    return {p for p in REALDATA.rglob("*") if p.is_file()} if REALDATA.is_dir() else set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def realdata_is_left_whole() -> Iterator[None]:
+    """The real files are read, never moved or deleted (SeriesStore.put moves its file:
+    hand it copies). Fails the session when any test took one away."""
+    before = _realdata_files()
+    yield
+    gone = sorted(str(p.relative_to(REALDATA)) for p in before - _realdata_files())
+    assert not gone, f"tests removed real scanner files from {REALDATA}: {gone}"
+
+
 @pytest.fixture(scope="session")
 def realdata() -> Path:
     """Real scanner-made DICOM files, shared beside the repository (never copied in)."""
