@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Float, Index, Integer, Table, Text, insert, select
+from sqlalchemy import Column, Engine, Float, Index, Integer, Table, Text, insert, select
 
 from dicom_synth.database import engine_for, sqlite_url
 from dicom_synth.jobstore import metadata
@@ -55,7 +55,11 @@ class AuditTrail:
     def __init__(self, url: str | Path) -> None:
         """`url`: the job database's SQLAlchemy URL, or the path of an SQLite file."""
         self.url = url if isinstance(url, str) else sqlite_url(url)
-        self.engine = engine_for(self.url)
+
+    @property
+    def engine(self) -> Engine:
+        """Opened at first use: a listener that never records makes no database."""
+        return engine_for(self.url)
 
     def record(self, kind: str, *, who: str, action: str, outcome: str, address: str | None = None,
                subject: str | None = None, detail: dict[str, Any] | None = None,

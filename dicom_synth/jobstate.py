@@ -128,6 +128,20 @@ def fail(store: JobStore, job_id: str, reason: str) -> Job | None:
     return advance(store, job_id, S.FAILED, only_from=NOT_FINAL, error=reason)
 
 
+def mark_purged(store: JobStore, job_id: str, reason: str, *, at: float, seen_updated_at: float) -> Job | None:
+    """Say the job's files were purged (retention): a field, not a status. Only a final job
+    unchanged since `seen_updated_at` is marked (a resend meanwhile keeps its files); None otherwise."""
+
+    def mark(job: Job) -> bool:
+        if job.purged or not job.status.is_final or job.updated_at != seen_updated_at:
+            return False
+        job.purged = {"at": at, "reason": reason}
+        return True
+
+    job, marked = store.mutate(job_id, mark)
+    return job if marked else None
+
+
 def fail_from_task(store: JobStore, job_id: str | None, exc: BaseException) -> None:
     """What every Celery task's `on_failure` does: the job ends failed with the reason."""
     if job_id:

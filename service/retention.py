@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from dicom_synth.audit import AuditTrail
 from dicom_synth.domain import Job
+from dicom_synth.jobstate import mark_purged
 from dicom_synth.jobstore import JobStore
 from dicom_synth.settings import Settings, job_dir
 from service.store import SeriesStore, is_valid_uid
@@ -56,15 +57,8 @@ def purge_expired(settings: Settings, now: float | None = None, store: JobStore 
             continue
         if _ended_at(job) >= cutoff:
             continue
-
-        def mark(j: Job, seen: float = job.updated_at) -> bool:  # still final and untouched since (no resend)
-            if j.purged or not j.status.is_final or j.updated_at != seen:
-                return False
-            j.purged = {"at": now, "reason": reason}
-            return True
-
-        marked, changed = store.mutate(job.job_id, mark)
-        if changed is False:
+        marked = mark_purged(store, job.job_id, reason, at=now, seen_updated_at=job.updated_at)
+        if marked is None:  # moved on meanwhile (a resend), or marked by another gateway
             continue
         shutil.rmtree(job_dir(settings, job.job_id), ignore_errors=True)
         report.jobs.append(job.job_id)

@@ -154,3 +154,23 @@ def test_bad_stow_requests_get_ps318_statuses_and_store_nothing(tmp_path, stack_
         body = r.json()
         assert len(body[REFERENCED]["Value"]) == 1 and len(body[FAILED]["Value"]) == 1
         assert len(_stored_files(stack)) == 1
+
+
+def test_a_series_stowed_in_two_requests_makes_one_job(tmp_path, stack_no_pacs) -> None:
+    """The requests join the listener's series completion: the first half (the headers say
+    6 images) waits, the second completes it, and one job holds all six."""
+    stack = stack_no_pacs
+    files = write_phantom_series(tmp_path / "t1", seed=906, n_slices=6, size=384)
+    sources = sorted((dcmread(f) for f in files), key=lambda ds: int(ds.InstanceNumber))
+    study = sources[0].StudyInstanceUID
+    web = _client(stack)
+    web.store_instances(sources[3:])
+    time.sleep(0.5)
+    assert stack.jobs() == []  # not whole: nothing announced yet
+    web.store_instances(sources[:3], study_instance_uid=study)
+    (job,) = stack.jobs()
+    job = stack.wait_job(job["job_id"])
+    assert job["status"] == "done", job
+    inputs = list((stack.data_dir / "jobs" / job["job_id"] / "input").glob("*.dcm"))
+    assert len(inputs) == 6
+    assert len(stack.jobs()) == 1

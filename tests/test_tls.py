@@ -168,3 +168,39 @@ def test_exporter_delivers_to_a_tls_orthanc(tls_orthanc, pki, tmp_path):
     foreign = settings.model_copy(update={"pacs_tls_ca_certificates": TestCA(tmp_path / "x").cert})
     with pytest.raises(ExportError):
         send_files(files, pacs, calling_ae="SYNTH", retries=0, backoff_seconds=0, tls=pacs_client_context(foreign))
+
+
+def test_gateway_serves_https_with_the_runners_command(tmp_path, pki):
+    """The runner's gateway command with SYNTH_HTTP_TLS_*: HTTPS verified against our CA; plain HTTP gets nothing."""
+    import os
+    import sys
+
+    import httpx
+
+    from service.runner import child_commands
+    from tests.peers import free_port
+
+    server = pki.issue("gateway")
+    port = free_port()
+    settings = Settings(data_dir=tmp_path / "data", http_host=HOST, http_port=port,
+                        http_tls_certificate=server.cert, http_tls_private_key=server.key)
+    command = child_commands(settings)["gateway"]
+    assert command[0] == sys.executable and "--ssl-certfile" in command
+    env = {**os.environ, "SYNTH_DATA_DIR": str(tmp_path / "data"), "SYNTH_AUTH": "off",
+           "SYNTH_BROKER_URL": "redis://127.0.0.1:1/0"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, answer = time.monotonic() + 30, None
+        while time.monotonic() < deadline and answer is None:
+            try:
+                answer = httpx.get(f"https://{HOST}:{port}/healthz", verify=str(pki.cert), timeout=15)
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert answer is not None and answer.status_code in (200, 503), answer
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{HOST}:{port}/healthz", timeout=2)
+        with pytest.raises(httpx.HTTPError):  # a certificate from another CA is not trusted
+            httpx.get(f"https://{HOST}:{port}/healthz", verify=str(TestCA(tmp_path / "x").cert), timeout=2)
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -6,8 +6,7 @@ belong to that study; the good ones go into the series store (`SeriesStore.put`,
 listener's store) and into the listener's series completion (the shared Redis state,
 as if the request were one association that has ended), so a request that holds a whole
 series makes its job at once, and one that holds part of a series is completed as a
-DIMSE sender's would be. Without a shared broker (an in-process gateway) the request's
-series are taken as whole, as `POST /synthesize` takes an upload.
+DIMSE sender's would be.
 
 Status: 200 all stored, 202 some failed, 409 none stored for a reason of the data (SOP
 class, study mismatch, transfer syntax, size, damage), 400 none stored because no part
@@ -22,11 +21,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
 from pydicom.dataset import Dataset
 
 from dicom_synth.limits import Limits, OverLimit
 from dicom_synth.settings import Settings
-from service.completion import CompletedSeries, CompletionTracker, mark_announced, slice_info, whole_reason
+from service.completion import CompletedSeries, CompletionTracker
 from service.dicomweb.multipart import Part
 from service.intake import accept_series, resend_makes_new_job
 from service.store import InvalidInstance, SeriesStore, StoredInstance
@@ -45,6 +45,10 @@ _REASON_OF_KIND = {"not DICOM": CANNOT_UNDERSTAND, "damaged": CANNOT_UNDERSTAND,
                    "too large": OUT_OF_RESOURCES}
 ORIGIN = "dicomweb"
 """The calling AE recorded for STOW-RS arrivals in the completion state, and the jobs' origin."""
+
+
+class CompletionUnavailable(Exception):
+    """The instances are stored but Redis (the completion state) could not be reached: 503."""
 
 
 @dataclass
@@ -115,7 +119,11 @@ def store_parts(settings: Settings, parts: list[Part], study: str | None) -> Sto
             outcome.failed.append(Failure(OUT_OF_RESOURCES, f"cannot store: {exc.strerror or exc}",
                                           sop_class, sop_uid))
     if outcome.stored:
-        outcome.jobs = _complete(settings, store, outcome.stored, doubtful=bool(outcome.failed))
+        try:
+            outcome.jobs = _complete(settings, store, outcome.stored, doubtful=bool(outcome.failed))
+        except redis.RedisError as exc:
+            # Stored but not in the completion state: the client's retry (same instances) puts them there.
+            raise CompletionUnavailable(f"series completion state unreachable ({exc}); send again") from exc
     return outcome
 
 
@@ -128,27 +136,15 @@ def _on_complete(settings: Settings):
     return on_complete
 
 
-def _complete(settings: Settings, store: SeriesStore, stored: list[StoredInstance], *, doubtful: bool) -> list[str]:
-    """Series completion for the stored instances; the jobs made at once."""
-    if settings.broker_url:
-        return _complete_shared(settings, store, stored, doubtful=doubtful)
-    jobs = []
-    for study, series in dict.fromkeys((s.study_instance_uid, s.series_instance_uid) for s in stored):
-        files = store.series_files(study, series)
-        reason = whole_reason(slice_info(s.values) for s in stored if s.series_instance_uid == series)
-        job = _on_complete(settings)(CompletedSeries(study, series, files, ORIGIN, reason or "STOW-RS request"))
-        mark_announced(store, study, series, files, f"STOW-RS request ({reason or 'as sent'})", job_id=job)
-        jobs.append(job)
-    return jobs
-
-
-def _complete_shared(settings: Settings, store: SeriesStore, stored: list[StoredInstance], *,
+def _complete(settings: Settings, store: SeriesStore, stored: list[StoredInstance], *,
                      doubtful: bool) -> list[str]:
     """The request is one association of the shared completion: it has ended when this
     runs, so a series its headers show whole is announced now (no grace: nothing else
     of it is on the way), and any other is left to the listener's quiet timeout."""
     from service.completion_state import SharedCompletionState, redis_client
 
+    if not settings.broker_url:  # `make run` and compose always set it for the gateway
+        raise RuntimeError("STOW-RS needs SYNTH_BROKER_URL: the series completion state is in its Redis")
     made: list[str] = []
     base = _on_complete(settings)
 

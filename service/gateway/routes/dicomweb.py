@@ -43,7 +43,10 @@ async def _stow(request: Request, settings, study: str | None) -> Response:
                                      max_parts=settings.max_series_instances)
         except MultipartError as exc:
             raise HTTPException(exc.status_code, exc.reason) from exc
-        outcome = await run_in_threadpool(stow.store_parts, settings, parts, study)
+        try:
+            outcome = await run_in_threadpool(stow.store_parts, settings, parts, study)
+        except stow.CompletionUnavailable as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     warnings = [f'299 dicom-synth: "{f.sop_instance_uid or "part"}: {f.detail}"'.replace("\n", " ")
