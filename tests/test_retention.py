@@ -191,7 +191,13 @@ def test_below_min_free_listener_answers_a700_and_gateway_507(tmpfs, tmp_path):
         with TestClient(app) as client:
             f = _slice(tmp_path / "c.dcm", study, generate_uid(), 1)
             r = client.post("/synthesize", files=[("files", (f.name, f.read_bytes(), "application/dicom"))])
-        assert r.status_code == 507 and "SYNTH_MIN_FREE_GB" in r.json()["detail"], r.text
+            assert r.status_code == 507 and "SYNTH_MIN_FREE_GB" in r.json()["detail"], r.text
+            boundary = "b0undary"
+            body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f.read_bytes()
+                    + f"\r\n--{boundary}--\r\n".encode())
+            r = client.post("/dicomweb/studies", content=body, headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+            assert r.status_code == 507 and "SYNTH_MIN_FREE_GB" in r.json()["detail"], r.text
         assert not list((data / "store").glob("*/*/c.dcm"))
         filler.unlink()  # room again: stores again
         assert int(scu_send(listener.port, _slice(tmp_path / "d.dcm", study, series, 2)).Status) == 0x0000
