@@ -13,6 +13,7 @@ import pytest
 
 from dicom_synth.classify import classify_series
 from dicom_synth.classify.cli import run
+from tests.conftest import MISSING_COLLECTIONS
 from tests.conftest import REALDATA as REAL
 
 # Series description (or file) -> expected label. Nothing here is breast or brain T1/T2/
@@ -41,7 +42,7 @@ def results() -> list[dict]:
 
 
 def test_every_series_classified(results):
-    assert len(results) >= 16
+    assert len(results) >= 16 - len(MISSING_COLLECTIONS)  # dcm_qa_enh holds one series
     for r in results:
         assert set(r) == {"series_instance_uid", "series_description", "label", "confidence", "evidence", "route"}
         assert "classification failed" not in r["evidence"]["reason"], r
@@ -51,6 +52,8 @@ def test_every_series_classified(results):
 def test_expected_labels(results):
     by_description = {r["series_description"]: r for r in results}
     for description, label in EXPECTED.items():
+        if description == "REST1 w SMS PF7-8" and "dcm_qa_enh" in MISSING_COLLECTIONS:
+            continue
         assert by_description[description]["label"] == label, by_description[description]
     for r in results:
         if r["label"] == "unknown":

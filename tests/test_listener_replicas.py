@@ -200,7 +200,7 @@ def test_a_series_with_refused_instances_waits_for_quiet(tmp_path: Path, tiny_fs
     from tests.test_listener import make_series
 
     done: list[tuple[float, CompletedSeries]] = []
-    settings = Settings(data_dir=tiny_fs / "data").model_copy(update={
+    settings = Settings(data_dir=tiny_fs / "data", min_free_gb=0).model_copy(update={
         "dicom_port": 0, "dicom_host": LOOPBACK, "series_quiet_seconds": 1.5, "series_grace_seconds": 0.3})
     listener = Listener(settings, lambda c: done.append((time.monotonic(), c)))
     listener.start()

@@ -229,7 +229,7 @@ def test_cli_refuses_a_misfit_task_and_takes_source_contrast(tmp_path, realdata)
     r, _ = run(str(realdata / "pydicom_data/emri_small.dcm"), "--source-contrast", "pd")
     assert r.returncode == 2 and "valid: t1, t2, t1c, flair" in r.stderr
     files = _without_contrast_clues(
-        write_brain_series(tmp_path / "t1", seed=987, n_slices=2, size=64, contrast="t1"))
+        write_brain_series(tmp_path / "t1", seed=987, n_slices=2, size=128, contrast="t1"))  # in its domain
     r, (rec,) = run(str(files[0].parent), "--task", "brain_contrasts", "--source-contrast", "t1")
     assert r.returncode == 0, r.stderr
     assert rec["status"] == "done" and len(rec["output_series_uids"]) == 3
