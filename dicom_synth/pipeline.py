@@ -6,6 +6,7 @@ so both run exactly the same code.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,9 +116,21 @@ def synthesize_series(
 
 
 def write_outputs(series: list[list[Dataset]], out_dir: Path) -> list[str]:
-    """Write each output series in its own folder; returns their SeriesInstanceUIDs."""
+    """Write each output series in its own folder of `out_dir`, whole: written beside
+    `out_dir` first and renamed into place, so no reader (export, result, QIDO-RS) ever
+    sees a series half-written. Returns their SeriesInstanceUIDs."""
+    out_dir = Path(out_dir)
+    partial = out_dir.parent / f".{out_dir.name}.partial"
     uids = []
     for index, datasets in enumerate(series):
-        write_series(datasets, out_dir / f"{index:02d}")
+        written = partial / f"{index:02d}"
+        shutil.rmtree(written, ignore_errors=True)  # a write a crash cut short
+        write_series(datasets, written)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        final = out_dir / written.name
+        if final.exists():  # a task run twice: the same UIDs, written again
+            shutil.rmtree(final)
+        written.rename(final)
         uids.append(str(datasets[0].SeriesInstanceUID))
+    shutil.rmtree(partial, ignore_errors=True)
     return uids

@@ -47,3 +47,21 @@ def test_synthesize_rejects_an_unknown_task(tmp_path):
     write_phantom_series(tmp_path / "in", seed=963, n_slices=1, size=64)
     r = _run("synthesize", str(tmp_path / "in"), "--task", "nope", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "dce_phase1" in r.stderr
+
+
+def test_write_outputs_puts_each_series_in_place_whole(tmp_path):
+    """Written beside the output folder and renamed in: nothing partial is left inside it,
+    and writing the same series again (a task run twice) gives the same files."""
+    from dicom_synth.pipeline import write_outputs
+    from tests.test_derived import breast_t1, build, ramp
+
+    sources = breast_t1(3, 8)
+    series = [build(sources, ramp(3, 8), label="T1"), build(sources, ramp(3, 8), label="T2")]
+    out = tmp_path / "output"
+    uids = write_outputs(series, out)
+    assert uids == [s[0].SeriesInstanceUID for s in series]
+    first = sorted(p.relative_to(out) for p in out.rglob("*.dcm"))
+    assert len(first) == 6 and {p.parts[0] for p in first} == {"00", "01"}
+    assert write_outputs(series, out) == uids
+    assert sorted(p.relative_to(out) for p in out.rglob("*.dcm")) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output"]  # no partial folder left
