@@ -299,3 +299,25 @@ def _requeue(
         send_task(task, args=[job.job_id])
         sent.append((job.job_id, task))
     return sent
+
+
+class JobTaskHooks:
+    """The failure handling every Celery task of a job shares, mixed into `celery.Task`
+    by the worker's and the service's apps (this module imports no Celery): a task that
+    raises ends its job failed with the reason; one that returns or raises — it did not
+    kill its worker — clears its step's start count."""
+
+    name: str
+
+    @staticmethod
+    def _job(args, kwargs) -> tuple[JobStore, str | None]:
+        from dicom_synth.jobstore import JobStore
+        from dicom_synth.settings import get_settings
+
+        return JobStore(get_settings().jobs_db_url), (args[0] if args else kwargs.get("job_id"))
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ARG002
+        fail_from_task(*self._job(args, kwargs), exc)
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo) -> None:  # noqa: ARG002
+        end_attempt(*self._job(args, kwargs), self.name)

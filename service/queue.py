@@ -11,7 +11,7 @@ from celery.signals import worker_init, worker_ready
 
 from dicom_synth.domain import DicomWebAddress, JobStatus
 from dicom_synth.filemodes import keep_files_private
-from dicom_synth.jobstate import advance, begin_attempt, end_attempt, fail_from_task, resume, superseded_reason
+from dicom_synth.jobstate import JobTaskHooks, advance, begin_attempt, resume, superseded_reason
 from dicom_synth.jobstore import JobStore
 from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, celery_config
 from dicom_synth.settings import get_settings, job_output_dir
@@ -47,14 +47,8 @@ def _store() -> JobStore:
     return JobStore(get_settings().jobs_db_url)
 
 
-class JobTask(CeleryTask):
+class JobTask(JobTaskHooks, CeleryTask):
     """Marks the job failed with the reason when the task raises, as the worker's tasks do."""
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[override]
-        fail_from_task(_store(), args[0] if args else kwargs.get("job_id"), exc)
-
-    def after_return(self, status, retval, task_id, args, kwargs, einfo):  # type: ignore[override]
-        end_attempt(_store(), args[0] if args else kwargs.get("job_id"), self.name)  # it did not kill us
 
 
 @worker_ready.connect

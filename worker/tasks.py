@@ -13,7 +13,7 @@ from celery.signals import worker_ready
 
 from dicom_synth.domain import JobStatus
 from dicom_synth.domainguard import guard
-from dicom_synth.jobstate import advance, begin_attempt, end_attempt, fail_from_task, resume
+from dicom_synth.jobstate import JobTaskHooks, advance, begin_attempt, resume
 from dicom_synth.jobstore import JobStore
 from dicom_synth.multicontrast import Synthesizer, load_synthesis_model
 from dicom_synth.pipeline import decide, synthesize_series, write_outputs
@@ -42,14 +42,8 @@ def _input_files(job_id: str) -> list:
     return sorted(job_input_dir(get_settings(), job_id).glob("*.dcm"))
 
 
-class JobTask(CeleryTask):
+class JobTask(JobTaskHooks, CeleryTask):
     """Marks the job failed with the reason when a task raises, so none is left hanging."""
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[override]
-        fail_from_task(_store(), args[0] if args else kwargs.get("job_id"), exc)
-
-    def after_return(self, status, retval, task_id, args, kwargs, einfo):  # type: ignore[override]
-        end_attempt(_store(), args[0] if args else kwargs.get("job_id"), self.name)  # it did not kill us
 
 
 @worker_ready.connect
