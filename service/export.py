@@ -11,7 +11,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,48 @@ class ExportError(Exception):
         self.total = total
 
 
-class _Transient(Exception):
+class Transient(Exception):
     """An attempt failed in a way another attempt may fix."""
+
+
+def with_retries(what: str, attempt: Callable[[], None], *, retries: int, backoff_seconds: float,
+                 acknowledged: list, total: int) -> int:
+    """Call `attempt` until it returns, at most `retries + 1` times, waiting
+    `backoff_seconds`, then twice that, and so on (capped) after each `Transient` failure;
+    returns the number of attempts. Every export (C-STORE, STOW-RS) goes through here, so
+    they retry, count and give up alike: ExportError with how many of `total` files were
+    `acknowledged` (the list the attempts fill)."""
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    retrying = Retrying(
+        retry=retry_if_exception_type(Transient),
+        stop=stop_after_attempt(retries + 1),
+        wait=wait_exponential(multiplier=backoff_seconds, min=backoff_seconds, max=MAX_BACKOFF_SECONDS),
+        before_sleep=lambda rs: log.warning(
+            "export to %s: attempt %d failed (%s); retrying",
+            what, rs.attempt_number, rs.outcome.exception() if rs.outcome else "?",
+        ),
+        reraise=False,
+    )
+    attempts = 0
+    try:
+        for step in retrying:
+            with step:
+                attempts += 1
+                metrics.EXPORT_ATTEMPTS.inc()
+                attempt()
+    except RetryError as exc:
+        metrics.EXPORT_FAILURES.inc()
+        last = exc.last_attempt.exception()
+        raise ExportError(
+            f"gave up after {attempts} attempt(s): {last}; {len(acknowledged)} of {total} files acknowledged",
+            acknowledged=len(acknowledged), total=total,
+        ) from last
+    except ExportError as exc:
+        metrics.EXPORT_FAILURES.inc()
+        exc.acknowledged, exc.total = len(acknowledged), total
+        raise
+    return attempts
 
 
 @dataclass
@@ -133,18 +173,18 @@ def _open(ae: AE, pacs: PacsAddress, files: Sequence[_File],
     if assoc.is_established:
         return assoc
     if not connected:
-        raise _Transient(f"cannot connect to {pacs}")
+        raise Transient(f"cannot connect to {pacs}")
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
         detail = f"{rsp.result_str}, {rsp.source_str}: {rsp.reason_str}" if rsp else "rejected"
         message = f"{pacs} rejected the association from {ae.ae_title} ({detail})"
         if rsp is not None and rsp.result == 0x02:  # rejected-transient
-            raise _Transient(message)
+            raise Transient(message)
         raise ExportError(message)
     if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
         kinds = sorted({getattr(cx.abstract_syntax, "name", "?") for cx in assoc.rejected_contexts})
         raise ExportError(f"{pacs} accepts none of the proposed SOP classes/encodings: {kinds}")
-    raise _Transient(f"{pacs} aborted or did not answer the association request")
+    raise Transient(f"{pacs} aborted or did not answer the association request")
 
 
 def _no_answer(assoc: Association, pacs: PacsAddress, calling: str, path: Path, *, first: bool) -> str:
@@ -170,14 +210,14 @@ def _attempt(
     try:
         for path, info in list(pending.items()):
             if not assoc.is_established:
-                raise _Transient(f"association to {pacs} lost after {len(acknowledged)} files")
+                raise Transient(f"association to {pacs} lost after {len(acknowledged)} files")
             try:
                 rsp = assoc.send_c_store(path)
             except ValueError as exc:  # no accepted context for this file: permanent
                 raise ExportError(f"{pacs} cannot take {path.name}: {exc}") from exc
             status = rsp.get("Status") if rsp is not None else None
             if status is None:
-                raise _Transient(_no_answer(assoc, pacs, ae.ae_title, path, first=not stored_now))
+                raise Transient(_no_answer(assoc, pacs, ae.ae_title, path, first=not stored_now))
             if _is_stored(int(status)):
                 if status != 0x0000:
                     warnings.append(f"{info.sop_instance}: status 0x{int(status):04X}")
@@ -192,7 +232,7 @@ def _attempt(
     if failures:
         more = f" (+{len(failures) - 3} more)" if len(failures) > 3 else ""
         shown = "; ".join(failures[:3]) + more
-        raise _Transient(f"{pacs} refused {len(failures)} instance(s): {shown}")
+        raise Transient(f"{pacs} refused {len(failures)} instance(s): {shown}")
 
 
 def send_files(
@@ -209,8 +249,6 @@ def send_files(
     `backoff_seconds`, then twice that, and so on (capped at 60 s) between them. `tls`:
     (context, server name) for DICOM TLS (service.tls.pacs_client_context).
     Returns when every file is acknowledged; raises ExportError otherwise."""
-    if retries < 0:
-        raise ValueError("retries must be >= 0")
     start = time.monotonic()
     # Stream each file's encoded bytes as stored: no decode/re-encode (2x faster here),
     # and the PACS gets exactly the bytes we wrote. Only affects sends given a path.
@@ -224,39 +262,14 @@ def send_files(
     ae.dimse_timeout = timeout_seconds
     ae.network_timeout = timeout_seconds
     ae.connection_timeout = min(timeout_seconds, 10.0)
-    retrying = Retrying(
-        retry=retry_if_exception_type(_Transient),
-        stop=stop_after_attempt(retries + 1),
-        wait=wait_exponential(
-            multiplier=backoff_seconds, min=backoff_seconds, max=MAX_BACKOFF_SECONDS
-        ),
-        before_sleep=lambda rs: log.warning(
-            "export to %s: attempt %d failed (%s); retrying",
-            pacs, rs.attempt_number, rs.outcome.exception() if rs.outcome else "?",
-        ),
-        reraise=False,
-    )
-    attempts = 0
+
+    def attempt() -> None:
+        if pending:
+            _attempt(ae, pacs, pending, acknowledged, warnings, tls)
+
     try:
-        for attempt in retrying:
-            with attempt:
-                attempts += 1
-                metrics.EXPORT_ATTEMPTS.inc()
-                if pending:
-                    _attempt(ae, pacs, pending, acknowledged, warnings, tls)
-    except RetryError as exc:
-        metrics.EXPORT_FAILURES.inc()
-        last = exc.last_attempt.exception()
-        raise ExportError(
-            f"gave up after {attempts} attempt(s): {last}; "
-            f"{len(acknowledged)} of {len(files)} files acknowledged",
-            acknowledged=len(acknowledged),
-            total=len(files),
-        ) from last
-    except ExportError as exc:
-        metrics.EXPORT_FAILURES.inc()
-        exc.acknowledged, exc.total = len(acknowledged), len(files)
-        raise
+        attempts = with_retries(str(pacs), attempt, retries=retries, backoff_seconds=backoff_seconds,
+                                acknowledged=acknowledged, total=len(files))
     finally:
         ae.shutdown()
     return ExportResult(

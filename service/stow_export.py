@@ -20,18 +20,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pydicom import dcmread
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from dicom_synth import metrics
 from dicom_synth.domain import DicomWebAddress
-from service.export import MAX_BACKOFF_SECONDS, ExportError, ExportResult
+from service.export import ExportError, ExportResult, Transient, with_retries
 
 log = logging.getLogger(__name__)
 _REFERENCED, _FAILED, _SOP, _REASON = "00081199", "00081198", "00081155", "00081197"
-
-
-class _Transient(Exception):
-    pass
 
 
 def _sop_instance_uid(path: Path) -> str:
@@ -70,7 +64,7 @@ def _post(pacs: DicomWebAddress, paths: Sequence[Path], timeout: float) -> tuple
     except urllib.error.HTTPError as exc:
         status, text = exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
-        raise _Transient(f"cannot reach {pacs}: {getattr(exc, 'reason', exc)}") from exc
+        raise Transient(f"cannot reach {pacs}: {getattr(exc, 'reason', exc)}") from exc
     try:
         answer = json.loads(text) if text else {}
     except ValueError:
@@ -101,10 +95,10 @@ def _attempt(pacs: DicomWebAddress, pending: dict[str, Path], acknowledged: list
         failed = _uids_in(answer, _FAILED)
         shown = "; ".join(f"{uid}: 0x{reason:04X}" if isinstance(reason, int) else uid
                           for uid, reason in list(failed.items())[:3])
-        raise _Transient(f"{pacs} answered {status} and did not store {len(pending)} instance(s)"
+        raise Transient(f"{pacs} answered {status} and did not store {len(pending)} instance(s)"
                          + (f" ({shown})" if shown else ""))
     if status >= 500 or status == 429:
-        raise _Transient(f"{pacs} answered {status}")
+        raise Transient(f"{pacs} answered {status}")
     raise ExportError(f"{pacs} refused the STOW-RS request with HTTP {status}")
 
 
@@ -113,34 +107,14 @@ def send_files(paths: Sequence[Path], pacs: DicomWebAddress, *, retries: int, ba
     """STOW-RS `paths` to `pacs`: at most `retries + 1` requests with exponential backoff
     (as `service.export.send_files`). Returns when every instance is acknowledged;
     raises ExportError otherwise."""
-    if retries < 0:
-        raise ValueError("retries must be >= 0")
     start = time.monotonic()
     pending = {_sop_instance_uid(Path(p)): Path(p) for p in paths}
-    total = len(pending)
     acknowledged: list[Path] = []
-    retrying = Retrying(
-        retry=retry_if_exception_type(_Transient), stop=stop_after_attempt(retries + 1),
-        wait=wait_exponential(multiplier=backoff_seconds, min=backoff_seconds, max=MAX_BACKOFF_SECONDS),
-        before_sleep=lambda rs: log.warning("STOW-RS export to %s: attempt %d failed (%s); retrying", pacs,
-                                            rs.attempt_number, rs.outcome.exception() if rs.outcome else "?"),
-        reraise=False,
-    )
-    attempts = 0
-    try:
-        for attempt in retrying:
-            with attempt:
-                attempts += 1
-                metrics.EXPORT_ATTEMPTS.inc()
-                if pending:
-                    _attempt(pacs, pending, acknowledged, timeout_seconds)
-    except RetryError as exc:
-        metrics.EXPORT_FAILURES.inc()
-        last = exc.last_attempt.exception()
-        raise ExportError(f"gave up after {attempts} attempt(s): {last}; {len(acknowledged)} of {total} "
-                          "files acknowledged", acknowledged=len(acknowledged), total=total) from last
-    except ExportError as exc:
-        metrics.EXPORT_FAILURES.inc()
-        exc.acknowledged, exc.total = len(acknowledged), total
-        raise
+
+    def attempt() -> None:
+        if pending:
+            _attempt(pacs, pending, acknowledged, timeout_seconds)
+
+    attempts = with_retries(f"{pacs} (STOW-RS)", attempt, retries=retries, backoff_seconds=backoff_seconds,
+                            acknowledged=acknowledged, total=len(pending))
     return ExportResult(sent=acknowledged, attempts=attempts, seconds=time.monotonic() - start)
