@@ -16,12 +16,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
@@ -423,3 +425,18 @@ def start_postgres(*, attempts: int = 3, timeout: float = 30.0) -> PostgresPeer:
     text = _tail(log)
     shutil.rmtree(workdir, ignore_errors=True)
     raise PeerError(f"postgres did not start: {text}")
+
+
+@contextmanager
+def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` (e.g. "512k") at `mount_point`, for full-disk tests; mounting
+    needs root, as on the CI machine: elsewhere the test is skipped, saying why."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

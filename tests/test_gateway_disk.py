@@ -4,7 +4,6 @@ real 512 KiB tmpfs."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,13 @@ from dicom_synth.jobstore import JobStore
 from dicom_synth.settings import Settings, get_settings
 from models.dce.phantom_dicom import write_phantom_series
 from service.gateway.main import create_app
+from tests.peers import mounted_tmpfs
 
 
 @pytest.fixture
 def tiny_data_dir(tmp_path: Path):
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "512k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_answers_507_and_stores_nothing(tmp_path, tiny_data_dir):

@@ -24,7 +24,7 @@ from dicom_synth.settings import Settings
 from service.completion import CompletedSeries
 from service.listener import Listener
 from service.store import check_part10
-from tests.peers import PEER_ENV
+from tests.peers import PEER_ENV, mounted_tmpfs
 from tests.test_store import MR, make_mr
 
 HOST = "127.0.0.1"
@@ -281,16 +281,8 @@ def test_invalid_study_uid_answers_c000(start_listener, tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 512 KiB tmpfs for the store (mounting needs root, as on the CI machine)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "512k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_answers_a700_and_never_half_writes(start_listener, tiny_fs: Path,

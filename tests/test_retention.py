@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from service.gateway.main import create_app
 from service.listener import Listener
 from service.retention import DAY, purge_expired
 from service.store import SeriesStore
+from tests.peers import mounted_tmpfs
 from tests.test_listener import HOST, scu_send
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -37,15 +37,8 @@ PATIENT_ID = "RET-4711"
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "8m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _slice(path: Path, study: str, series: str, n: int, size: int = 128) -> Path:

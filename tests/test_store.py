@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from service.store import InvalidInstance, SeriesStore, check_part10, is_valid_uid
 from tests.conftest import REALDATA
+from tests.peers import mounted_tmpfs
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -165,16 +165,8 @@ def test_non_dicom_refused(store: SeriesStore, tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_fs(tmp_path: Path):
     """A 256 KiB tmpfs (needs root and mount rights, as on the CI machine)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "256k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_raises_enospc_and_leaves_nothing(tiny_fs: Path, tmp_path: Path) -> None:
