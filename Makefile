@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEB_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql
+DEB_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql chromium chromium-driver
 # Commands that prove each Debian package is there (postgresql: its server programs are
 # under /usr/lib/postgresql/<major>/bin; pg_ctlcluster comes with them).
-DEB_COMMANDS := redis-server Orthanc storescu findscu echoscu dciodvfy pg_ctlcluster
+DEB_COMMANDS := redis-server Orthanc storescu findscu echoscu dciodvfy pg_ctlcluster chromium chromedriver
 
 .PHONY: run test install install-dev system-deps models lint typecheck bench clean
 

@@ -130,3 +130,12 @@ def stack_no_pacs(tmp_path: Path, redis_server: RedisPeer, job_db_url: str | Non
     stack = start_stack(tmp_path / "svc", broker_url=redis_server.url, database_url=job_db_url)
     yield stack
     stack.stop()
+
+
+@pytest.fixture
+def browser():
+    """A real headless Chromium (tests/browser.py); quit at teardown."""
+    from tests.browser import chromium
+
+    with chromium() as driver:
+        yield driver
