@@ -23,6 +23,11 @@ _engines: dict[tuple[str, int], Engine] = {}
 _lock = threading.Lock()
 
 
+class JobStoreUnavailable(RuntimeError):
+    """The job store cannot be read or written now (a full disk, the database down): not
+    the job's fault; refuse new work (HTTP 507, DICOM 0xA700) and try again later."""
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{Path(path)}"
 
@@ -91,6 +96,16 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+
+
+def head_revision() -> str:
+    """The newest revision of dicom_synth/migrations (raises when two revisions fork)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", "dicom_synth:migrations")
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:

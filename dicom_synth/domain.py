@@ -120,6 +120,10 @@ class Job:
     superseded_by: str | None = None  # the job made when later instances of the series came
     attempts: dict[str, int] = field(default_factory=dict)  # task name -> times started for this job
     purged: dict | None = None  # {"at": when, "reason": why}: its input and output files are deleted
+    outbox: dict | None = None  # the message this job's state needs: {"task", "token", "due", "taken"} (jobstate)
+    # What the operator searches the dashboard by (dicom_synth.jobsearch); not in public().
+    accession_number: str | None = None
+    patient_id: str | None = None
 
     def public(self) -> dict:
         """The job as the HTTP contract shows it."""

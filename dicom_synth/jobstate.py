@@ -23,6 +23,15 @@ count is cleared when the task returns or raises (`end_attempt`, from the tasks'
 `task_max_attempts` of them the job ends `failed` with the reason instead of being
 started or resumed again.
 
+Outbox: a state change that needs a message (the task that acts on it) writes that
+message into the job (`Job.outbox`: task, token, when the relay should send it) in the
+same transaction (`advance(..., send=TASK)`, `new_job(send=TASK)`); the writer sends it
+after the commit (`deliver`), and `relay` sends whatever a dead writer or a broker outage
+left unsent. A task takes only the message the job names (`begin_attempt(token=...)`), so
+a copy the relay sent twice, or an old one a restarted broker kept, is a no-op: one job,
+one run of each step, one output. When the broker restarted (and may have lost its
+queues), `redispatch_untaken` sends every message no task has taken yet afresh.
+
 Stuck jobs: a job that nothing changed for longer than its step's deadline (its worker
 died and never came back under the same name, a message lost) is requeued by
 `requeue_stuck`, which the runner calls at start and periodically.
@@ -32,10 +41,12 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import fields as dataclass_fields
 from typing import TYPE_CHECKING, Any
 
+from dicom_synth.database import JobStoreUnavailable
 from dicom_synth.domain import Job, JobStatus
 from dicom_synth.queueconf import task_for_status
 
@@ -58,6 +69,7 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
 }
 NOT_FINAL = frozenset(s for s in JobStatus if not s.is_final)
 JOB_FIELDS = frozenset(f.name for f in dataclass_fields(Job))
+OUTBOX_LEASE_SECONDS = 10.0  # a message not confirmed sent this long after its writer took it is the relay's
 
 
 class IllegalTransition(ValueError):
@@ -82,9 +94,17 @@ def check_fields(changes: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown job fields: {sorted(unknown)}")
 
 
-def new_job(**fields: Any) -> Job:
-    """A job in the initial state, for `JobStore.create` (which accepts no other)."""
-    return Job(status=INITIAL, **fields)
+def new_job(*, send: str | None = None, **fields: Any) -> Job:
+    """A job in the initial state, for `JobStore.create` (which accepts no other), with the
+    message `send` (a task name) in its outbox: `deliver` it once created."""
+    return Job(status=INITIAL, outbox=message(send) if send else None, **fields)
+
+
+def message(task: str, *, now: float | None = None) -> dict:
+    """A pending message for a job's outbox: its writer sends it right after the commit;
+    the relay, if it is still unsent OUTBOX_LEASE_SECONDS later."""
+    now = time.time() if now is None else now
+    return {"task": task, "token": uuid.uuid4().hex, "due": now + OUTBOX_LEASE_SECONDS, "taken": None}
 
 
 def advance(
@@ -93,9 +113,13 @@ def advance(
     to: JobStatus,
     *,
     only_from: Collection[JobStatus] | None = None,
+    send: str | None = None,
     **fields: Any,
 ) -> Job | None:
-    """Move the job to `to`, writing `fields` with it, in one locked transaction.
+    """Move the job to `to`, writing `fields` with it, in one locked transaction; with
+    `send` (a task name), the message that acts on the new state goes into the job's
+    outbox in the same transaction (`deliver` the returned job after). A final state
+    empties the outbox.
 
     With `only_from`, a job found in another state is left as it is and None is returned
     (the other copy of a task that ran twice got there first); without it, or when the
@@ -113,6 +137,10 @@ def advance(
         job.status = to
         for key, value in fields.items():
             setattr(job, key, value)
+        if send is not None:
+            job.outbox = message(send)
+        elif to.is_final:
+            job.outbox = None
         return True
 
     job, moved = store.mutate(job_id, move)
@@ -178,23 +206,35 @@ def begin_attempt(
     only_from: Collection[JobStatus],
     to: JobStatus | None = None,
     limit: int | None = None,
+    token: str | None = None,
+    message_id: str | None = None,
     **fields: Any,
 ) -> Job | None:
     """Count a start of `step` (a task name) for the job, moving it to `to` (if given) and
     writing `fields`, in one transaction. Returns the job when the step may run; None when
-    the job is not in `only_from` (a duplicate task), or when `limit` starts of this step
-    never finished: the job then ends failed with the reason (a poison job)."""
+    the job is not in `only_from` (a duplicate task), when the message's `token` is not
+    the one in the job's outbox or was taken by another message (`message_id`, the Celery
+    task ID: a redelivery or retry of the same message keeps it), or when `limit` starts of
+    this step never finished: the job then ends failed with the reason (a poison job)."""
     limit = max_attempts() if limit is None else limit
     check_fields(fields)
+
+    stale: list[bool] = []  # the job waits, but not for this message (nothing is written)
 
     def count(job: Job) -> str | bool:
         if job.status not in only_from:
             return False
+        box = job.outbox
+        if token is not None and not (box and box["token"] == token and box.get("taken") in (None, message_id)):
+            stale.append(True)
+            return False
         starts = job.attempts.get(step, 0)
         if starts >= limit:
             check_transition(job_id, job.status, S.FAILED)
-            job.status, job.error = S.FAILED, poison_reason(step, starts)
+            job.status, job.error, job.outbox = S.FAILED, poison_reason(step, starts), None
             return "poison"
+        if box and (token is not None or box["task"] == step):
+            job.outbox = {**box, "due": None, "taken": message_id or "direct"}
         if to is not None:
             check_transition(job_id, job.status, JobStatus(to))
             job.status = JobStatus(to)
@@ -207,10 +247,91 @@ def begin_attempt(
     if result == "poison":
         log.error("job %s: %s", job_id, job.error)
         return None
+    if stale:
+        log.info("job %s: not starting %s for a message it no longer waits for (a copy)", job_id, step)
+        return None
     if result is False:
         log.info("job %s is %s: not starting %s (a duplicate task)", job_id, job.status, step)
         return None
     return job
+
+
+def deliver(store: JobStore, send_task: Callable[..., Any], job: Job | None) -> bool:
+    """Send the job's pending message, after the transaction that wrote it, and note it
+    sent. Never raises: a broker that cannot take it leaves it in the outbox, for `relay`
+    (the state it acts on is recorded already). True when the broker took it."""
+    box = job.outbox if job is not None else None
+    if job is None or not box or box.get("due") is None or box.get("taken"):
+        return False
+    try:
+        send_task(box["task"], args=[job.job_id], kwargs={"token": box["token"]})
+    except Exception as exc:  # the broker is down: the relay sends it when it is back
+        log.warning("job %s: %s not sent now (%s: %s); the outbox relay sends it", job.job_id, box["task"],
+                    type(exc).__name__, exc)
+        return False
+
+    def sent(j: Job) -> bool:
+        if not j.outbox or j.outbox["token"] != box["token"] or j.outbox.get("due") is None:
+            return False
+        j.outbox = {**j.outbox, "due": None}
+        return True
+
+    try:
+        store.mutate(job.job_id, sent)
+    except JobStoreUnavailable as exc:  # the relay may send it again: the task takes one copy
+        log.warning("job %s: %s sent, but not noted (%s)", job.job_id, box["task"], exc)
+    return True
+
+
+def relay(store: JobStore, send_task: Callable[..., Any], *, now: float | None = None) -> list[tuple[str, str]]:
+    """Send the messages their writers did not confirm sent within the lease (the broker
+    was down, the writer died after its commit). Idempotent and safe to run in several
+    processes: each message is claimed (its lease renewed) before it is sent, and a task
+    takes one copy of it. Returns (job_id, task name) for each message sent."""
+    now = time.time() if now is None else now
+    sent: list[tuple[str, str]] = []
+    for job in store.outbox_due(now):
+        token = job.outbox["token"] if job.outbox else None
+
+        def claim(j: Job, token=token) -> bool:
+            box = j.outbox
+            if not box or box["token"] != token or box.get("due") is None or box["due"] > now or box.get("taken"):
+                return False
+            j.outbox = {**box, "due": now + OUTBOX_LEASE_SECONDS}
+            return True
+
+        claimed, ok = store.mutate(job.job_id, claim)
+        if ok and deliver(store, send_task, claimed):
+            sent.append((job.job_id, claimed.outbox["task"]))
+    if sent:
+        log.warning("outbox relay sent %d pending messages", len(sent))
+    return sent
+
+
+def redispatch_untaken(store: JobStore, send_task: Callable[..., Any]) -> list[tuple[str, str]]:
+    """After the broker restarted (without persistence it lost its queues; with it, it may
+    have lost the last second): every unfinished job whose message no task took yet gets
+    it again under a new token, so a copy the broker kept is a no-op. A job whose task is
+    running (or whose worker died: `resume`, `requeue_stuck`) is left alone."""
+    sent: list[tuple[str, str]] = []
+    for job in store.unfinished():
+        if not job.outbox or job.outbox.get("taken"):
+            continue
+        token = job.outbox["token"]
+
+        def renew(j: Job, token=token) -> bool:
+            if not j.outbox or j.outbox["token"] != token or j.outbox.get("taken") or j.status.is_final:
+                return False
+            j.outbox = message(j.outbox["task"])
+            return True
+
+        renewed, ok = store.mutate(job.job_id, renew)
+        if ok:
+            deliver(store, send_task, renewed)
+            sent.append((job.job_id, renewed.outbox["task"]))
+    if sent:
+        log.warning("the broker restarted: sent %d messages no task had taken again", len(sent))
+    return sent
 
 
 def end_attempt(store: JobStore, job_id: str | None, step: str) -> None:
@@ -230,20 +351,31 @@ def resume(
     send_task: Callable[..., Any],
     *,
     claimed_by: str | None = None,
+    node: str | None = None,
     limit: int | None = None,
 ) -> list[tuple[str, str]]:
     """Put unfinished jobs back on their queues; runs at every process start.
 
-    The runner (one machine, before any worker starts) resumes every unfinished job; a
-    worker that comes back resumes those it had claimed (`claimed_by`, its node name),
-    whose messages Redis would redeliver only after the visibility timeout. A `running`
-    job goes back to `queued`. Idempotent: tasks check the job's state, so a job that is
-    still on its queue and is sent again runs once to completion and the copy is a no-op.
-    A job whose step already had `limit` unfinished starts (poison) ends failed instead.
+    A worker that comes back resumes those it had claimed (`claimed_by`, its Celery name
+    `kind@node`), whose messages Redis would redeliver only after the visibility timeout.
+    A node's runner (before its workers start) resumes those claimed by any worker of its
+    `node`, and those no worker claimed yet; never another node's, which may be running
+    them now: a dead node's jobs are taken over by `requeue_stuck` after their deadline.
+    With neither, every unfinished job. A `running` job goes back to `queued`.
+    Idempotent: tasks check the job's state, so a job that is still on its queue and is
+    sent again runs once to completion and the copy is a no-op. A job whose step already
+    had `limit` unfinished starts (poison) ends failed instead.
     Returns (job_id, task name) for each job sent.
     """
-    jobs = [job for job in store.unfinished() if claimed_by is None or job.claimed_by == claimed_by]
+    jobs = [job for job in store.unfinished()
+            if (claimed_by is None or job.claimed_by == claimed_by)
+            and (node is None or job.claimed_by is None or claimed_node(job.claimed_by) == node)]
     return _requeue(store, send_task, jobs, limit)
+
+
+def claimed_node(claimed_by: str) -> str:
+    """The node of a Celery worker name `kind@node` (the whole name when it has no @)."""
+    return claimed_by.rpartition("@")[2]
 
 
 def requeue_stuck(
@@ -289,16 +421,33 @@ def _requeue(
             fail(store, job.job_id, poison_reason(task_for_status(job.status) or "", starts))
             log.error("job %s not resumed: %s", job.job_id, poison_reason(task_for_status(job.status) or "", starts))
             continue
-        if job.status == S.RUNNING:
-            if advance(store, job.job_id, S.QUEUED, only_from={S.RUNNING}) is None:
-                continue  # finished meanwhile
         task = task_for_status(S.QUEUED if job.status == S.RUNNING else job.status)
         if task is None:
             continue
+        # A `running` job goes back to `queued`; either way a new message (new token) goes
+        # into the outbox with it, so any older copy still queued is a no-op.
+        to = S.QUEUED if job.status == S.RUNNING else job.status
+        requeued = advance(store, job.job_id, to, only_from={job.status}, send=task) if to != job.status else \
+            _renew_message(store, job.job_id, job.status, task)
+        if requeued is None:
+            continue  # moved on meanwhile
         log.warning("resuming job %s (%s) with %s", job.job_id, job.status, task)
-        send_task(task, args=[job.job_id])
+        deliver(store, send_task, requeued)
         sent.append((job.job_id, task))
     return sent
+
+
+def _renew_message(store: JobStore, job_id: str, status: JobStatus, task: str) -> Job | None:
+    """A new message `task` in the job's outbox, if it is still `status` (no status change)."""
+
+    def renew(job: Job) -> bool:
+        if job.status != status:
+            return False
+        job.outbox = message(task)
+        return True
+
+    job, renewed = store.mutate(job_id, renew)
+    return job if renewed else None
 
 
 class JobTaskHooks:
@@ -308,6 +457,12 @@ class JobTaskHooks:
     kill its worker — clears its step's start count."""
 
     name: str
+    # A job store that cannot write now (full disk, database down) is no fault of the job:
+    # the task is retried with backoff until it can (the message keeps its token), not failed.
+    retry_options: dict[str, Any] = {  # noqa: RUF012  (read, never changed)
+        "autoretry_for": (JobStoreUnavailable,), "retry_backoff": 2, "retry_backoff_max": 30,
+        "retry_jitter": False, "max_retries": None,
+    }
 
     @staticmethod
     def _job(args, kwargs) -> tuple[JobStore, str | None]:
@@ -317,7 +472,13 @@ class JobTaskHooks:
         return JobStore(get_settings().jobs_db_url), (args[0] if args else kwargs.get("job_id"))
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ARG002
-        fail_from_task(*self._job(args, kwargs), exc)
+        try:
+            fail_from_task(*self._job(args, kwargs), exc)
+        except JobStoreUnavailable as again:  # the stuck-job sweep takes it up later
+            log.error("task %s: cannot record its failure (%s)", self.name, again)
 
     def after_return(self, status, retval, task_id, args, kwargs, einfo) -> None:  # noqa: ARG002
-        end_attempt(*self._job(args, kwargs), self.name)
+        try:
+            end_attempt(*self._job(args, kwargs), self.name)
+        except JobStoreUnavailable as exc:  # its start stays counted: one start nearer to poison
+            log.error("task %s: cannot clear its start count (%s)", self.name, exc)

@@ -7,21 +7,31 @@ Every process — gateway, listener, workers — reads and writes the same recor
 can restart at any moment; a committed row survives any of them. A change is a locked
 read-modify-write in one transaction (`mutate`), so concurrent writers never lose each
 other's fields; a status change is checked against `dicom_synth.jobstate`'s table.
+
+A job's pending message (its outbox, `Job.outbox`) is written in the same transaction as
+the state change it acts on; the `outbox_due` column says when the relay should send it
+(NULL once sent or taken). An error of the database itself (a full disk, PostgreSQL
+down) is raised as `JobStoreUnavailable`, and remembered for `write_problem`.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Column, Float, Index, MetaData, Table, Text, cast, func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from dicom_synth import metrics
-from dicom_synth.database import engine_for, sqlite_url, write_connection
+from dicom_synth.database import JobStoreUnavailable, engine_for, is_sqlite, sqlite_url, write_connection
+from dicom_synth.diskspace import free_bytes
 from dicom_synth.domain import Job, JobStatus
 from dicom_synth.jobstate import INITIAL, JOB_FIELDS, check_fields, check_transition
 
@@ -34,22 +44,85 @@ jobs = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("body", Text, nullable=False),
+    Column("outbox_due", Float, nullable=True),  # migration 0003_outbox
     Index("jobs_created", "created_at"),
     Index("jobs_status", "status"),
+    Index("jobs_outbox_due", "outbox_due"),
+    # Copies of body fields the dashboard filters and searches by (migration 0004, dicom_synth.jobsearch).
+    Column("task", Text),
+    Column("origin", Text),
+    Column("accession_number", Text),
+    Column("patient_id", Text),
+    Index("jobs_status_created", "status", "created_at"),
+    Index("jobs_task_created", "task", "created_at"),
+    Index("jobs_origin_created", "origin", "created_at"),
+    Index("jobs_accession", "accession_number"),
+    Index("jobs_patient", "patient_id"),
 )
 
 T = TypeVar("T")
+SQLITE_MIN_FREE_BYTES = 4096  # under one database page free beside an SQLite job store, new work is refused
+ERROR_MEMORY_SECONDS = 5.0  # a write error is reported by `write_problem` this long (a later success clears it)
+_errors: dict[str, tuple[float, str]] = {}  # url -> (when, why) of this process's last database error
+_errors_lock = threading.Lock()
+
+
+def search_columns(job: Job) -> dict[str, str | None]:
+    """The row's copies of the fields the dashboard filters and searches by."""
+    return {"task": job.task, "origin": job.origin, "accession_number": job.accession_number,
+            "patient_id": job.patient_id}
 
 
 class JobNotFound(KeyError):
     """No job with that ID."""
 
 
+__all__ = ["JobNotFound", "JobStore", "JobStoreUnavailable", "write_problem"]
+
+
+def _outbox_due(job: Job) -> float | None:
+    return job.outbox.get("due") if job.outbox and not JobStatus(job.status).is_final else None
+
+
+@contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    """Raise a database error as JobStoreUnavailable, remembering it for `write_problem`."""
+    try:
+        yield
+    except OperationalError as exc:
+        reason = f"job store unavailable: {getattr(exc, 'orig', None) or exc}"
+        with _errors_lock:
+            _errors[url] = (time.monotonic(), reason)
+        raise JobStoreUnavailable(reason) from exc
+
+
+def _wrote(url: str) -> None:
+    if url in _errors:
+        with _errors_lock:
+            _errors.pop(url, None)
+
+
+def write_problem(url: str) -> str | None:
+    """Why new work should not be taken now (the job store could not record it), or None:
+    a database error in this process within ERROR_MEMORY_SECONDS and not followed by a
+    successful write, or (SQLite) a file system with no room left for job records."""
+    with _errors_lock:
+        seen = _errors.get(url)
+    if seen is not None and time.monotonic() - seen[0] < ERROR_MEMORY_SECONDS:
+        return seen[1]
+    if is_sqlite(url) and (database := make_url(url).database) and database != ":memory:":
+        free = free_bytes(Path(database).parent)
+        if free < SQLITE_MIN_FREE_BYTES:
+            return f"job store out of space: {free} bytes free beside {Path(database).name}"
+    return None
+
+
 class JobStore:
     def __init__(self, url: str | Path) -> None:
         """`url`: an SQLAlchemy URL, or the path of an SQLite file."""
         self.url = url if isinstance(url, str) else sqlite_url(url)
-        self.engine = engine_for(self.url)
+        with _database_errors(self.url):
+            self.engine = engine_for(self.url)
 
     @staticmethod
     def _decode(body: str) -> Job:
@@ -65,16 +138,18 @@ class JobStore:
         job.created_at = job.created_at or now
         job.updated_at = now
         job.timeline.setdefault(str(job.status), now)
-        with write_connection(self.engine) as conn, conn.begin():
+        with _database_errors(self.url), write_connection(self.engine) as conn, conn.begin():
             conn.execute(insert(jobs).values(
                 job_id=job.job_id, status=str(job.status), created_at=job.created_at,
-                updated_at=job.updated_at, body=json.dumps(asdict(job)),
+                updated_at=job.updated_at, body=json.dumps(asdict(job)), outbox_due=_outbox_due(job),
+                **search_columns(job),
             ))
+        _wrote(self.url)
         metrics.JOBS_CREATED.labels(origin=job.origin.partition(":")[0]).inc()
         return job
 
     def get(self, job_id: str) -> Job:
-        with self.engine.connect() as conn:
+        with _database_errors(self.url), self.engine.connect() as conn:
             body = conn.execute(select(jobs.c.body).where(jobs.c.job_id == job_id)).scalar_one_or_none()
         if body is None:
             raise JobNotFound(job_id)
@@ -84,14 +159,14 @@ class JobStore:
         """Run `change` on the job with its row locked (FOR UPDATE on PostgreSQL, BEGIN
         IMMEDIATE on SQLite) and write the result in the same transaction; `change`
         returns False to write nothing. A status change must be in the state table."""
-        with write_connection(self.engine) as conn, conn.begin():
+        with _database_errors(self.url), write_connection(self.engine) as conn, conn.begin():
             body = conn.execute(
                 select(jobs.c.body).where(jobs.c.job_id == job_id).with_for_update()
             ).scalar_one_or_none()
             if body is None:
                 raise JobNotFound(job_id)
             job = self._decode(body)
-            before = job.status
+            before, due_before = job.status, _outbox_due(job)
             result = change(job)
             if result is False:
                 return job, result
@@ -103,9 +178,12 @@ class JobStore:
                 job.timeline[str(job.status)] = job.updated_at
             conn.execute(
                 update(jobs).where(jobs.c.job_id == job_id)
-                .values(status=str(job.status), updated_at=job.updated_at, body=json.dumps(asdict(job)))
+                .values(status=str(job.status), updated_at=job.updated_at, body=json.dumps(asdict(job)),
+                        **({"outbox_due": due} if (due := _outbox_due(job)) != due_before else {}),
+                        **search_columns(job))
             )
             entered = job.timeline.get(str(before)) if job.status != before else None
+        _wrote(self.url)
         if entered is not None:  # committed: the step `before` took this long
             metrics.STEP_SECONDS.labels(step=str(before)).observe(max(0.0, job.updated_at - entered))
         return job, result
@@ -158,5 +236,11 @@ class JobStore:
         """Jobs not in a final state, oldest first (for recovery after a restart)."""
         final = [str(s) for s in JobStatus if s.is_final]
         query = select(jobs.c.body).where(jobs.c.status.not_in(final)).order_by(jobs.c.created_at)
-        with self.engine.connect() as conn:
+        with _database_errors(self.url), self.engine.connect() as conn:
+            return [self._decode(b) for b in conn.execute(query).scalars()]
+
+    def outbox_due(self, now: float) -> list[Job]:
+        """Jobs whose pending message is due to be sent by the relay at `now`, oldest first."""
+        query = select(jobs.c.body).where(jobs.c.outbox_due <= now).order_by(jobs.c.outbox_due)
+        with _database_errors(self.url), self.engine.connect() as conn:
             return [self._decode(b) for b in conn.execute(query).scalars()]

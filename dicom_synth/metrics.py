@@ -5,19 +5,23 @@ adds the gauges it computes when scraped (jobs by state and task, queue depths, 
 Several processes (gateway, listener, workers) count, so under the runner each writes
 its values to files in PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode,
 set by service.runner for its children) and the gateway merges every `*.db` file under
-`<data_dir>/metrics` when scraped. A process without that variable counts in memory
-(a test, one container on its own).
+`<data_dir>/metrics` when scraped; `%h` in it stands for the host name (each replica
+of a scaled compose service, pid 1 in each, its own folder). A process without that
+variable counts in memory (a test, one container on its own).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 METRICS_SUBDIR = "metrics"
 """Under the data directory: each process group's PROMETHEUS_MULTIPROC_DIR is a folder in it."""
 
 _multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _multiproc_dir and "%h" in _multiproc_dir:  # one folder per container of a scaled compose service
+    _multiproc_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = _multiproc_dir.replace("%h", socket.gethostname())
 if _multiproc_dir:  # prometheus-client needs the folder before the first value is made
     Path(_multiproc_dir).mkdir(parents=True, exist_ok=True)
 

@@ -4,6 +4,7 @@ config file named by SYNTH_CONFIG (KEY=VALUE lines, dotenv syntax)."""
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -100,6 +101,16 @@ class Settings(BaseSettings):
     )
     export_retries: int = Field(5, ge=0, le=100, description="C-STORE attempts after the first")
     export_backoff_seconds: float = Field(1.0, ge=0, description="first backoff; doubles per retry")
+    # Inference by reference (issue 18): POST /synthesize with a JSON body; see service/fetch.py.
+    pacs_retrieve: Literal["move", "get"] = Field(
+        "move", description="how a series named by reference is pulled from a DIMSE SYNTH_PACS: move (C-MOVE "
+        "to SYNTH_AE_TITLE, our listener, which the PACS must know; C-GET when the PACS refuses the move "
+        "before anything moved) or get (C-GET, the instances on our own association)"
+    )
+    pacs_fetch_timeout_seconds: float = Field(
+        300.0, gt=0, le=3600, description="longest a request by reference waits for the PACS (query and "
+        "retrieval together); past it 504, and nothing is kept"
+    )
     models_dir: Path | None = Field(None, description="where ONNX models and cards live; unset = built-in")
     domain_guard: Literal["refuse", "warn", "off"] = Field(
         "refuse", description="a series outside its model's training domain: refuse (skip the job), "
@@ -135,6 +146,19 @@ class Settings(BaseSettings):
     )
     restart_backoff_max_seconds: float = Field(
         30.0, ge=0, le=3600, description="runner: the longest delay between restarts of one child"
+    )
+    onnx_threads: int | None = Field(
+        None, ge=1, le=256, description="a synthesis worker's ONNX Runtime intra-op threads; unset = one per "
+        "core (set it when several worker processes share a machine's cores)",
+    )
+    node_name: str = Field(
+        default_factory=socket.gethostname, min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
+        description="this node's name: the runner's workers are `<kind>@<node_name>` and it resumes at "
+        "start only the jobs they claimed; default the host name (Celery's %h)",
+    )
+    outbox_relay_seconds: float = Field(
+        2.0, gt=0, le=3600, description="runner: how often job messages not confirmed sent (broker down, "
+        "a writer that died) are sent by the outbox relay, and a broker restart is looked for"
     )
     stuck_check_seconds: float = Field(
         60.0, gt=0, le=86400, description="runner: how often jobs stuck past their step's deadline are requeued"

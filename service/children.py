@@ -1,5 +1,6 @@
 """The runner's children: each restarted with backoff when it dies, never giving up, and
-their state written to `<data_dir>/children.json` for /healthz to report."""
+their state written to `<data_dir>/children-<node>.json` for /healthz to report (one file
+per node: the runners of several nodes may share one data dir)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ from pathlib import Path
 
 log = logging.getLogger("dicom_synth.runner")
 
-STATUS_FILE = "children.json"
 STABLE_SECONDS = 60.0  # a child up this long has recovered: its backoff starts again from the first delay
+
+
+def status_file(data_dir: Path, node: str) -> Path:
+    """Where the runner of `node` writes its children's state."""
+    return data_dir / f"children-{node}.json"
 
 
 def restart_delay(deaths_in_a_row: int, first: float, longest: float) -> float:
@@ -59,9 +64,9 @@ class Supervisor:
     the status file current."""
 
     def __init__(self, commands: dict[str, Sequence[str]], env: dict[str, str], data_dir: Path,
-                 first_delay: float, longest_delay: float) -> None:
+                 first_delay: float, longest_delay: float, *, node: str) -> None:
         self.children = {name: Child(name, cmd, env) for name, cmd in commands.items()}
-        self.status_path = data_dir / STATUS_FILE
+        self.status_path = status_file(data_dir, node)
         self.first, self.longest = first_delay, longest_delay
         self._written: dict | None = None
 
@@ -105,11 +110,16 @@ class Supervisor:
         self.status_path.unlink(missing_ok=True)
 
 
-def read_status(data_dir: Path) -> dict | None:
-    """The children as the running runner last wrote them, or None when no runner runs
-    here (each part started on its own, e.g. one container each)."""
+def read_status(data_dir: Path, node: str | None = None) -> dict | None:
+    """The children as this node's running runner last wrote them (`node`: default
+    SYNTH_NODE_NAME), or None when no runner runs here (each part started on its own, e.g.
+    one container each)."""
+    if node is None:
+        from dicom_synth.settings import get_settings
+
+        node = get_settings().node_name
     try:
-        data = json.loads((data_dir / STATUS_FILE).read_text())
+        data = json.loads(status_file(data_dir, node).read_text())
         os.kill(int(data["runner_pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -3,7 +3,7 @@
 Each received data set is spooled as it arrives (`service.dicom_scp`) into the store's
 `.incoming` directory (same file system: no copy), checked and moved durably into the
 store, and only then answered 0x0000. Failures answer a failure
-status with an ErrorComment: 0xA700 when the store cannot write (full disk) or the
+status with an ErrorComment: 0xA700 when the store or the job store cannot write (full disk) or the
 instance is past a limit (`SYNTH_MAX_INSTANCE_PIXELS`, `SYNTH_MAX_SERIES_INSTANCES`),
 0xC000 for unreadable, truncated or too deeply nested data, 0x0122 for a SOP class we do
 not take, 0xA900 when the data set's SOP class or instance contradicts the request and its
@@ -23,6 +23,7 @@ from pathlib import Path
 from dicom_synth import metrics
 from dicom_synth.audit import AuditTrail
 from dicom_synth.diskspace import low_disk_reason
+from dicom_synth.jobstore import write_problem
 from dicom_synth.limits import OverLimit
 from dicom_synth.settings import Settings
 from dicom_synth.supported import SOP_CLASSES, sop_class_name
@@ -43,8 +44,9 @@ class _Handlers:
     """What the acceptor calls on each association's thread; returns statuses, never raises."""
 
     def __init__(self, store: SeriesStore, tracker: CompletionTracker, min_free_gb: float = 0.0,
-                 audit: AuditTrail | None = None) -> None:
+                 audit: AuditTrail | None = None, jobs_db_url: str | None = None) -> None:
         self.series_store = store
+        self.jobs_db_url = jobs_db_url  # a job store that cannot write refuses instances too
         self.tracker = tracker
         self.min_free_gb = min_free_gb
         self.audit = audit
@@ -96,6 +98,10 @@ class _Handlers:
         if low is not None:  # before the disk is full: the jobs already here still have room to run
             log.warning("refused an instance from %s: %s", calling_ae, low)
             return dicom_net.OUT_OF_RESOURCES, low
+        unwritable = write_problem(self.jobs_db_url) if self.jobs_db_url else None
+        if unwritable is not None:  # the series' job could not be recorded: the peer keeps it and retries
+            log.warning("refused an instance from %s: %s", calling_ae, unwritable)
+            return dicom_net.OUT_OF_RESOURCES, unwritable
         try:
             inst = self.series_store.put(request.path,
                                          expected_sop_instance_uid=request.sop_instance_uid or None,
@@ -162,7 +168,7 @@ class Listener:
             rerun_last_job=rerun_last_job,
         )
         self._handlers = _Handlers(self.store, self.tracker, settings.min_free_gb,
-                                   audit=AuditTrail(settings.jobs_db_url))
+                                   audit=AuditTrail(settings.jobs_db_url), jobs_db_url=settings.jobs_db_url)
         self._acceptor: StorageAcceptor | None = None
         self._tls_acceptor: StorageAcceptor | None = None
         self._tls_context = dicom_server_context(settings)  # a TLS setting in error stops the start

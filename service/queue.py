@@ -9,11 +9,11 @@ from celery import Celery
 from celery import Task as CeleryTask
 from celery.signals import worker_init, worker_ready
 
-from dicom_synth.domain import DicomWebAddress, JobStatus
+from dicom_synth.domain import DicomWebAddress, Job, JobStatus
 from dicom_synth.filemodes import keep_files_private
-from dicom_synth.jobstate import JobTaskHooks, advance, begin_attempt, resume, superseded_reason
+from dicom_synth.jobstate import JobTaskHooks, advance, begin_attempt, deliver, resume, superseded_reason
 from dicom_synth.jobstore import JobStore
-from dicom_synth.queueconf import TASK_CLASSIFY, TASK_EXPORT, celery_config
+from dicom_synth.queueconf import TASK_EXPORT, celery_config
 from dicom_synth.settings import get_settings, job_output_dir
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,10 @@ def _private_files(**_: object) -> None:
     keep_files_private(get_settings().data_dir)
 
 
-def enqueue_classify(job_id: str) -> None:
-    app.send_task(TASK_CLASSIFY, args=[job_id])
-
-
-def enqueue_export(job_id: str) -> None:
-    app.send_task(TASK_EXPORT, args=[job_id])
+def post(job: Job | None) -> bool:
+    """Send the message in the job's outbox (`dicom_synth.jobstate.deliver`): False when
+    the broker did not take it now; the outbox relay sends it later."""
+    return deliver(_store(), app.send_task, job)
 
 
 def _store() -> JobStore:
@@ -48,7 +46,8 @@ def _store() -> JobStore:
 
 
 class JobTask(JobTaskHooks, CeleryTask):
-    """Marks the job failed with the reason when the task raises, as the worker's tasks do."""
+    """Marks the job failed with the reason when the task raises, as the worker's tasks do;
+    a job store that cannot write now is retried (JobTaskHooks.retry_options)."""
 
 
 @worker_ready.connect
@@ -58,8 +57,8 @@ def resume_claimed_exports(sender, **kwargs) -> None:  # noqa: ARG001
     resume(_store(), app.send_task, claimed_by=sender.hostname)
 
 
-@app.task(name=TASK_EXPORT, base=JobTask, bind=True)
-def export(self, job_id: str) -> str:
+@app.task(name=TASK_EXPORT, base=JobTask, bind=True, **JobTaskHooks.retry_options)
+def export(self, job_id: str, token: str | None = None) -> str:
     """Send a job's output series to the PACS; a PACS that stays down ends the job
     `failed` with the reason, files kept, so POST /jobs/{id}/resend can try again. A job
     superseded by a fuller one is never sent: it ends `skipped` with the reason."""
@@ -71,8 +70,8 @@ def export(self, job_id: str) -> str:
     job = store.get(job_id)
     if job.status != JobStatus.EXPORTING:
         return str(job.status)
-    job = begin_attempt(store, job_id, TASK_EXPORT, only_from={JobStatus.EXPORTING},
-                        claimed_by=self.request.hostname)
+    job = begin_attempt(store, job_id, TASK_EXPORT, only_from={JobStatus.EXPORTING}, token=token,
+                        message_id=self.request.id, claimed_by=self.request.hostname)
     if job is None:
         return "not started"  # moved on meanwhile, or poison (failed)
     if job.superseded_by:

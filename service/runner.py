@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dicom_synth.filemodes import keep_files_private
 from dicom_synth.settings import get_settings
+from service.sweeper import Housekeeping
 from service.tls import uvicorn_tls_args
 from service.tokens import ensure_admin_token
 
@@ -35,12 +36,13 @@ def start_embedded_broker(data_dir: Path) -> tuple[object, str]:
     return server, f"redis+socket://{server.socket_file}"
 
 
-def fresh_metrics_dir(data_dir: Path) -> Path:
+def fresh_metrics_dir(data_dir: Path, node: str) -> Path:
     """Where this runner and its children keep their Prometheus values (multiprocess mode,
-    merged by the gateway's /metrics), emptied at start: counters begin again at 0."""
+    merged by the gateway's /metrics), emptied at start: counters begin again at 0. One
+    folder per node, so the runners of several nodes on one shared data dir keep theirs."""
     from dicom_synth.metrics import METRICS_SUBDIR
 
-    folder = data_dir / METRICS_SUBDIR / "runner"
+    folder = data_dir / METRICS_SUBDIR / f"runner-{node}"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):
         stale.unlink()
@@ -48,33 +50,21 @@ def fresh_metrics_dir(data_dir: Path) -> Path:
 
 
 def child_commands(settings) -> dict[str, list[str]]:
+    """The children; each worker is named `<kind>@<node_name>` (the jobs it claims say so)."""
     py = sys.executable
+    node = settings.node_name
     celery = [py, "-m", "celery"]
     return {
         "gateway": [py, "-m", "uvicorn", "service.gateway.main:app", "--host", settings.http_host,
                     "--port", str(settings.http_port), "--log-level", "warning", *uvicorn_tls_args(settings)],
         "listener": [py, "-m", "service.listener_main"],
         "classify-worker": [*celery, "-A", "worker.app", "worker", "-Q", "default", "--pool", "solo",
-                            "-n", "classify@%h", "--loglevel", "INFO"],
+                            "-n", f"classify@{node}", "--loglevel", "INFO"],
         "gpu-worker": [*celery, "-A", "worker.app", "worker", "-Q", "gpu", "--pool", "solo",
-                       "-n", "gpu@%h", "--loglevel", "INFO"],
+                       "-n", f"gpu@{node}", "--loglevel", "INFO"],
         "export-worker": [*celery, "-A", "service.queue", "worker", "-Q", "export", "--pool", "threads",
-                          "-c", "4", "-n", "export@%h", "--loglevel", "INFO"],
+                          "-c", "4", "-n", f"export@{node}", "--loglevel", "INFO"],
     }
-
-
-def _requeue_stuck(settings) -> None:
-    """Jobs stuck past their step's deadline go back on their queues; a failing job store
-    or broker is logged and tried again next round, never stopping the runner."""
-    from service.intake import requeue_stuck_jobs
-
-    try:
-        requeued = requeue_stuck_jobs(settings)
-    except Exception:
-        log.exception("requeueing stuck jobs failed; trying again in %.0f s", settings.stuck_check_seconds)
-        return
-    if requeued:
-        log.warning("requeued %d stuck jobs", requeued)
 
 
 def main() -> int:
@@ -83,7 +73,7 @@ def main() -> int:
     keep_files_private(settings.data_dir)  # the children inherit the umask
     env = dict(os.environ)
     env["SYNTH_DATA_DIR"] = str(settings.data_dir.resolve())
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(settings.data_dir.resolve()))
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(settings.data_dir.resolve(), settings.node_name))
     admin = ensure_admin_token(settings)
     if admin is not None:
         env["SYNTH_API_TOKEN"] = admin[0]
@@ -98,14 +88,19 @@ def main() -> int:
 
     from service.intake import requeue_unfinished
 
-    requeued = requeue_unfinished(settings)
+    try:
+        requeued = requeue_unfinished(settings)  # this node's jobs only (several may share the store)
+    except Exception:  # the job store cannot be read now: the sweep and the workers' resume take them up
+        log.exception("requeueing unfinished jobs failed")
+        requeued = 0
     if requeued:
-        log.info("requeued %d unfinished jobs", requeued)
+        log.info("node %s: requeued %d unfinished jobs", settings.node_name, requeued)
 
     from service.children import Supervisor
 
     supervisor = Supervisor(child_commands(settings), env, settings.data_dir.resolve(),
-                            settings.restart_backoff_seconds, settings.restart_backoff_max_seconds)
+                            settings.restart_backoff_seconds, settings.restart_backoff_max_seconds,
+                            node=settings.node_name)
     supervisor.start()
     log.info(
         "serving: HTTP on :%d, DICOM %s on :%d, PACS %s, data in %s",
@@ -130,14 +125,12 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     code = 0
-    next_stuck_check = time.monotonic() + settings.stuck_check_seconds
+    housekeeping = Housekeeping(settings)  # the stuck-job sweep and the outbox relay
     while not stopping:
         # A child that dies is restarted (its jobs resume: dicom_synth.jobstate.resume, and a
         # job whose step keeps killing its worker ends failed there, not here).
         supervisor.poll()
-        if time.monotonic() >= next_stuck_check:
-            next_stuck_check = time.monotonic() + settings.stuck_check_seconds
-            _requeue_stuck(settings)
+        housekeeping.tick()
         time.sleep(0.2)
     supervisor.remove_status()
     children = {name: c.proc for name, c in supervisor.children.items() if c.proc is not None}

@@ -91,6 +91,13 @@ def stage_upload(uploads: Iterable[tuple[str, BinaryIO]], staging: Path,
         raw = _extract_zip(raw[0][1], staging, limits)
         if not raw:
             raise UploadError(400, "the zip holds no files")
+    return check_staged(raw, limits)
+
+
+def check_staged(raw: list[tuple[str, Path]], limits: Limits) -> StagedSeries:
+    """Check that staged files (name, path) are one supported series within the limits;
+    a refusal is an UploadError naming the files and why (an upload's, or a series a
+    PACS sent us)."""
     if len(raw) > limits.max_series_instances:
         raise UploadError(413, f"upload holds {len(raw)} files, more than "
                                f"SYNTH_MAX_SERIES_INSTANCES={limits.max_series_instances}")

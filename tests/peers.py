@@ -94,6 +94,7 @@ class RedisPeer:
     port: int
     workdir: Path
     proc: subprocess.Popen
+    appendonly: bool = False
 
     @property
     def url(self) -> str:
@@ -110,20 +111,34 @@ class RedisPeer:
     def stop(self) -> None:
         _stop(self.proc)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: with appendonly, what it had not fsynced yet is lost."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
-def start_redis(workdir: Path, *, attempts: int = 3, timeout: float = 15.0) -> RedisPeer:
-    """redis-server on a free port; no persistence, data dir in `workdir`."""
+    def restart(self) -> None:
+        """Start it again, on the same port and data dir (after `stop` or `kill`)."""
+        self.proc = start_redis(self.workdir, port=self.port, appendonly=self.appendonly).proc
+
+
+def start_redis(workdir: Path, *, attempts: int = 3, timeout: float = 15.0, port: int | None = None,
+                appendonly: bool = False) -> RedisPeer:
+    """redis-server on a free port (or `port`), data dir in `workdir`; no persistence, or
+    with `appendonly` the append-only file, fsynced every second (the compose set-up)."""
     binary = require_binary("redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "redis.log"
+    chosen = port
     for _ in range(attempts):
-        port = free_port()
+        port = chosen or free_port()
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+            [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
+             "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
              "--dir", str(workdir), "--daemonize", "no", "--logfile", str(log)],
             env=PEER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
-        peer = RedisPeer(port=port, workdir=workdir, proc=proc)
+        peer = RedisPeer(port=port, workdir=workdir, proc=proc, appendonly=appendonly)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if peer.ping():

@@ -157,3 +157,21 @@ def _healthy(stack: ServiceStack) -> bool:
         return httpx.get(stack.url + "/healthz", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def start_node(
+    workdir: Path,
+    node: str,
+    *,
+    data_dir: Path,
+    broker_url: str,
+    database_url: str,
+    pacs: str | None = None,
+    env: dict[str, str] | None = None,
+) -> ServiceStack:
+    """One node of several (issue 14): the whole service as `make run` starts it, its
+    workers named `<kind>@<node>` (SYNTH_NODE_NAME), sharing with the other nodes only the
+    broker, the PostgreSQL job store and the data directory (series store, outputs); its
+    log, ports and processes are its own."""
+    return start_stack(workdir, broker_url=broker_url, pacs=pacs, database_url=database_url,
+                       env={"SYNTH_DATA_DIR": str(data_dir), "SYNTH_NODE_NAME": node, **(env or {})})

@@ -36,12 +36,93 @@ def test_compose_services_and_commands():
     assert services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
 
 
+def _interpolate(value: str, **env: str) -> str:
+    """Compose's `${NAME:?message}` / `${NAME}`, with the values given (as from an .env file)."""
+    return re.sub(r"\$\{(\w+)(?::\?[^}]*)?\}", lambda m: env[m.group(1)], value)
+
+
 def test_compose_environment_is_valid_settings(monkeypatch):
     env = _compose()["x-synth-env"]
+    secrets = {"SYNTH_API_TOKEN": "a" * 64, "POSTGRES_PASSWORD": "0123abcd" * 4}
     for key, value in env.items():
-        monkeypatch.setenv(key, str(value))
+        monkeypatch.setenv(key, _interpolate(str(value), **secrets))
     s = Settings()
     assert s.pacs is not None and s.pacs.ae_title == "ORTHANC" and s.broker_url.startswith("redis://")
+    from sqlalchemy.engine import make_url
+
+    url = make_url(s.jobs_db_url)  # every node's job store: the compose PostgreSQL
+    assert (url.drivername, url.host, url.port, url.database) == ("postgresql+psycopg", "postgres", 5432, "synth")
+    assert url.password == secrets["POSTGRES_PASSWORD"]
+
+
+SCALED = ("listener", "classify-worker", "gpu-worker", "export-worker")
+
+
+def test_compose_scales_workers_and_listeners_on_shared_postgres_redis_and_volume():
+    """`docker compose up --scale gpu-worker=N --scale listener=M` (issue 14): a scaled
+    service has no container name and publishes no host port (two replicas could not
+    both bind it); every synth service waits for PostgreSQL, mounts the one data volume,
+    names its Celery worker and its metrics folder by its container's host name; the
+    listeners are reached through one published port (dicom-lb, HAProxy)."""
+    compose = _compose()
+    services = compose["services"]
+    synth = {n: s for n, s in services.items() if s.get("image", "").startswith("dicom-synth/")}
+    assert set(SCALED) | {"gateway", "sweeper"} <= set(synth)
+    for name in SCALED:
+        svc = services[name]
+        assert "container_name" not in svc and not svc.get("ports"), f"{name} cannot be scaled"
+        assert "%h" in svc["environment"]["PROMETHEUS_MULTIPROC_DIR"], name  # pid 1 in each replica
+    for name, svc in synth.items():
+        assert "synth-data:/data" in svc["volumes"], name
+        assert svc["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+        assert svc["environment"]["SYNTH_DATABASE_URL"].startswith("postgresql+psycopg://"), name
+        command = svc.get("command") or ["celery", "-n", "gpu@%h"]  # gpu-worker: its Dockerfile's CMD
+        if "celery" in command:
+            assert command[command.index("-n") + 1].endswith("@%h"), name  # one Celery name per replica
+    gpu_cmd = (ROOT / "docker/worker-gpu.Dockerfile").read_text()
+    assert '"-n", "gpu@%h"' in gpu_cmd
+    assert "synth-data" in compose["volumes"] and "postgres-data" in compose["volumes"]
+    pg = services["postgres"]
+    assert pg["image"].startswith("postgres:") and "pg_isready" in pg["healthcheck"]["test"]
+    assert pg["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert not pg.get("ports")  # reached over the compose network only
+
+    lb = services["dicom-lb"]
+    assert lb["ports"] == ["127.0.0.1:11112:11112"]
+    source = lb["volumes"][0].split(":")[0]
+    cfg = (ROOT / source).read_text()
+    assert re.search(r"^\s*mode tcp", cfg, re.M) and re.search(r"^\s*bind :11112", cfg, re.M)
+    assert re.search(r"^\s*server-template \w+ \d+ listener:11112 .*resolvers docker", cfg, re.M)
+    orthanc = __import__("json").loads((ROOT / "docker/orthanc/orthanc.json").read_text())
+    assert orthanc["DicomModalities"]["SYNTH"][1:] == ["listener", 11112]  # every replica, by Docker's DNS
+
+
+def test_the_dicom_balancer_config_is_valid_haproxy():
+    import shutil
+    import subprocess
+
+    import pytest
+
+    binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if binary is None:
+        pytest.skip("haproxy is not installed here (apt-get install haproxy) to check docker/haproxy/haproxy.cfg")
+    r = subprocess.run([binary, "-c", "-f", str(ROOT / "docker/haproxy/haproxy.cfg")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_metrics_folder_named_with_percent_h_is_one_per_host(tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR=/data/metrics/listener-%h: each replica (its own host name)
+    counts into its own folder, and the gateway merges them all."""
+    import socket
+    import subprocess
+    import sys
+
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics" / "listener-%h"), "PATH": "/usr/bin:/bin"}
+    code = ("from dicom_synth import metrics; metrics.JOBS_CREATED.labels(origin='dicom').inc(); "
+            "print(metrics.multiprocess_dir())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    folder = tmp_path / "metrics" / f"listener-{socket.gethostname()}"
+    assert out.stdout.strip() == str(folder) and list(folder.glob("counter_*.db"))
 
 
 def test_dockerfiles_copy_existing_paths_and_exclude_torch():
@@ -67,7 +148,7 @@ def test_compose_publishes_ports_on_loopback_and_asks_for_secrets():
     admin token and the demo Orthanc's password have no default."""
     compose = _compose()
     published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
-    assert {"gateway", "listener", "orthanc"} <= set(published)
+    assert {"gateway", "dicom-lb", "orthanc"} <= set(published)
     for name, ports in published.items():
         for port in ports:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond this host"

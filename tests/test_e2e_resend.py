@@ -18,9 +18,10 @@ def _sop_uids(orthanc, series_id: str) -> set[str]:
     return {inst["MainDicomTags"]["SOPInstanceUID"] for inst in orthanc.instances(series_id)}
 
 
-def test_the_same_series_posted_twice_is_stored_once(tmp_path, redis_server, orthanc_factory):
+@pytest.mark.parametrize("job_db_url", ["sqlite", "postgresql"], indirect=True)  # the PACS path on both stores
+def test_the_same_series_posted_twice_is_stored_once(tmp_path, redis_server, orthanc_factory, job_db_url):
     orthanc = orthanc_factory()
-    stack = start_stack(tmp_path / "svc", broker_url=redis_server.url,
+    stack = start_stack(tmp_path / "svc", broker_url=redis_server.url, database_url=job_db_url,
                         pacs=f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
     try:
         files = write_phantom_series(tmp_path / "t1", seed=931, n_slices=3, size=384)  # the DCE model's domain

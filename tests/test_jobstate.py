@@ -103,8 +103,15 @@ def test_fail_ends_an_unfinished_job_and_leaves_a_final_one(store):
 
 
 class _Sent(list):
-    def __call__(self, name, args):
+    """A send_task that records (job_id, task name), and each message's token in `tokens`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens: list[str | None] = []
+
+    def __call__(self, name, args, kwargs=None):
         self.append((args[0], name))
+        self.tokens.append((kwargs or {}).get("token"))
 
 
 @both_backends
@@ -135,6 +142,21 @@ def test_a_worker_resumes_only_the_jobs_it_claimed(store):
     sent = _Sent()
     assert resume(store, sent, claimed_by="gpu@node1") == [("mine", TASK_SYNTHESIZE)]
     assert store.get("mine").status is S.QUEUED and store.get("theirs").status is S.RUNNING
+
+
+@both_backends
+def test_a_nodes_runner_resumes_its_nodes_jobs_and_unclaimed_ones_never_another_nodes(store):
+    """Two nodes share the store: node1's runner, starting, must not requeue what node2's
+    workers are running now (a dead node2's jobs are the stuck sweep's, after their deadline)."""
+    _made(store, "gpu1", S.RUNNING, claimed_by="gpu@node1")
+    _made(store, "export1", S.EXPORTING, claimed_by="export@node1")
+    _made(store, "new", S.RECEIVED)
+    _made(store, "gpu2", S.RUNNING, claimed_by="gpu@node2")
+    _made(store, "gpu10", S.RUNNING, claimed_by="gpu@node10")  # a node name is matched whole
+    sent = _Sent()
+    assert sorted(resume(store, sent, node="node1")) == sorted(
+        [("gpu1", TASK_SYNTHESIZE), ("export1", TASK_EXPORT), ("new", TASK_CLASSIFY)])
+    assert store.get("gpu2").status is S.RUNNING and store.get("gpu10").status is S.RUNNING
 
 
 def test_a_raising_export_ends_the_job_failed_with_the_reason(tmp_path, monkeypatch):

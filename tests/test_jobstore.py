@@ -7,13 +7,16 @@ import sqlite3
 import pytest
 from sqlalchemy import insert
 
-from dicom_synth.database import current_revision
+from dicom_synth.database import current_revision, head_revision
 from dicom_synth.domain import Job, JobStatus
 from dicom_synth.jobstate import IllegalTransition, advance, new_job
 from dicom_synth.jobstore import JobNotFound, JobStore, jobs
 
 both_backends = pytest.mark.parametrize("job_db_url", ["sqlite", "postgresql"], indirect=True)
 S = JobStatus
+
+
+HEAD = head_revision()
 
 
 def _job(job_id="j1"):
@@ -34,7 +37,27 @@ def test_create_get_update_list(job_store_url):
     assert [j.job_id for j in store.recent()] == ["b", "a"]
     assert [j.job_id for j in store.recent(status=S.SKIPPED)] == ["a"]
     assert [j.job_id for j in store.unfinished()] == ["b"]
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == HEAD
+
+
+@both_backends
+def test_the_queries_that_differ_by_dialect(job_store_url):
+    """counts() reads the task out of the JSON body (json_extract on SQLite, a JSON cast on
+    PostgreSQL); of_source_series() searches the body for a UID, which holds LIKE's own
+    wildcards (`_` here) that must match only themselves; ended_before() by time."""
+    import time
+
+    store = JobStore(job_store_url)
+    for job_id, series in (("a", "1.2_3"), ("b", "1.2_3"), ("c", "1.2x3"), ("d", "1.2%3")):
+        store.create(new_job(job_id=job_id, source_series_uid=series, study_instance_uid="1.2", origin="dicom"))
+    advance(store, "a", S.CLASSIFIED)
+    advance(store, "a", S.QUEUED, task="dce_phase1")
+    advance(store, "b", S.FAILED, error="x")
+    assert store.counts() == {("queued", "dce_phase1"): 1, ("failed", ""): 1, ("received", ""): 2}
+    assert sorted(j.job_id for j in store.of_source_series("1.2_3")) == ["a", "b"]
+    assert [j.job_id for j in store.of_source_series("1.2%3")] == ["d"]
+    assert [j.job_id for j in store.ended_before(time.time() + 1)] == ["b"]
+    assert store.ended_before(store.get("b").updated_at) == []
 
 
 @both_backends
@@ -153,7 +176,7 @@ def test_a_data_dir_from_before_alembic_is_adopted(tmp_path):
         conn.execute("INSERT INTO jobs VALUES ('kept', 'done', 1.0, 1.0, ?)", (json.dumps(body),))
     store = JobStore(db)
     assert store.get("kept").status is S.DONE
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == HEAD
     with sqlite3.connect(db) as conn:
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"jobs_created", "jobs_status"} <= indexes
@@ -171,5 +194,5 @@ def test_db_upgrade_command(job_store_url, monkeypatch, capsys):
         assert main(["db", "upgrade"]) == 0
     finally:
         get_settings.cache_clear()
-    assert capsys.readouterr().out.strip().endswith("revision 0002")
+    assert capsys.readouterr().out.strip().endswith(f"revision {HEAD}")
     assert JobStore(job_store_url).recent() == []

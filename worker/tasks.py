@@ -1,6 +1,9 @@
-"""Celery tasks of the worker. Arguments are job IDs, never arrays; every task is
-idempotent (a late-acked task can run twice): it checks the job's state first and
-writes outputs whose UIDs derive from the job ID."""
+"""Celery tasks of the worker. Arguments are job IDs (and the outbox token of the
+message), never arrays; every task is idempotent (a late-acked task can run twice): it
+checks the job's state and the message's token first and writes outputs whose UIDs
+derive from the job ID. Each next step's message is written with the state change that
+needs it (`advance(..., send=...)`) and sent after (`deliver`): a broker that is down
+then does not fail the job, the outbox relay sends it later."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from celery.signals import worker_ready
 
 from dicom_synth.domain import JobStatus
 from dicom_synth.domainguard import guard
-from dicom_synth.jobstate import JobTaskHooks, advance, begin_attempt, resume
+from dicom_synth.jobstate import JobTaskHooks, advance, begin_attempt, deliver, resume
 from dicom_synth.jobstore import JobStore
 from dicom_synth.multicontrast import Synthesizer, load_synthesis_model
 from dicom_synth.pipeline import decide, synthesize_series, write_outputs
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 def _model(task: str) -> tuple[ModelCard, Synthesizer]:
     """Loaded lazily, once per worker process, on the first job that needs it."""
     card = load_card(task, get_settings().models_dir)
-    return card, load_synthesis_model(card)
+    return card, load_synthesis_model(card, threads=get_settings().onnx_threads)
 
 
 def _store() -> JobStore:
@@ -43,7 +46,8 @@ def _input_files(job_id: str) -> list:
 
 
 class JobTask(JobTaskHooks, CeleryTask):
-    """Marks the job failed with the reason when a task raises, so none is left hanging."""
+    """Marks the job failed with the reason when a task raises, so none is left hanging;
+    a job store that cannot write now is retried (JobTaskHooks.retry_options)."""
 
 
 @worker_ready.connect
@@ -54,14 +58,14 @@ def resume_claimed_jobs(sender, **kwargs) -> None:  # noqa: ARG001
     resume(_store(), app.send_task, claimed_by=sender.hostname)
 
 
-@app.task(name=TASK_CLASSIFY, base=JobTask, bind=True)
-def classify(self, job_id: str) -> str:
+@app.task(name=TASK_CLASSIFY, base=JobTask, bind=True, **JobTaskHooks.retry_options)
+def classify(self, job_id: str, token: str | None = None) -> str:
     store = _store()
     job = store.get(job_id)
     if job.status not in (JobStatus.RECEIVED, JobStatus.CLASSIFIED):
         return str(job.status)
     if begin_attempt(store, job_id, TASK_CLASSIFY, only_from={JobStatus.RECEIVED, JobStatus.CLASSIFIED},
-                     claimed_by=self.request.hostname) is None:
+                     token=token, message_id=self.request.id, claimed_by=self.request.hostname) is None:
         return "not started"  # moved on meanwhile, or poison (failed)
     loaded = load_series(_input_files(job_id), pixels=True)
     decision = decide(loaded, job.requested_task, job.source_contrast)  # loop guard and task fit first
@@ -77,14 +81,16 @@ def classify(self, job_id: str) -> str:
         advance(store, job_id, JobStatus.SKIPPED, only_from={JobStatus.CLASSIFIED}, error=decision.reason,
                 progress=1.0)
         return "skipped"
-    if advance(store, job_id, JobStatus.QUEUED, only_from={JobStatus.CLASSIFIED}, task=decision.task) is None:
+    queued = advance(store, job_id, JobStatus.QUEUED, only_from={JobStatus.CLASSIFIED}, task=decision.task,
+                     send=TASK_SYNTHESIZE)
+    if queued is None:
         return "duplicate"
-    app.send_task(TASK_SYNTHESIZE, args=[job_id])
+    deliver(store, app.send_task, queued)
     return "queued"
 
 
-@app.task(name=TASK_SYNTHESIZE, base=JobTask, bind=True)
-def synthesize(self, job_id: str) -> str:
+@app.task(name=TASK_SYNTHESIZE, base=JobTask, bind=True, **JobTaskHooks.retry_options)
+def synthesize(self, job_id: str, token: str | None = None) -> str:
     settings = get_settings()
     store = _store()
     job = store.get(job_id)
@@ -92,7 +98,8 @@ def synthesize(self, job_id: str) -> str:
         return str(job.status)
     assert job.task is not None
     running = begin_attempt(store, job_id, TASK_SYNTHESIZE, only_from={JobStatus.QUEUED, JobStatus.RUNNING},
-                            to=JobStatus.RUNNING, progress=0.0, claimed_by=self.request.hostname)
+                            to=JobStatus.RUNNING, progress=0.0, token=token, message_id=self.request.id,
+                            claimed_by=self.request.hostname)
     if running is None:
         return "not started"  # a duplicate, or poison (failed)
     card, model = _model(job.task)
@@ -122,8 +129,9 @@ def synthesize(self, job_id: str) -> str:
         advance(store, job_id, JobStatus.DONE, only_from={JobStatus.RUNNING}, progress=1.0,
                 output_series_uids=uids)
         return "done"
-    if advance(store, job_id, JobStatus.EXPORTING, only_from={JobStatus.RUNNING}, progress=0.9,
-               output_series_uids=uids) is None:
+    exporting = advance(store, job_id, JobStatus.EXPORTING, only_from={JobStatus.RUNNING}, progress=0.9,
+                        output_series_uids=uids, send=TASK_EXPORT)
+    if exporting is None:
         return "duplicate"
-    app.send_task(TASK_EXPORT, args=[job_id])
+    deliver(store, app.send_task, exporting)
     return "exporting"

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -48,69 +49,109 @@ def related_boundary(content_type: str, part_type: str = "application/dicom") ->
     return boundary
 
 
+class PartsWriter:
+    """python-multipart's parser writing each part to its own file in `staging`: feed it
+    the body with `write`, then `finish` (and `close` in any case). Past `max_bytes` of
+    part data or `max_parts` parts it raises MultipartError 413; a malformed body, 400."""
+
+    def __init__(self, boundary: bytes, staging: Path, *, max_bytes: int, max_parts: int) -> None:
+        self.parts: list[Part] = []
+        self._field = self._value = b""
+        self._headers: dict[str, str] = {}
+        self._out: BinaryIO | None = None
+        self._total = 0
+        self._ended = False
+        self._staging, self._max_bytes, self._max_parts = staging, max_bytes, max_parts
+        self._parser = MultipartParser(boundary, {
+            "on_part_begin": self._begin, "on_header_field": self._header_field,
+            "on_header_value": self._header_value, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished, "on_part_data": self._data,
+            "on_part_end": self._part_end, "on_end": self._end,
+        })
+
+    def _begin(self) -> None:
+        self._headers = {}
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._field.decode("latin-1").strip().lower()] = self._value.decode("latin-1").strip()
+        self._field = self._value = b""
+
+    def _headers_finished(self) -> None:
+        if len(self.parts) >= self._max_parts:
+            raise MultipartError(413, f"more than SYNTH_MAX_SERIES_INSTANCES={self._max_parts} parts")
+        path = self._staging / f"part-{len(self.parts):05d}-{uuid.uuid4().hex[:8]}"
+        self.parts.append(Part(path, self._headers.get("content-type", ""), self._headers))
+        self._out = open(path, "wb")
+
+    def _data(self, chunk: bytes, start: int, end: int) -> None:
+        self._total += end - start
+        if self._total > self._max_bytes:
+            raise MultipartError(413, f"upload larger than SYNTH_MAX_UPLOAD_BYTES={self._max_bytes}")
+        assert self._out is not None
+        self._out.write(chunk[start:end])
+        self.parts[-1].size += end - start
+
+    def _part_end(self) -> None:
+        self.close()
+
+    def _end(self) -> None:
+        self._ended = True
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            if chunk:
+                self._parser.write(chunk)
+        except MultipartError:
+            raise
+        except Exception as exc:  # python-multipart's MultipartParseError and friends
+            raise MultipartError(400, f"malformed multipart body: {exc}") from exc
+
+    def finish(self) -> list[Part]:
+        """The parts, once the whole body was written."""
+        try:
+            self._parser.finalize()
+        except Exception as exc:
+            raise MultipartError(400, f"malformed multipart body: {exc}") from exc
+        if not self._ended:
+            raise MultipartError(400, "malformed multipart body: no closing boundary")
+        if not self.parts:
+            raise MultipartError(400, "the multipart body holds no parts")
+        return self.parts
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
 async def read_parts(body: AsyncIterator[bytes], boundary: bytes, staging: Path, *,
                      max_bytes: int, max_parts: int) -> list[Part]:
     """Write every part of the body to a file in `staging` (which the caller removes)."""
-    parts: list[Part] = []
-    state: dict = {"field": b"", "value": b"", "headers": {}, "out": None, "total": 0, "ended": False}
-
-    def begin() -> None:
-        state["headers"] = {}
-
-    def header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
-
-    def header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def header_end() -> None:
-        state["headers"][state["field"].decode("latin-1").strip().lower()] = state["value"].decode("latin-1").strip()
-        state["field"] = state["value"] = b""
-
-    def headers_finished() -> None:
-        if len(parts) >= max_parts:
-            raise MultipartError(413, f"more than SYNTH_MAX_SERIES_INSTANCES={max_parts} parts")
-        path = staging / f"part-{len(parts):05d}-{uuid.uuid4().hex[:8]}"
-        headers = state["headers"]
-        parts.append(Part(path, headers.get("content-type", ""), headers))
-        state["out"] = open(path, "wb")
-
-    def data(chunk: bytes, start: int, end: int) -> None:
-        state["total"] += end - start
-        if state["total"] > max_bytes:
-            raise MultipartError(413, f"upload larger than SYNTH_MAX_UPLOAD_BYTES={max_bytes}")
-        state["out"].write(chunk[start:end])
-        parts[-1].size += end - start
-
-    def part_end() -> None:
-        state["out"].close()
-        state["out"] = None
-
-    def end() -> None:
-        state["ended"] = True
-
-    parser = MultipartParser(boundary, {
-        "on_part_begin": begin, "on_header_field": header_field, "on_header_value": header_value,
-        "on_header_end": header_end, "on_headers_finished": headers_finished, "on_part_data": data,
-        "on_part_end": part_end, "on_end": end,
-    })
+    writer = PartsWriter(boundary, staging, max_bytes=max_bytes, max_parts=max_parts)
     try:
         async for chunk in body:
-            if chunk:
-                parser.write(chunk)
-        parser.finalize()
-    except MultipartError:
-        raise
-    except Exception as exc:  # python-multipart's MultipartParseError and friends
-        raise MultipartError(400, f"malformed multipart body: {exc}") from exc
+            writer.write(chunk)
+        return writer.finish()
     finally:
-        if state["out"] is not None:
-            state["out"].close()
-    if not state["ended"]:
-        raise MultipartError(400, "malformed multipart body: no closing boundary")
-    if not parts:
-        raise MultipartError(400, "the multipart body holds no parts")
-    return parts
+        writer.close()
+
+
+def read_parts_from(body: Iterable[bytes], boundary: bytes, staging: Path, *,
+                    max_bytes: int, max_parts: int) -> list[Part]:
+    """`read_parts` of a body read synchronously (e.g. a WADO-RS response)."""
+    writer = PartsWriter(boundary, staging, max_bytes=max_bytes, max_parts=max_parts)
+    try:
+        for chunk in body:
+            writer.write(chunk)
+        return writer.finish()
+    finally:
+        writer.close()
 
 
 def related_body(parts: Iterable[bytes | Path], part_type: str, boundary: str | None = None

@@ -14,8 +14,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicom_synth.audit import AuditTrail
 from service.gateway.auth import settings_of
 
-AUDITED_PREFIXES = ("/synthesize", "/jobs", "/dicomweb", "/audit")
-"""Routes on patient data (jobs, results, DICOMweb) and on the trail itself."""
+AUDITED_PREFIXES = ("/synthesize", "/jobs", "/dicomweb", "/audit", "/", "/dashboard/jobs")
+"""Routes on patient data (jobs, results, DICOMweb) and on the trail itself; the dashboard's
+job list (`/`, exactly) and job pages, downloads and actions. Not its polling fragments
+and preview images (/dashboard/live, /dashboard/previews): they repeat what the audited
+page showed, every second."""
 _BODY_PEEK = 4096  # enough for the job ID in POST /synthesize's answer
 
 

@@ -3,6 +3,13 @@ those to OPEN_PATHS before any of its body is read: no or an unknown token answe
 Each route then names the scope it needs with `requires(scope)` (403 without it);
 tests/test_auth.py checks that every route does.
 
+A browser cannot send a bearer header when it navigates: the dashboard's login form
+(service.gateway.routes.dashboard) takes a token and keeps it in an HttpOnly,
+SameSite=Strict cookie (SESSION_COOKIE), which is accepted instead of the header on the
+dashboard's pages, their fragments and images, and the API docs (`takes_cookie`), never on
+the JSON API. A page asked for without a valid credential redirects to the login form.
+Stylesheets and scripts under /static/ hold no data and are served to anyone.
+
 Tokens are those of service.tokens (SYNTH_API_TOKEN, SYNTH_API_TOKENS_FILE) and, when
 SYNTH_OIDC_ISSUER is set, JWTs of that issuer (service.gateway.oidc). SYNTH_AUTH=off
 lets every request through with every scope.
@@ -11,10 +18,12 @@ lets every request through with every scope.
 from __future__ import annotations
 
 import logging
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.params import Depends as DependsParam
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicom_synth.settings import Settings, get_settings
@@ -22,13 +31,52 @@ from service.tokens import ANONYMOUS, SCOPES, Principal, TokenBook, TokenFileErr
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/healthz"})
+LOGIN_PATH = "/dashboard/login"
+OPEN_PATHS = frozenset({"/healthz", LOGIN_PATH})
+OPEN_PREFIX = "/static/"
+SESSION_COOKIE = "synth_session"
+COOKIE_PATHS = frozenset({"/", "/docs", "/redoc", "/openapi.json"})
+COOKIE_PREFIX = "/dashboard/"
 METRICS_PATH = "/metrics"
 """Open too when SYNTH_METRICS_PUBLIC is true (a Prometheus on a trusted network)."""
 
 
 def is_open(path: str, settings: Settings) -> bool:
-    return path in OPEN_PATHS or (path == METRICS_PATH and settings.metrics_public)
+    return (path in OPEN_PATHS or path.startswith(OPEN_PREFIX)
+            or (path == METRICS_PATH and settings.metrics_public))
+
+
+def takes_cookie(path: str) -> bool:
+    """Whether the session cookie stands for a bearer token on `path` (the dashboard, the docs)."""
+    return path in COOKIE_PATHS or path.startswith(COOKIE_PREFIX)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def session_cookie(scope: Scope) -> str | None:
+    raw = _header(scope, b"cookie")
+    if not raw:
+        return None
+    try:
+        morsel = SimpleCookie(raw).get(SESSION_COOKIE)
+    except CookieError:
+        return None
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+def _wants_page(scope: Scope) -> bool:
+    """A browser navigating (GET, asking for HTML): it is sent to the login form."""
+    return scope["method"] == "GET" and "text/html" in (_header(scope, b"accept") or "")
+
+
+def _to_login(scope: Scope) -> RedirectResponse:
+    here = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
+    return RedirectResponse(f"{LOGIN_PATH}?next={quote(here, safe='')}", status_code=303)
 
 
 def settings_of(scope: Scope) -> Settings:
@@ -47,11 +95,11 @@ def authenticate(settings: Settings, token: str) -> Principal | None:
 
 
 def _bearer(scope: Scope) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == b"authorization":
-            kind, _, token = value.decode("latin-1").strip().partition(" ")
-            return token.strip() if kind.lower() == "bearer" and token.strip() else None
-    return None
+    value = _header(scope, b"authorization")
+    if value is None:
+        return None
+    kind, _, token = value.strip().partition(" ")
+    return token.strip() if kind.lower() == "bearer" and token.strip() else None
 
 
 def _unauthorized(detail: str, error: str | None) -> JSONResponse:
@@ -69,8 +117,14 @@ class BearerAuth:
             return
         settings = settings_of(scope)
         principal: Principal | None = ANONYMOUS
+        session = None
         if settings.auth != "off" and not is_open(scope["path"], settings):
             token = _bearer(scope)
+            if token is None and _header(scope, b"authorization") is None and takes_cookie(scope["path"]):
+                token = session = session_cookie(scope)
+            if token is None and takes_cookie(scope["path"]) and _wants_page(scope):
+                await _to_login(scope)(scope, receive, send)
+                return
             if token is None:
                 await _unauthorized("a bearer token is required (Authorization: Bearer <token>)", None)(
                     scope, receive, send)
@@ -82,10 +136,14 @@ class BearerAuth:
                 await JSONResponse({"detail": "the tokens file is invalid; see the gateway log"},
                                    status_code=500)(scope, receive, send)
                 return
+            if principal is None and session is not None and _wants_page(scope):
+                await _to_login(scope)(scope, receive, send)  # a session whose token was revoked
+                return
             if principal is None:
                 await _unauthorized("the bearer token is not valid", "invalid_token")(scope, receive, send)
                 return
         scope.setdefault("state", {})["principal"] = principal
+        scope["state"]["session"] = session  # the cookie's token when it authenticated the request
         await self.app(scope, receive, send)
 
 

@@ -7,14 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from dicom_synth import __version__
 from dicom_synth.filemodes import keep_files_private
 from dicom_synth.settings import get_settings
+from service.dashboard import STATIC_DIR
 from service.gateway.audit_calls import AuditCalls
 from service.gateway.auth import BearerAuth
 from service.gateway.body_limit import UploadSizeLimit
-from service.gateway.routes import audit, dicomweb, health, jobs, metrics, synthesize
+from service.gateway.docs import install_docs
+from service.gateway.routes import audit, dashboard, dicomweb, health, jobs, metrics, synthesize
 from service.retention import PurgeLoop
 from service.uploads import clean_staging
 
@@ -46,6 +49,8 @@ def create_app() -> FastAPI:
         version=__version__,
         description="Synthesizes the series a study lacks and returns them as clearly synthetic series.",
         lifespan=_lifespan,
+        docs_url=None,  # served by install_docs with local assets, no CDN
+        redoc_url=None,
     )
     app.add_middleware(UploadSizeLimit)
     app.add_middleware(BearerAuth)  # a request without a token is answered before its body is read
@@ -56,6 +61,9 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(audit.router)
     app.include_router(dicomweb.router)
+    app.include_router(dashboard.router)
+    app.mount("/static/dashboard", StaticFiles(directory=STATIC_DIR), name="dashboard-assets")
+    install_docs(app)
     return app
 
 

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, StreamingResponse
 
 from dicom_synth.diskspace import low_disk_reason
+from dicom_synth.jobstore import write_problem
 from service.dicomweb import index, qido, stow, wado
 from service.dicomweb.multipart import MultipartError, read_parts, related_body, related_boundary
 from service.gateway.auth import requires
@@ -37,7 +38,7 @@ async def _stow(request: Request, settings, study: str | None) -> Response:
         boundary = related_boundary(request.headers.get("content-type", ""))
     except MultipartError as exc:
         raise HTTPException(exc.status_code, exc.reason) from exc
-    low = low_disk_reason(settings.data_dir, settings.min_free_gb)
+    low = low_disk_reason(settings.data_dir, settings.min_free_gb) or write_problem(settings.jobs_db_url)
     if low is not None:  # as POST /synthesize: refused before a byte is staged
         raise HTTPException(507, f"not accepting instances: {low}")
     staging = new_staging_dir(settings.data_dir)
