@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEB_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql chromium chromium-driver
+DEB_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql chromium chromium-driver haproxy
 # Commands that prove each Debian package is there (postgresql: its server programs are
 # under /usr/lib/postgresql/<major>/bin; pg_ctlcluster comes with them).
-DEB_COMMANDS := redis-server Orthanc storescu findscu echoscu dciodvfy pg_ctlcluster chromium chromedriver
+DEB_COMMANDS := redis-server Orthanc storescu findscu echoscu dciodvfy pg_ctlcluster chromium chromedriver haproxy
 
 .PHONY: run test install install-dev system-deps models lint typecheck bench clean
 
@@ -55,6 +55,7 @@ bench: $(VENV)/.dev system-deps
 	$(PY) bench/bench_listener.py
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_pseudo_mri.py
+	$(PY) bench/bench_scale.py --repeat 3 --capacity
 
 clean:
 	rm -rf var .pytest_cache

@@ -94,7 +94,7 @@ def check_models(settings: Settings) -> Check:
 
 def check_processes(settings: Settings) -> Check | None:
     """The runner's children (None when no runner runs them, e.g. one container each)."""
-    status = read_status(settings.data_dir.resolve())
+    status = read_status(settings.data_dir.resolve(), settings.node_name)
     if status is None:
         return None
     children = status["children"]

@@ -105,7 +105,7 @@ def test_the_dicom_balancer_config_is_valid_haproxy():
 
     binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
     if binary is None:
-        pytest.skip("haproxy is not installed here (apt-get install haproxy) to check docker/haproxy/haproxy.cfg")
+        pytest.fail("haproxy is not installed here (make system-deps installs it) to check docker/haproxy/haproxy.cfg")
     r = subprocess.run([binary, "-c", "-f", str(ROOT / "docker/haproxy/haproxy.cfg")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
