@@ -14,7 +14,8 @@ from pathlib import Path
 from models.common.retrain import NotEnoughData, serve_hint
 
 # task: the family module with `retrain(export_dir, out_dir, config, run_dir)` and `CONFIGS`
-RETRAINERS = {"dce_phase1": ("models.dce.retrain", "models.dce.train")}
+RETRAINERS = {"dce_phase1": ("models.dce.retrain", "models.dce.train"),
+              "brain_contrasts": ("models.brain.retrain", "models.brain.train")}
 
 
 def main(argv: list[str] | None = None) -> int:

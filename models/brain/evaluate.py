@@ -52,14 +52,19 @@ class HistogramMatch:
         return np.where(mask, out, 0.0).astype(np.float32)
 
 
-def fit_histmatch(n_subjects: int = 6, n_slices: int = 12, size: int = 128) -> HistogramMatch:
-    """Reference histograms from training subjects (never test ones)."""
+def histmatch_from(studies: Iterable[dict[str, np.ndarray]]) -> HistogramMatch:
+    """Reference histograms of the head voxels of training studies ({contrast: volume})."""
     vals: dict[str, list[np.ndarray]] = {c: [] for c in CONTRASTS}
-    for seed in split_seeds("train", n_subjects):
-        s = generate_subject(seed, n_slices=n_slices, size=size)
+    for images in studies:
         for c in CONTRASTS:
-            vals[c].append(unit_slices(s.images[c])[body_mask(s.images[c])])
+            vals[c].append(unit_slices(images[c])[body_mask(images[c])])
     return HistogramMatch({c: np.percentile(np.concatenate(v), QUANTILES) for c, v in vals.items()})
+
+
+def fit_histmatch(n_subjects: int = 6, n_slices: int = 12, size: int = 128) -> HistogramMatch:
+    """Reference histograms from phantom training subjects (never test ones)."""
+    return histmatch_from(generate_subject(seed, n_slices=n_slices, size=size).images
+                          for seed in split_seeds("train", n_subjects))
 
 
 def phantom_cases(n: int, n_slices: int = 16, size: int = 128) -> Iterable[dict]:
@@ -83,7 +88,8 @@ def evaluate(cases: Iterable[dict], model, histmatch: HistogramMatch, panels_dir
         ids.append(case["id"])
         imgs01 = {c: unit_slices(v) for c, v in case["images"].items()}
         focus = case.get("focus")
-        k = int(np.argmax(focus)) if focus is not None and np.max(focus) > 0 else len(focus) // 2
+        k = int(np.argmax(focus)) if focus is not None and np.max(focus) > 0 else \
+            len(case["images"][CONTRASTS[0]]) // 2
         rows = []
         for src in CONTRASTS:
             x = case["images"][src]
