@@ -6,27 +6,16 @@ var/test-artefacts/fault-table.jsonl)."""
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
 from pydicom import dcmread
 
-from tests.peers import OrthancPeer
+from tests.peers import OrthancPeer, wait_until  # noqa: F401 (the fault tests import it from here)
 from tests.stack import ServiceStack
 
 FINAL = ("done", "failed", "skipped")
 TABLE = Path(__file__).resolve().parents[1] / "var" / "test-artefacts" / "fault-table.jsonl"
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def all_final(stack: ServiceStack, expected: int, timeout: float = 300) -> list[dict]:

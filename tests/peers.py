@@ -78,6 +78,18 @@ def _tail(path: Path, n: int = 2000) -> str:
         return ""
 
 
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll `predicate()` until it returns something truthy and return that; AssertionError
+    naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection((LOOPBACK, port), timeout=0.5):
@@ -221,13 +233,10 @@ class OrthancPeer:
 
     def wait_for(self, predicate, *, timeout: float = 60.0, interval: float = 0.1) -> Any:
         """Poll `predicate()` until it returns something truthy; raise with the log tail."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        raise PeerError(f"condition not met within {timeout} s; Orthanc log: {_tail(self.log)}")
+        try:
+            return wait_until(predicate, timeout, "a condition on Orthanc", interval)
+        except AssertionError:
+            raise PeerError(f"condition not met within {timeout} s; Orthanc log: {_tail(self.log)}") from None
 
     def stop(self, graceful: bool = False) -> None:
         """Killed by default: its storage is throwaway, and a clean stop takes ~3 s."""
