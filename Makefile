@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEB_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql chromium chromium-driver haproxy
+DEB_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql chromium chromium-driver haproxy npm
 # Commands that prove each Debian package is there (postgresql: its server programs are
 # under /usr/lib/postgresql/<major>/bin; pg_ctlcluster comes with them).
-DEB_COMMANDS := redis-server Orthanc storescu findscu echoscu dciodvfy pg_ctlcluster chromium chromedriver haproxy
+DEB_COMMANDS := redis-server Orthanc storescu findscu echoscu dciodvfy pg_ctlcluster chromium chromedriver haproxy npm
 
-.PHONY: run test install install-dev system-deps models lint typecheck bench clean
+.PHONY: run test install install-dev system-deps models lint typecheck bench clean viewer viewer-fetch
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ models: $(VENV)/.runtime
 
 ## Serve the demo: HTTP :8000, DICOM AE SYNTH :11112, worker, embedded broker. Ctrl-C stops.
 run: $(VENV)/.runtime models
+	$(PY) -m service.runner
+
+## The OHIF viewer (npm @ohif/app, pinned; fetched once into $(SYNTH_DATA_DIR)/viewer, default
+## var/viewer, needs npm) served by the gateway at http://localhost:8000/viewer/ against its own
+## DICOMweb, with the whole service as `make run`. Log in with the admin token (var/api-token).
+viewer-fetch: $(VENV)/.runtime
+	$(PY) -m service.viewer.fetch
+
+viewer: viewer-fetch models
+	@echo "OHIF viewer: http://localhost:$${SYNTH_HTTP_PORT:-8000}/viewer/ (log in with a read token)"
 	$(PY) -m service.runner
 
 system-deps:

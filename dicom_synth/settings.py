@@ -4,6 +4,7 @@ config file named by SYNTH_CONFIG (KEY=VALUE lines, dotenv syntax)."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -59,6 +60,14 @@ class Settings(BaseSettings):
     )
     metrics_public: bool = Field(
         False, description="true: GET /metrics answers without a token (a Prometheus on a trusted network)"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins (scheme://host:port) whose pages may call the "
+        "API with a bearer token, e.g. an OHIF viewer served elsewhere; unset = none (same origin only)"
+    )
+    viewer_dir: Path | None = Field(
+        None, description="where the OHIF viewer is fetched to (python -m service.viewer.fetch) and served "
+        "from at /viewer/; unset = <data_dir>/viewer"
     )
     # TLS (issue 17): see service/tls.py. Certificates and keys are PEM files.
     http_tls_certificate: Path | None = Field(None, description="gateway HTTPS certificate (chain); unset = HTTP")
@@ -215,6 +224,16 @@ class Settings(BaseSettings):
             AllowedCaller.parse(str(entry))  # AE or AE@host-or-cidr; a typo stops the start
         return v
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
+        for origin in v if isinstance(v, list) else []:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", str(origin)):
+                raise ValueError(f"CORS origin {origin!r}: expected scheme://host[:port] (no path) or *")
+        return v
+
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, v: str) -> str:
@@ -234,6 +253,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def viewer_root(self) -> Path:
+        return self.viewer_dir or self.data_dir / "viewer"
 
     @property
     def jobs_db_url(self) -> str:

@@ -7,7 +7,10 @@ A browser cannot send a bearer header when it navigates: the dashboard's login f
 (service.gateway.routes.dashboard) takes a token and keeps it in an HttpOnly,
 SameSite=Strict cookie (SESSION_COOKIE), which is accepted instead of the header on the
 dashboard's pages, their fragments and images, and the API docs (`takes_cookie`), never on
-the JSON API. A page asked for without a valid credential redirects to the login form.
+the JSON API but for the OHIF viewer (/viewer/), whose page reads DICOMweb on this origin:
+the cookie is taken for GET and HEAD under /dicomweb/ (reads; the `read` scope is still
+checked; SameSite=Strict keeps other sites' pages from sending it, and CORS never allows
+credentials). A page asked for without a valid credential redirects to the login form.
 Stylesheets and scripts under /static/ hold no data and are served to anyone.
 
 Tokens are those of service.tokens (SYNTH_API_TOKEN, SYNTH_API_TOKENS_FILE) and, when
@@ -37,6 +40,8 @@ OPEN_PREFIX = "/static/"
 SESSION_COOKIE = "synth_session"
 COOKIE_PATHS = frozenset({"/", "/docs", "/redoc", "/openapi.json"})
 COOKIE_PREFIX = "/dashboard/"
+VIEWER_PATH = "/viewer"
+READ_COOKIE_PREFIX = "/dicomweb/"  # GET and HEAD only: what the viewer's page reads
 METRICS_PATH = "/metrics"
 """Open too when SYNTH_METRICS_PUBLIC is true (a Prometheus on a trusted network)."""
 
@@ -46,9 +51,12 @@ def is_open(path: str, settings: Settings) -> bool:
             or (path == METRICS_PATH and settings.metrics_public))
 
 
-def takes_cookie(path: str) -> bool:
-    """Whether the session cookie stands for a bearer token on `path` (the dashboard, the docs)."""
-    return path in COOKIE_PATHS or path.startswith(COOKIE_PREFIX)
+def takes_cookie(path: str, method: str = "GET") -> bool:
+    """Whether the session cookie stands for a bearer token on `path` (the dashboard, the docs,
+    the viewer, and DICOMweb's reads)."""
+    return (path in COOKIE_PATHS or path.startswith(COOKIE_PREFIX) or path == VIEWER_PATH
+            or path.startswith(VIEWER_PATH + "/")
+            or (path.startswith(READ_COOKIE_PREFIX) and method in ("GET", "HEAD")))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -120,9 +128,10 @@ class BearerAuth:
         session = None
         if settings.auth != "off" and not is_open(scope["path"], settings):
             token = _bearer(scope)
-            if token is None and _header(scope, b"authorization") is None and takes_cookie(scope["path"]):
+            cookie_here = takes_cookie(scope["path"], scope["method"])
+            if token is None and _header(scope, b"authorization") is None and cookie_here:
                 token = session = session_cookie(scope)
-            if token is None and takes_cookie(scope["path"]) and _wants_page(scope):
+            if token is None and cookie_here and _wants_page(scope):
                 await _to_login(scope)(scope, receive, send)
                 return
             if token is None:

@@ -16,8 +16,9 @@ from service.dashboard import STATIC_DIR
 from service.gateway.audit_calls import AuditCalls
 from service.gateway.auth import BearerAuth
 from service.gateway.body_limit import UploadSizeLimit
+from service.gateway.cors import Cors
 from service.gateway.docs import install_docs
-from service.gateway.routes import audit, dashboard, dicomweb, health, jobs, metrics, synthesize
+from service.gateway.routes import audit, dashboard, dicomweb, health, jobs, metrics, synthesize, viewer
 from service.retention import PurgeLoop
 from service.uploads import clean_staging
 
@@ -54,6 +55,7 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(UploadSizeLimit)
     app.add_middleware(BearerAuth)  # a request without a token is answered before its body is read
+    app.add_middleware(Cors)  # SYNTH_CORS_ORIGINS: a preflight is answered before BearerAuth asks a token
     app.add_middleware(AuditCalls)  # outermost: calls on patient data are audited, refused ones too
     app.include_router(synthesize.router)
     app.include_router(jobs.router)
@@ -62,6 +64,7 @@ def create_app() -> FastAPI:
     app.include_router(audit.router)
     app.include_router(dicomweb.router)
     app.include_router(dashboard.router)
+    app.include_router(viewer.router)
     app.mount("/static/dashboard", StaticFiles(directory=STATIC_DIR), name="dashboard-assets")
     install_docs(app)
     return app
