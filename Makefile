@@ -4,10 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEB_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql chromium chromium-driver haproxy npm
-# Commands that prove each Debian package is there (postgresql: its server programs are
-# under /usr/lib/postgresql/<major>/bin; pg_ctlcluster comes with them).
-DEB_COMMANDS := redis-server Orthanc storescu findscu echoscu dciodvfy pg_ctlcluster chromium chromedriver haproxy npm
+# Each Debian package with the command (or file) that proves it is there; only the missing
+# ones are installed (npm: a machine whose Node.js package already ships npm keeps it, since
+# Debian's npm would conflict with it). postgresql: its server programs are under
+# /usr/lib/postgresql/<major>/bin; pg_ctlcluster comes with them.
+DEB_NEEDS := redis-server:redis-server orthanc:Orthanc \
+  orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so dcmtk:storescu dicom3tools:dciodvfy \
+  postgresql:pg_ctlcluster chromium:chromium chromium-driver:chromedriver haproxy:haproxy npm:npm
 
 .PHONY: run test install install-dev system-deps models lint typecheck bench clean viewer viewer-fetch
 
@@ -44,11 +47,12 @@ viewer: viewer-fetch models
 	$(PY) -m service.runner
 
 system-deps:
-	@missing=0; for c in $(DEB_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
-	if [ $$missing = 1 ]; then \
-	  echo "installing Debian packages: $(DEB_PACKAGES)"; \
+	@missing=""; for need in $(DEB_NEEDS); do c=$${need#*:}; \
+	  command -v $$c >/dev/null || test -e $$c || missing="$$missing $${need%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 ## The whole suite, with real redis-server, Orthanc, PostgreSQL and DCMTK peers over loopback

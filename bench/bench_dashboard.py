@@ -26,6 +26,7 @@ import uvicorn
 from sqlalchemy import insert
 
 from dicom_synth.domain import Job, JobStatus
+from dicom_synth.jobsearch import search_digest, search_key
 from dicom_synth.jobstore import JobStore, jobs, search_columns
 from dicom_synth.settings import Settings, get_settings
 from service.gateway.main import create_app
@@ -37,7 +38,7 @@ TASKS = ("dce_phase1", "pseudo_mri", "brain_contrasts")
 FILTERED = "/?state=failed&task=dce_phase1&ae=MOD1"
 
 
-def fill(store: JobStore, n: int) -> None:
+def fill(store: JobStore, n: int, key: bytes) -> None:
     """n jobs over 30 days, in batches of one transaction each."""
     start = time.time() - 30 * 86400
     batch = []
@@ -49,7 +50,8 @@ def fill(store: JobStore, n: int) -> None:
                   task=TASKS[i % 3], created_at=at, updated_at=at + 20, error="boom" if status == "failed" else None,
                   timeline={"received": at, "classified": at + 1, "queued": at + 2, "running": at + 3,
                             str(status): at + 20},
-                  accession_number=f"ACC{i:06d}", patient_id=f"PID{i % 997:04d}")
+                  accession_digest=search_digest(key, f"ACC{i:06d}"),
+                  patient_digest=search_digest(key, f"PID{i % 997:04d}"))
         batch.append({"job_id": job.job_id, "status": str(status), "created_at": at, "updated_at": at + 20,
                       "body": json.dumps(asdict(job)), **search_columns(job)})
         if len(batch) == 1000 or i == n - 1:
@@ -113,7 +115,7 @@ def measure(n: int, repeat: int, with_browser: bool) -> dict[str, float]:
         settings = Settings(data_dir=Path(tmp) / "data", broker_url="redis://127.0.0.1:1/0", api_token=TOKEN)
         store = JobStore(settings.jobs_db_url)
         t0 = time.perf_counter()
-        fill(store, n)
+        fill(store, n, search_key(settings))
         filled = time.perf_counter() - t0
         server, url = serve(settings)
         try:

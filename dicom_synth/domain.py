@@ -122,8 +122,8 @@ class Job:
     purged: dict | None = None  # {"at": when, "reason": why}: its input and output files are deleted
     outbox: dict | None = None  # the message this job's state needs: {"task", "token", "due", "taken"} (jobstate)
     # What the operator searches the dashboard by (dicom_synth.jobsearch); not in public().
-    accession_number: str | None = None
-    patient_id: str | None = None
+    accession_digest: str | None = None  # keyed digests, never the values (jobsearch.search_digest)
+    patient_digest: str | None = None
 
     def public(self) -> dict:
         """The job as the HTTP contract shows it."""

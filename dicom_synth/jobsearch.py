@@ -2,10 +2,19 @@
 calling AE and creation time, a search by accession number, patient ID or job ID, newest
 first, one page at a time. Everything is a query on indexed columns (migration 0004), so a
 page costs the same with ten jobs or ten thousand: no job body is read but those shown.
+
+The job database holds no patient value (issue 17): a job keeps keyed digests
+(HMAC-SHA256) of its accession number and patient ID, made with a secret of the
+installation kept beside the series it protects (`<data_dir>/search-key`, 0600), so a
+search matches an exact value and a copy of the database alone reveals none.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +24,7 @@ from sqlalchemy import Select, func, or_, select
 from dicom_synth.domain import Job
 from dicom_synth.jobstore import JobStore, jobs
 from dicom_synth.series import read_header
+from dicom_synth.settings import Settings
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -28,6 +38,7 @@ class JobQuery:
     since: float | None = None  # created at or after (epoch seconds)
     until: float | None = None  # created before
     text: str | None = None  # an accession number, patient ID or job ID, exactly
+    key: bytes = b""  # the installation's search key (search_key), for the digests of `text`
     limit: int = PAGE_SIZE
     offset: int = 0
 
@@ -72,7 +83,8 @@ def _filtered(query: Select, q: JobQuery) -> Select:
     if q.until is not None:
         query = query.where(jobs.c.created_at < q.until)
     if q.text:
-        query = query.where(or_(jobs.c.accession_number == q.text, jobs.c.patient_id == q.text,
+        digest = search_digest(q.key, q.text)
+        query = query.where(or_(jobs.c.accession_digest == digest, jobs.c.patient_digest == digest,
                                 jobs.c.job_id == q.text))
     return query
 
@@ -93,9 +105,49 @@ def find_jobs(store: JobStore, q: JobQuery) -> JobPage:
     return JobPage([store._decode(b) for b in bodies], total, q)  # the store's own decoding
 
 
-def search_keys(files: Sequence[Path]) -> dict[str, str | None]:
-    """The accession number and patient ID of a series (from its first readable header),
-    for a new job: what the operator will search it by."""
+KEY_BYTES = 32
+DIGEST_HEX = 32  # 128 bits of the HMAC: no collision among any site's jobs
+
+
+def search_key(settings: Settings) -> bytes:
+    """The installation's secret for the search digests, made once (0600) where every node
+    that shares the data directory finds it."""
+    path = settings.data_dir / "search-key"
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return bytes.fromhex(path.read_text().strip())
+    key = secrets.token_bytes(KEY_BYTES)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    return key
+
+
+def search_digest(key: bytes, value: str) -> str:
+    """What the job database keeps of an accession number or patient ID."""
+    return hmac.new(key, value.strip().encode(), hashlib.sha256).hexdigest()[:DIGEST_HEX]
+
+
+def search_keys(files: Sequence[Path], key: bytes) -> dict[str, str | None]:
+    """The digests of the accession number and patient ID of a series (from its first
+    readable header), for a new job: what the operator will search it by."""
+    for path in files:
+        ds = read_header(Path(path))
+        if ds is not None:
+            values = {name: str(ds.get(keyword, "") or "").strip()
+                      for name, keyword in (("accession_digest", "AccessionNumber"), ("patient_digest", "PatientID"))}
+            return {name: search_digest(key, v) if v else None for name, v in values.items()}
+    return {"accession_digest": None, "patient_digest": None}
+
+
+def patient_values(files: Sequence[Path]) -> dict[str, str | None]:
+    """The accession number and patient ID read from a job's kept source series, for the
+    job page (never stored in the job database)."""
     for path in files:
         ds = read_header(Path(path))
         if ds is not None:

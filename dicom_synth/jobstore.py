@@ -51,13 +51,13 @@ jobs = Table(
     # Copies of body fields the dashboard filters and searches by (migration 0004, dicom_synth.jobsearch).
     Column("task", Text),
     Column("origin", Text),
-    Column("accession_number", Text),
-    Column("patient_id", Text),
+    Column("accession_digest", Text),
+    Column("patient_digest", Text),
     Index("jobs_status_created", "status", "created_at"),
     Index("jobs_task_created", "task", "created_at"),
     Index("jobs_origin_created", "origin", "created_at"),
-    Index("jobs_accession", "accession_number"),
-    Index("jobs_patient", "patient_id"),
+    Index("jobs_accession", "accession_digest"),
+    Index("jobs_patient", "patient_digest"),
 )
 
 T = TypeVar("T")
@@ -69,8 +69,8 @@ _errors_lock = threading.Lock()
 
 def search_columns(job: Job) -> dict[str, str | None]:
     """The row's copies of the fields the dashboard filters and searches by."""
-    return {"task": job.task, "origin": job.origin, "accession_number": job.accession_number,
-            "patient_id": job.patient_id}
+    return {"task": job.task, "origin": job.origin, "accession_digest": job.accession_digest,
+            "patient_digest": job.patient_digest}
 
 
 class JobNotFound(KeyError):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicom_synth.domain import Job
-from dicom_synth.jobsearch import search_keys
+from dicom_synth.jobsearch import search_key, search_keys
 from dicom_synth.jobstate import new_job, resume
 from dicom_synth.jobstore import JobStore, JobStoreUnavailable
 from dicom_synth.queueconf import TASK_CLASSIFY
@@ -73,7 +73,7 @@ def accept_series(
             requested_task=requested_task,
             source_contrast=source_contrast,
             supersedes=supersedes,
-            **search_keys(files),  # the accession number and patient ID the dashboard searches by
+            **search_keys(files, search_key(settings)),  # what the dashboard searches by, as digests
         ))
     except BaseException:
         shutil.rmtree(snapshot, ignore_errors=True)

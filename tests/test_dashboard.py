@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import text
 
 from dicom_synth.domain import JobStatus
-from dicom_synth.jobsearch import JobQuery, page_query
+from dicom_synth.jobsearch import JobQuery, page_query, search_digest, search_key
 from dicom_synth.jobstate import advance, new_job
 from dicom_synth.jobstore import JobStore
 from dicom_synth.series import load_series, slice_position
@@ -37,10 +37,12 @@ both_job_dbs = pytest.mark.parametrize("job_db_url", ["sqlite", "postgresql"], i
 DAY = 86400.0
 
 
-def _make(store: JobStore, i: int, status: S, *, task: str, ae: str | None, created_at: float) -> None:
+def _make(store: JobStore, i: int, status: S, *, task: str, ae: str | None, created_at: float,
+          key: bytes = b"") -> None:
     store.create(new_job(job_id=f"job{i:04d}", source_series_uid=f"1.2.{i}", study_instance_uid="1.2",
                          origin=f"dicom:{ae}" if ae else "http", created_at=created_at,
-                         accession_number=f"ACC{i:04d}", patient_id=f"PID{i % 7}"))
+                         accession_digest=search_digest(key, f"ACC{i:04d}"),
+                         patient_digest=search_digest(key, f"PID{i % 7}")))
     if status is S.RECEIVED:
         return
     advance(store, f"job{i:04d}", S.CLASSIFIED, series_class="breast_t1_nc")
@@ -86,7 +88,8 @@ def test_job_list_filters_search_and_pages_in_the_database(tmp_path: Path, job_d
     statuses = (S.RECEIVED, S.SKIPPED, S.FAILED, S.DONE)
     for i in range(120):  # four states, three tasks, two AEs and HTTP, over three days
         _make(store, i, statuses[i % 4], task=("dce_phase1", "pseudo_mri", "brain_contrasts")[i % 3],
-              ae=("MODA", "MODB", None)[i % 3] if i % 5 else "MODC", created_at=day0 + (i // 40) * DAY + i)
+              ae=("MODA", "MODB", None)[i % 3] if i % 5 else "MODC", created_at=day0 + (i // 40) * DAY + i,
+              key=search_key(settings))
     with _app(settings) as client:
         assert login(client, ADMIN).status_code == 303
         first = client.get("/")
@@ -121,6 +124,14 @@ def test_job_list_filters_search_and_pages_in_the_database(tmp_path: Path, job_d
         # The JSON contract is unchanged: no patient ID or accession number in it.
         job = client.get("/jobs/job0042", headers={"Authorization": f"Bearer {ADMIN}"}).json()
         assert "patient_id" not in job and "accession_number" not in job and job["status"] == "failed"
+    # The database keeps keyed digests, not the values; with another key nothing matches.
+    with store.engine.connect() as conn:
+        raw = " ".join(str(v) for row in conn.execute(text("SELECT * FROM jobs")) for v in row)
+    assert "ACC0042" not in raw and "PID3" not in raw
+    other = Settings(data_dir=tmp_path / "elsewhere", broker_url="redis://127.0.0.1:1/0", api_token=ADMIN,
+                     database_url=job_db_url)
+    assert search_key(other) != search_key(settings) and len(search_key(settings)) == 32
+    assert oct((settings.data_dir / "search-key").stat().st_mode & 0o777) == "0o600"
 
 
 def test_each_filter_is_an_index_search(tmp_path: Path):

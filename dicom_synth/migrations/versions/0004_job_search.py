@@ -1,9 +1,10 @@
 """Columns the dashboard filters and searches jobs by (dicom_synth.jobsearch), each indexed
 with the creation time so a filtered page is an index range, not a scan of every body:
-task, origin (`dicom:<calling AE>` or `http`), accession number and patient ID.
+task, origin (`dicom:<calling AE>` or `http`), and keyed digests of the accession number and
+patient ID (dicom_synth.jobsearch: never the values).
 
-Rows already there get their task and origin from their JSON body; their accession number
-and patient ID stay empty (the job never recorded them).
+Rows already there get their task and origin from their JSON body; their digests
+stay empty (the job never recorded them).
 
 Revision ID: 0004_job_search
 Revises: 0003_outbox
@@ -21,13 +22,13 @@ down_revision = "0003_outbox"
 branch_labels = None
 depends_on = None
 
-COLUMNS = ("task", "origin", "accession_number", "patient_id")
+COLUMNS = ("task", "origin", "accession_digest", "patient_digest")
 INDEXES = {
     "jobs_status_created": ["status", "created_at"],
     "jobs_task_created": ["task", "created_at"],
     "jobs_origin_created": ["origin", "created_at"],
-    "jobs_accession": ["accession_number"],
-    "jobs_patient": ["patient_id"],
+    "jobs_accession": ["accession_digest"],
+    "jobs_patient": ["patient_digest"],
 }
 
 

@@ -15,7 +15,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.templating import Jinja2Templates
 
 from dicom_synth.domain import JobStatus, Task
-from dicom_synth.jobsearch import PAGE_SIZE, JobQuery, find_jobs
+from dicom_synth.jobsearch import PAGE_SIZE, JobQuery, find_jobs, patient_values, search_key
+from dicom_synth.settings import job_input_dir
 from service import jobactions
 from service.dashboard import TEMPLATES_DIR, cards, previews, session, timeline
 from service.dashboard.format import FILTERS, flatten
@@ -53,18 +54,18 @@ def _day(text: str | None, name: str) -> float | None:
 
 
 def _job_query(state: str | None, task: str | None, ae: str | None, date_from: str | None, date_to: str | None,
-               q: str | None, page: int) -> JobQuery:
+               q: str | None, page: int, key: bytes) -> JobQuery:
     if state and state not in set(JobStatus):
         raise HTTPException(422, f"state: one of {', '.join(JobStatus)}")
     until = _day(date_to, "date_to")
     return JobQuery(status=state or None, task=task or None, calling_ae=(ae or "").strip() or None,
                     since=_day(date_from, "date_from"),
                     until=None if until is None else (datetime.fromtimestamp(until) + timedelta(days=1)).timestamp(),
-                    text=(q or "").strip() or None, limit=PAGE_SIZE, offset=max(0, page - 1) * PAGE_SIZE)
+                    text=(q or "").strip() or None, key=key, limit=PAGE_SIZE, offset=max(0, page - 1) * PAGE_SIZE)
 
 
-def _jobs_context(store, state, task, ae, date_from, date_to, q, page) -> dict:
-    found = find_jobs(store, _job_query(state, task, ae, date_from, date_to, q, page))
+def _jobs_context(settings, store, state, task, ae, date_from, date_to, q, page) -> dict:
+    found = find_jobs(store, _job_query(state, task, ae, date_from, date_to, q, page, search_key(settings)))
     filters = {"state": state or "", "task": task or "", "ae": ae or "", "date_from": date_from or "",
                "date_to": date_to or "", "q": q or ""}
     return {"found": found, "filters": filters, "page": max(1, page), "now": time.time(),
@@ -76,7 +77,7 @@ def jobs_page(request: Request, store: JobStoreDep, settings: SettingsDep, state
               task: str | None = None, ae: str | None = None, date_from: str | None = None,
               date_to: str | None = None, q: str | None = None, page: int = 1) -> HTMLResponse:
     return _page(request, settings, "jobs.html", nav="jobs",
-                 **_jobs_context(store, state, task, ae, date_from, date_to, q, page))
+                 **_jobs_context(settings, store, state, task, ae, date_from, date_to, q, page))
 
 
 @router.get("/dashboard/live/jobs", dependencies=READ, response_class=HTMLResponse)
@@ -85,7 +86,7 @@ def jobs_fragment(request: Request, store: JobStoreDep, settings: SettingsDep, s
                   date_to: str | None = None, q: str | None = None, page: int = 1) -> HTMLResponse:
     """The job list's results alone, for the page's polling."""
     return _page(request, settings, "_jobs_results.html",
-                 **_jobs_context(store, state, task, ae, date_from, date_to, q, page))
+                 **_jobs_context(settings, store, state, task, ae, date_from, date_to, q, page))
 
 
 def _job(store, job_id: str):
@@ -111,8 +112,9 @@ def _job_context(settings, job) -> dict:
 @router.get("/dashboard/jobs/{job_id}", dependencies=READ, response_class=HTMLResponse)
 def job_page(request: Request, job_id: str, store: JobStoreDep, settings: SettingsDep) -> HTMLResponse:
     job = _job(store, job_id)
+    kept = sorted(job_input_dir(settings, job.job_id).glob("*")) if not job.purged else []
     return _page(request, settings, "job.html", nav="jobs", previews=previews.previews(settings, job),
-                 **_job_context(settings, job))
+                 patient=patient_values(kept), **_job_context(settings, job))
 
 
 @router.get("/dashboard/live/jobs/{job_id}", dependencies=READ, response_class=HTMLResponse)
