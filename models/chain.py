@@ -1,12 +1,15 @@
-"""Chains of training runs, the way the CT and brain demo weights are made: one run, then
-the same run resumed with a schedule of more steps (warm restarts: the learning rate jumps
-back up, then decays to 0 again; a restart may switch loss weights, "9000:lambda_ngf=20"),
-then fine-tuning stages, each another config started from the last checkpoint's weights
-(`--then small_paired_change`)."""
+"""A family's demo recipe, declared once: what it trains on, its first config, the training
+stages that follow, and what the export adds. `build_demo` follows it, the card records it
+(`build.recipe`), and `models.ensure_demo` rebuilds a missing model from it.
+
+A stage changes the run before it: a warm restart (`restart=True`) resumes that run to
+`steps` in all (the learning rate jumps back up, then decays to 0 again); any other stage
+is a new run, in its own folder `stage<k>_<name>`, started from the last weights (step 0,
+fresh optimisers). `options` change the config from there on; `net.<field>` reaches into
+the network's config."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,36 +17,65 @@ from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
-class Restart:
-    """Resume to `steps` in all, with `overrides` of the run's options from then on."""
-
-    steps: int
-    overrides: tuple[tuple[str, Any], ...] = ()
+class Stage:
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+    restart: bool = False
 
     @classmethod
-    def parse(cls, text: str | int) -> Restart:
-        """"6000" or "9000:lambda_ngf=20,lambda_edge=0"."""
-        steps, _, rest = str(text).partition(":")
-        pairs = []
-        for item in filter(None, rest.split(",")):
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise ValueError(f"restart option {item!r} is not key=value")
-            pairs.append((key.strip(), _number(value.strip())))
-        return cls(int(steps), tuple(pairs))
+    def of(cls, name: str, restart: bool = False, **options: Any) -> Stage:
+        return cls(name, tuple(options.items()), restart)
 
-    def __str__(self) -> str:
-        return str(self.steps) + (":" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                                 for k, v in self.overrides) if self.overrides else "")
+    def apply(self, cfg: Any) -> Any:
+        """The config of this stage, from the config of the run before it."""
+        flat = {k: v for k, v in self.options if not k.startswith("net.")}
+        net = {k[4:]: v for k, v in self.options if k.startswith("net.")}
+        if net:
+            flat["net"] = dataclasses.replace(cfg.net, **net)
+        return dataclasses.replace(cfg, **({} if self.restart else {"name": self.name}), **flat)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "start": "warm restart" if self.restart else "from the last weights",
+                "options": dict(self.options)}
 
 
-def _number(value: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """data: what the runs train on (the card's words); config: the first run's config name,
+    `options` changed for it; stages: the runs after it; export: what the export adds (family's
+    own keys, e.g. `post_filter`)."""
+
+    task: str
+    version: str
+    data: str
+    config: str
+    stages: tuple[Stage, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+    export: tuple[tuple[str, Any], ...] = ()
+
+    def stages_for(self, config: str, n: int | None = None) -> tuple[Stage, ...]:
+        """The first `n` stages (all: None) after the recipe's own config; none after another."""
+        return self.stages[:n] if config == self.config else ()
+
+    def first(self, configs: Mapping[str, Any], config: str, **overrides: Any) -> Any:
+        """The first run's config: the named one, with the recipe's options when it is the recipe's
+        own, then `overrides` that are not None."""
+        options = dict(self.options) if config == self.config else {}
+        options.update({k: v for k, v in overrides.items() if v is not None})
+        return dataclasses.replace(configs[config], **options)
+
+    def resolve(self, configs: Mapping[str, Any]) -> list[Any]:
+        """Every run's config, in order (the first, then each stage's)."""
+        cfgs = [self.first(configs, self.config)]
+        for stage in self.stages:
+            cfgs.append(stage.apply(cfgs[-1]))
+        return cfgs
+
+    def to_dict(self, stages: Sequence[Stage] | None = None) -> dict[str, Any]:
+        stages = self.stages if stages is None else stages
+        return {"task": self.task, "version": self.version, "data": self.data, "config": self.config,
+                "options": dict(self.options), "stages": [s.to_dict() for s in stages],
+                "export": {k: getattr(v, "to_dict", lambda v=v: v)() for k, v in self.export}}
 
 
 def carried_times(history: Mapping[str, Any]) -> dict[str, float]:
@@ -51,54 +83,37 @@ def carried_times(history: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(history[k]) for k in ("train_seconds", "train_cpu_seconds") if k in history}
 
 
-def train_chain(train: Callable[..., Any], cfg: Any, run_dir: Path, restart_to: Sequence[Restart | int | str],
-                then: Sequence[Any] = ()) -> Path:
-    """`train(cfg, run_dir)`; then `train(cfg with steps=n and the restart's overrides, run_dir,
-    resume=latest)` for each restart beyond the run's steps; then each config of `then` in
-    its own folder under run_dir (`stage1_<name>`, ...), started from the previous
-    checkpoint's weights (`init_from`). The last checkpoint."""
-    run_dir = Path(run_dir)
-    train(cfg, run_dir)
-    for r in map(Restart.parse, restart_to):
-        if r.steps > cfg.steps:
-            cfg = dataclasses.replace(cfg, steps=r.steps, **dict(r.overrides))
-            train(cfg, run_dir, resume=run_dir / "latest.pt")
-    last = run_dir / "latest.pt"
-    for k, stage in enumerate(then, 1):  # a config may come twice: one folder per stage
-        stage = dataclasses.replace(stage, threads=cfg.threads)
-        train(stage, run_dir / f"stage{k}_{stage.name}", init_from=last)
-        last = run_dir / f"stage{k}_{stage.name}" / "latest.pt"
-    return last
+def train_chain(train: Callable[..., Any], cfg: Any, run_dir: Path, stages: Sequence[Stage] = ()) -> Path:
+    """`train(cfg, run_dir)`, then each stage (a restart resumes the folder before it; another
+    stage starts `stage<k>_<name>` from the last weights). The last checkpoint."""
+    folder = Path(run_dir)
+    train(cfg, folder)
+    k = 0
+    for stage in stages:
+        last, cfg = folder / "latest.pt", stage.apply(cfg)
+        if stage.restart:
+            train(cfg, folder, resume=last)
+            continue
+        k += 1  # a stage may come twice: one folder each
+        folder = Path(run_dir) / f"stage{k}_{stage.name}"
+        train(cfg, folder, init_from=last)
+    return folder / "latest.pt"
 
 
-def chain_checkpoint(train: Callable[..., Any], configs: Mapping[str, Any], config: str, run_dir: Path,
-                     steps: int | None, threads: int | None, restart_to: Sequence[Restart | int | str],
-                     then: Sequence[str], checkpoint: Path | None = None) -> Path:
-    """`checkpoint` when given (skip training), else the last checkpoint of `train_chain`
-    from the named config (with `steps` and `threads` when given) and the named stages."""
-    if checkpoint is not None:
-        return Path(checkpoint)
-    overrides = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
-    return train_chain(train, dataclasses.replace(configs[config], **overrides), run_dir, restart_to,
-                       [configs[c] for c in then])
+def chain_checkpoint(train: Callable[..., Any], first: Any, run_dir: Path, stages: Sequence[Stage],
+                     checkpoint: Path | None = None) -> Path:
+    """`checkpoint` when given (skip training), else the last checkpoint of `train_chain`."""
+    return Path(checkpoint) if checkpoint is not None else train_chain(train, first, run_dir, stages)
 
 
-def chain_command(module: str, config: str, configs: Mapping[str, Any], steps: int | None,
-                  restart_to: Sequence[Restart | int | str], then: Sequence[str] = ()) -> str:
-    """The command line that rebuilds such a chain (the first run's steps, then the restarts;
-    a bare `--restart-to` means none; then the fine-tuning configs)."""
-    first = steps or (configs[config].steps if config in configs else None)
-    return (f"python -m {module} --config {config}" + (f" --steps {first}" if first else "")
-            + " --restart-to" + "".join(f" {Restart.parse(r)}" for r in restart_to)
-            + (" --then " + " ".join(then) if then else ""))
+def chain_command(module: str, config: str, steps: int | None, threads: int | None, n_stages: int | None) -> str:
+    """The command line that rebuilds the chain (the recipe's stages unless `--stages N` says fewer)."""
+    return (f"python -m {module} --config {config}" + (f" --steps {steps}" if steps else "")
+            + (f" --threads {threads}" if threads else "") + (f" --stages {n_stages}" if n_stages is not None else ""))
 
 
-def add_chain_arguments(p: argparse.ArgumentParser, configs: Mapping[str, Any], restart_to: Sequence[str | int],
-                        then: Sequence[str]) -> None:
-    """--restart-to and --then, defaulting to how the committed demo weights were made."""
-    p.add_argument("--restart-to", nargs="*", default=[str(r) for r in restart_to],
-                   help="then resume to each of these step counts in turn (warm restarts; '9000:lambda_ngf=20' "
-                        "also changes options from there); none: no restart")
-    p.add_argument("--then", nargs="*", choices=sorted(configs), default=None,
-                   help="then fine-tune with each of these configs in turn, from the last weights; none: no "
-                        f"stage (default: {' '.join(then) or 'none'} after the demo config, none after another)")
+def add_chain_arguments(p: Any, recipe: Recipe) -> None:
+    """--stages: how many of the recipe's stages follow its first run."""
+    p.add_argument("--stages", type=int, default=None,
+                   help=f"run only the first N of the recipe's {len(recipe.stages)} stages after config "
+                        f"{recipe.config} (default: all; none after another config)")

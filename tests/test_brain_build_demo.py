@@ -16,8 +16,9 @@ torch.set_num_threads(1)
 
 
 def test_tiny_build_writes_a_loadable_card_without_the_demo_gate_bias(tmp_path: Path) -> None:
-    card = build_demo.build(tmp_path / "w", tmp_path / "run", config="tiny", n_test=1, restart_to=())
-    assert card["build"]["command"].endswith("--config tiny --steps 3 --restart-to")
+    card = build_demo.build(tmp_path / "w", tmp_path / "run", config="tiny", n_test=1)
+    assert card["build"]["command"].endswith("--config tiny")
+    assert card["build"]["recipe"]["export"]["gate_bias"] == [["t1", "t1c", 5.5]]
     assert card["export_parity_max_abs"] < 1e-4
     assert "gate_bias" not in card and card["post_filter"]["radius"] == 2
     assert load_card("brain_contrasts", tmp_path / "w").sha256 == card["sha256"]
@@ -27,8 +28,7 @@ def test_tiny_build_writes_a_loadable_card_without_the_demo_gate_bias(tmp_path: 
 
 def test_a_gate_bias_needs_a_gate_that_knows_the_source(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="gate_source"):
-        build_demo.build(tmp_path / "w", tmp_path / "run", config="tiny", n_test=1, restart_to=(),
-                         gate_bias=(("t1", "t1c", 1.0),))
+        build_demo.build(tmp_path / "w", tmp_path / "run", config="tiny", n_test=1, gate_bias=(("t1", "t1c", 1.0),))
 
 
 def test_gate_bias_flags_parse_and_fall_back_to_the_demo_default_only_when_absent() -> None:

@@ -50,7 +50,7 @@ def test_crop_must_suit_the_unet() -> None:
 
 
 def test_demo_schedule_ends_on_whole_slices_with_decayed_lr() -> None:
-    cfg = CONFIGS["demo"]
+    cfg = CONFIGS["small"]  # the demo's
     assert cfg.crop_at(0) == 128 and cfg.crop_at(cfg.steps - 1) == cfg.size == 384
     assert cfg.lr_at(0) == cfg.lr == 2e-4 and cfg.lr_at(cfg.steps - 1) < 1e-5
     assert (cfg.lambda_l1, cfg.beta1) == (100.0, 0.5)  # seed 000 / pix2pix settings

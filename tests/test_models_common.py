@@ -61,7 +61,7 @@ def test_feature_tensor_finds_the_committed_models_encoder_tensors(tmp_path: Pat
     path = dce.export_onnx(g, tmp_path / "dce.onnx")
     assert feature_tensor(path, g, dce.feature_module(g)) == FEATURE_TENSORS["dce_phase1"]
     c = card("pseudo_mri")
-    g = with_post_filter(ResnetGenerator(CycleNetConfig(**c["net"])), _post_filter(c))
+    g = with_post_filter(ResnetGenerator(CycleNetConfig.from_dict(c["net"])), _post_filter(c))
     path = ct.export_onnx(g, tmp_path / "ct.onnx")
     assert feature_tensor(path, g, ct.feature_module(g)) == FEATURE_TENSORS["pseudo_mri"]
     c = card("brain_contrasts")

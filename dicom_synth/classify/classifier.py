@@ -98,10 +98,11 @@ def classify_series(
         facts = extract_facts(list(slices), rules.settings)
         facts.update(pixel_facts(volume, facts))
         header_p, fired = rules.score(facts)
-        pixel_p, pixel_domain = None, None
+        pixel_p, pixel_domain, pixel_model = None, None, None
         if use_pixel_model:
             try:
-                pixel_p, pixel_domain = _pixel_probabilities(load_pixel_model(model_path), slices, volume, facts)
+                pixel_model = load_pixel_model(model_path)
+                pixel_p, pixel_domain = _pixel_probabilities(pixel_model, slices, volume, facts)
             except Exception as exc:  # a broken model must not stop classification
                 log.warning("pixel model failed: %s", exc)
         # A pixel verdict on an image outside the network's training domain is recorded,
@@ -128,6 +129,8 @@ def classify_series(
             "header_probabilities": _top(header_p),
             "pixel_probabilities": _top(pixel_p) if pixel_p is not None else None,
             "pixel_model_used": pixel_used is not None,
+            # which network gave the pixel probabilities (a retrained one: its card's sha256)
+            "pixel_model_sha256": pixel_model.card.get("sha256") if pixel_p is not None and pixel_model else None,
             "pixel_domain": pixel_domain.to_json() if pixel_domain is not None else None,
             "fused_probabilities": _top(decision.probabilities),
             "facts": {k: facts[k] for k in _EVIDENCE_FACTS if k in facts},

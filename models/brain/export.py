@@ -103,9 +103,6 @@ def _not_in_seed(cfg: TrainConfig, post_filter: GuidedFilter | None = None,
                      + (f" (pairs agreeing on >= {cfg.gate_min_agreement:.0%} of the head)"
                         if cfg.gate_min_agreement > 0 else "")
                      + (" and to shut where it changes, both weighing alike" if cfg.gate_balanced else ""))
-    if cfg.lambda_gate > 0 and cfg.gate_lesion_margin >= 0:
-        parts.append(f"the gate told to shut over the annotated tumour grown by {cfg.gate_lesion_margin} px "
-                     "(training used the phantom's tumour labels)")
     if cfg.lambda_decoded > 0:
         parts.append("the decoder's own image (before the gate) pulled to the registered target as well")
     if gate_bias:

@@ -17,17 +17,18 @@ convolve on the way up.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from models.common.config import Config
 from models.common.layers import ResidualBlock
 from models.common.layers import instance_norm as _norm
 
 
 @dataclass(frozen=True)
-class BrainNetConfig:
+class BrainNetConfig(Config):
     """Architecture options, saved with every checkpoint and in the model card."""
 
     n_contrasts: int = 4
@@ -50,9 +51,6 @@ class BrainNetConfig:
     @property
     def code_channels(self) -> int:
         return self.ngf * 2**self.n_down
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 

@@ -29,7 +29,7 @@ from dicom_synth.classify.pixelmodel import N_SLICES, SIZE
 from dicom_synth.registry import CARD_SUFFIX, sha256_file
 from models.classifier.data import build_split
 from models.classifier.network import NetConfig, SeriesResNet, WithFeatures
-from models.classifier.realdata import load_labelled_folder
+from models.classifier.realdata import LabelledSet, load_labelled_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "series_classifier"
@@ -52,6 +52,16 @@ class TrainConfig:
     real: str | None = None  # folder of labelled real series (realdata.py)
     real_repeat: int = 5
     exclude_sources: tuple[str, ...] = ()  # phantom families left out (heldout.py)
+
+
+CONFIGS: dict[str, TrainConfig] = {
+    # Seed 001 as far as it says: a ResNet (standard width 64 here) on ~287 images per class
+    # (its data set I: 862 images of 3 sequence classes); epochs and learning rate not given.
+    "seed": TrainConfig(per_class=287, width=64, threads=8),
+    "full": TrainConfig(per_class=300, width=32, threads=8),  # a GPU or a bigger CPU
+    "small": TrainConfig(),  # the demo: 2 CPU cores, ~11 min
+    "tiny": TrainConfig(per_class=2, val_per_class=1, epochs=1, batch=16, width=4, workers=1),  # seconds, for tests
+}
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -108,9 +118,10 @@ class Fitted:
     started: float
 
 
-def fit(cfg: TrainConfig) -> Fitted:
-    """Train on the phantom train split (less `exclude_sources`) and the `real` series; keep
-    the epoch with the best validation series accuracy; fit the temperature."""
+def fit(cfg: TrainConfig, real: LabelledSet | None = None) -> Fitted:
+    """Train on the phantom train split (less `exclude_sources`) and the `real` series (the
+    folder `cfg.real`, or a set already split, as `python -m models retrain` splits by patient);
+    keep the epoch with the best validation series accuracy; fit the temperature."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
@@ -121,8 +132,8 @@ def fit(cfg: TrainConfig) -> Fitted:
     keep = ~np.isin(src, cfg.exclude_sources)
     xva, yva, sva = xva[keep], yva[keep], sva[keep]
     real_counts: dict[str, int] = {}
-    if cfg.real:
-        real = load_labelled_folder(Path(cfg.real))
+    if cfg.real or real is not None:
+        real = real or load_labelled_folder(Path(cfg.real))
         real_counts = real.counts
         for why in real.skipped:
             print(f"real series skipped: {why}", flush=True)

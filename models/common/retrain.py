@@ -5,6 +5,7 @@ installing the finished model (ONNX and card) into the models folder only at the
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,6 +34,24 @@ def install(stage: Path, out_dir: Path, name: str) -> Path:
     card = out_dir / f"{name}{CARD_SUFFIX}"
     os.replace(Path(stage) / card.name, card)
     return card
+
+
+def gather(series: Mapping[str, Sequence[Path]], folder: Path) -> Path:
+    """Each series' files under folder/<name>/ (hard links, copies across file systems): the
+    series a domain block is built from (`models.domain_reference --data`); the folder."""
+    for name, files in series.items():
+        (Path(folder) / name).mkdir(parents=True, exist_ok=True)
+        for k, path in enumerate(files):
+            try:
+                os.link(path, Path(folder) / name / f"{k:05d}")
+            except OSError:
+                shutil.copyfile(path, Path(folder) / name / f"{k:05d}")
+    return Path(folder)
+
+
+def command(task: str, export_dir: Path, out_dir: Path, config: str, *extra: str) -> str:
+    """The command line that retrains the model, for the card's `build` block."""
+    return " ".join((f"python -m models retrain {task} {export_dir} --out {out_dir} --config {config}", *extra))
 
 
 def serve_hint(out_dir: Path) -> str:

@@ -4,14 +4,25 @@ run's weights (step 0), the step loop with a tqdm progress bar, validation every
 `val_every` steps, `latest.pt` and `best.pt` with every option of the run, and a history
 (`history.json`) with the training time (summed over resumes and chained stages) and peak
 memory, which the card records. A family supplies its model (an object with `step`,
-`device`, `state(extra)` and `load_state(ckpt)`), one training step and a validation."""
+`device`, `state(extra)` and `load_state(ckpt)`), one training step and a validation.
+
+Under `torchrun --nproc_per_node N` (WORLD_SIZE > 1) the same code trains data-parallel:
+gloo on CPU, NCCL on CUDA; rank 0's initial weights are broadcast, each rank samples from
+its own share of the training slices (`DistributedSampler`'s split), the gradients of every
+optimiser step are averaged over the ranks (what DistributedDataParallel does; done at the
+optimiser because a GAN step runs each network several times and freezes the discriminators
+for the generator's step, which DDP's reducer does not allow), only rank 0 writes
+checkpoints and history, and at the end every rank's weights are checked equal. Without
+WORLD_SIZE nothing of this runs."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -20,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from models.chain import carried_times
@@ -74,12 +86,6 @@ def load_network(ckpt_path: Path, from_dict: Callable[[dict], Any], build: Calla
     return net, cfg, ckpt
 
 
-def require_multiples(multiple: int, **sides: int) -> None:
-    """Every named side (crop, size, ...) a multiple of the network's spatial multiple."""
-    if any(v % multiple for v in sides.values()):
-        raise ValueError(" and ".join(f"{k} {v}" for k, v in sides.items()) + f" must be multiples of {multiple}")
-
-
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -95,8 +101,90 @@ def device_of(name: str) -> torch.device:
     return torch.device(name if name != "cuda" or torch.cuda.is_available() else "cpu")
 
 
+# ------------------------------------------------------------------ several processes (torchrun)
+def world_size() -> int:
+    """How many processes train together (torchrun's WORLD_SIZE; 1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def init_distributed(device: str) -> None:
+    """Join torchrun's process group (once): gloo on CPU, NCCL on CUDA."""
+    if world_size() > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device_of(device).type == "cuda" else "gloo")
+
+
+def rank_seed(seed: Any) -> Any:
+    """A sampling seed: itself with one process; with several, each rank's own (a list gains
+    the rank, an int an offset)."""
+    if world_size() == 1:
+        return seed
+    return [*seed, rank()] if isinstance(seed, list) else seed + 1_000_003 * rank()
+
+
+def rank_share(data: Any, *fields: str) -> Any:
+    """`data` with each named array cut to this rank's share of its slices (DistributedSampler's
+    split, no shuffle); `data` itself with one process."""
+    if world_size() == 1:
+        return data
+    from torch.utils.data.distributed import DistributedSampler
+
+    def share(a: Any) -> Any:
+        return a[list(DistributedSampler(range(len(a)), num_replicas=world_size(), rank=rank(), shuffle=False))]
+
+    return dataclasses.replace(data, **{f: share(getattr(data, f)) for f in fields})
+
+
+def _optimisers(model: Any) -> list[torch.optim.Optimizer]:
+    return [v for v in vars(model).values() if isinstance(v, torch.optim.Optimizer)]
+
+
+def _modules(model: Any) -> dict[str, torch.nn.Module]:
+    return dict(model.nets) if hasattr(model, "nets") else {
+        k: v for k, v in vars(model).items() if isinstance(v, torch.nn.Module)}
+
+
+def data_parallel(model: Any) -> None:
+    """Rank 0's weights on every rank, and each optimiser step on gradients averaged over the ranks."""
+    for net in _modules(model).values():
+        for t in [*net.parameters(), *net.buffers()]:
+            dist.broadcast(t.data, 0)
+
+    def average(opt: torch.optim.Optimizer, *_: Any) -> None:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(world_size())
+
+    for opt in _optimisers(model):
+        opt.register_step_pre_hook(average)
+
+
+def weights_sha256(model: Any) -> str:
+    h = hashlib.sha256()
+    for name, net in sorted(_modules(model).items()):
+        for key, t in sorted(net.state_dict().items()):
+            h.update(f"{name}.{key}".encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def ranks_agree(model: Any) -> list[str]:
+    """Every rank's weights hash (rank order); raises when they differ."""
+    hashes: list[Any] = [None] * world_size()
+    dist.all_gather_object(hashes, weights_sha256(model))
+    if len(set(hashes)) != 1:
+        raise RuntimeError(f"the ranks' weights differ: {hashes}")
+    return hashes
+
+
 def prepare(cfg: Any, out_dir: Path) -> Path:
-    """Threads and seed from the config; the run folder."""
+    """Threads and seed from the config (and torchrun's process group); the run folder."""
+    init_distributed(cfg.device)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out_dir = Path(out_dir)
@@ -130,6 +218,9 @@ def fit(model: Trainable, cfg: Any, out_dir: Path, history: dict, best: float, *
     config.json. The history gains train_seconds and train_cpu_seconds (cumulative over
     resumes), best_<metric>, peak_rss_mb (and peak_gpu_mb on CUDA)."""
     out_dir = Path(out_dir)
+    parallel, writer = world_size() > 1, rank() == 0
+    if parallel:
+        data_parallel(model)
     t_train, cpu_train = time.time(), time.process_time()
     # cumulative over resumes: checkpoints carry the totals so far
     prior_s, prior_cpu = float(history.get("train_seconds", 0.0)), float(history.get("train_cpu_seconds", 0.0))
@@ -138,7 +229,8 @@ def fit(model: Trainable, cfg: Any, out_dir: Path, history: dict, best: float, *
         history["train_seconds"] = round(prior_s + time.time() - t_train, 1)
         history["train_cpu_seconds"] = round(prior_cpu + time.process_time() - cpu_train, 1)
 
-    bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps, disable=not progress, desc=desc)
+    bar = tqdm(range(model.step, cfg.steps), initial=model.step, total=cfg.steps, disable=not progress or not writer,
+               desc=desc)
     for step in bar:
         losses = train_step(step)
         bar.set_postfix(**postfix(losses))
@@ -151,15 +243,21 @@ def fit(model: Trainable, cfg: Any, out_dir: Path, history: dict, best: float, *
             extra = {"history": history, f"best_{metric}": min(best, val)}
             if val < best:
                 best = val
-                torch.save(model.state(extra), out_dir / "best.pt")
-            torch.save(model.state(extra), out_dir / "latest.pt")
+                if writer:
+                    torch.save(model.state(extra), out_dir / "best.pt")
+            if writer:
+                torch.save(model.state(extra), out_dir / "latest.pt")
     count_time()
     history[f"best_{metric}"] = best
     history["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if model.device.type == "cuda":
         history["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    if parallel:
+        history["world_size"] = world_size()
+        history["rank_weights_sha256"] = ranks_agree(model)
+    if writer:
+        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     return history
 
 
@@ -192,4 +290,6 @@ def config_from_args(a: argparse.Namespace, configs: Mapping[str, Any], from_dic
 
 
 def print_summary(history: Mapping[str, Any], leave_out: tuple[str, ...] = ("steps", "subjects")) -> None:
+    if rank() != 0:
+        return
     print(json.dumps({k: v for k, v in history.items() if k not in leave_out}, indent=1))

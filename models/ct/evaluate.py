@@ -227,7 +227,8 @@ def phantom_cases(n: int, n_slices: int = 24, size: int = 128) -> Iterable[dict]
 def evaluate(cases: Iterable[dict], model, baselines: dict[str, PiecewiseMap],
              panels_dir: Path | None = None) -> dict:
     """Every case through the model and the baselines. When the card names a post filter,
-    `hu_map_filtered` (the HU map through that same filter) is added as a reference."""
+    `hu_map_filtered` (the HU map through that same filter) is added as a reference. A case
+    without `labels` (a patient's CT and registered MR: no anatomy) gets no organ Dice."""
     post_filter = GuidedFilter.from_card(model.card.extra.get("post_filter"))
     results, seconds, n_total = [], 0.0, 0
     coverage: dict[str, dict[str, int]] = {}
@@ -245,12 +246,12 @@ def evaluate(cases: Iterable[dict], model, baselines: dict[str, PiecewiseMap],
             preds["hu_map_filtered"] = post_filter.smooth(preds["hu_map"], normalise(ct, model.card.normalisation))
         scores = score_case(y01, preds, body)
         structure = structure_scores({"truth_mri": y01, **preds}, case["labels"], case["organs"], y01,
-                                     case.get("fractions"), coverage=coverage)
+                                     case.get("fractions"), coverage=coverage) if "labels" in case else {}
         rec = {"id": case["id"], "region": case["region"], "n_slices": int(ct.shape[0]), "scores": scores,
                "structure": structure}
         if panels_dir is not None:
-            area = np.isin(case["labels"], [i for ids in case["organs"].values() for i in ids]).sum(axis=(1, 2))
-            k = int(np.argmax(area))
+            k = int(np.argmax(np.isin(case["labels"], [i for ids in case["organs"].values() for i in ids]).sum(
+                axis=(1, 2)))) if "labels" in case else ct.shape[0] // 2
             soft = np.clip((ct[k] + 160) / 400, 0, 1)
             rec["panel"] = str(save_panel(Path(panels_dir) / f"{case['id']}.png", [
                 ("CT (W400 L40)", soft), ("true T2 MRI", y01[k]), ("pseudo-MRI", p01[k]),
@@ -289,14 +290,15 @@ def format_tables(res: dict) -> str:
         for conv, r in convs.items():
             lines.append(f"| {method} | {conv} | {table_row(r)} |")
     organs = sorted({o for m in res["structure"].values() for o in m if o != "mean"})
-    lines += ["", "Organ Dice, CT anatomy vs the organ re-segmented on each image (3-D per series)",
-              "| image | " + " | ".join(organs) + " | mean |", "|---" * (len(organs) + 2) + "|"]
+    if organs:
+        lines += ["", "Organ Dice, CT anatomy vs the organ re-segmented on each image (3-D per series)",
+                  "| image | " + " | ".join(organs) + " | mean |", "|---" * (len(organs) + 2) + "|"]
     for method, per in res["structure"].items():
         cells = [f"{per[o][0]:.3f}" if o in per else "-" for o in organs]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {per['mean'][0]:.3f} ± {per['mean'][1]:.3f} |")
-    cov = res.get("structure_band_scored", {})
-    lines.append("Boundary band (±4 px) scored, the rest left as the CT draws it: "
-                 + ", ".join(f"{o} {v:.0%}" for o, v in cov.items()))
+    if cov := res.get("structure_band_scored", {}):
+        lines.append("Boundary band (±4 px) scored, the rest left as the CT draws it: "
+                     + ", ".join(f"{o} {v:.0%}" for o, v in cov.items()))
     misses = shortfalls(res["table"], ("hu_map",))
     lines += ["", "Where the model does not beat the hu_map baseline (mean, every convention and metric): "
               + ("; ".join(misses) if misses else "nowhere")]

@@ -57,14 +57,6 @@ def architecture(cfg: TrainConfig, post_filter: GuidedFilter | None = None) -> s
     extras = []
     if cfg.net.long_skip:
         extras.append("a full-resolution skip into the generator's last layer (not in the seed)")
-    if cfg.net.input_blur > 0:
-        extras.append(f"a fixed Gaussian blur (sigma {cfg.net.input_blur:g} px) of the input, in the graph "
-                      "(not in the seed)")
-    if cfg.net.input_basis:
-        extras.append(f"{len(cfg.net.input_basis)} soft bins of the input beside it (Gaussian, width "
-                      f"{cfg.net.input_basis_width:g}), in the graph (not in the seed)")
-    if cfg.lambda_edge > 0:
-        extras.append(f"an edge-recall term x{cfg.lambda_edge:g} (not in the seed)")
     if cfg.lambda_ngf > 0:
         extras.append(f"a normalised-gradient-field structure term x{cfg.lambda_ngf:g}: CT edges kept in either "
                       "sign (not in the seed)")

@@ -17,20 +17,26 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from models.common.config import Config
 from models.common.layers import ResidualBlock
 from models.common.layers import instance_norm as _norm
 
+# network options tried and removed (models/EXPERIMENTS.md: an input blur, soft bins of the
+# input), with the values that had them off; a saved config holding those still loads
+RETIRED_NET = {"input_blur": 0.0, "input_basis": [], "input_basis_width": None}
+
 
 @dataclass(frozen=True)
-class CycleNetConfig:
+class CycleNetConfig(Config):
     """Architecture options, saved with every checkpoint and in the model card."""
+
+    RETIRED: ClassVar[dict] = RETIRED_NET
 
     ngf: int = 64
     ndf: int = 64
@@ -41,19 +47,8 @@ class CycleNetConfig:
     dn_layers: int = 2  # denoising discriminator: 34x34 patches
     absolute_input: bool = True  # no norm after the generators' first conv (HU are absolute)
     long_skip: bool = False  # full-resolution features of the input also feed the last conv (not in the seed)
-    # A fixed Gaussian blur (sigma in pixels) in front of the first conv (not in the seed): the
-    # generator cannot see, so cannot copy or hide, the input's quantum noise. 0: none.
-    input_blur: float = 0.0
-    # Soft bins of the input (not in the seed): for each centre c (input units) a channel
-    # exp(-((x - c) / width)^2) beside the input itself, so the first 7x7 convolution reads a
-    # local histogram of tissue values. T2 is far from monotonic in HU (urine, CSF and
-    # vitreous at ~10 HU are the brightest tissue, white matter at ~28 HU is dark, kidney at
-    # ~32 HU bright again), and a narrow network drew that lookup from one channel poorly.
-    input_basis: tuple[float, ...] = ()
-    input_basis_width: float = 0.08
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_basis", tuple(float(c) for c in self.input_basis))  # JSON lists
         if not 0 <= self.transposed <= 1:
             raise ValueError("seed 004 keeps at most one transposed convolution")
         if self.transposed > self.n_down:
@@ -62,40 +57,6 @@ class CycleNetConfig:
     @property
     def spatial_multiple(self) -> int:
         return 2**self.n_down
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class GaussianBlur(nn.Module):
-    """Fixed separable Gaussian, reflect-padded; part of the exported graph, not a weight."""
-
-    def __init__(self, sigma: float, channels: int = 1):
-        super().__init__()
-        r = max(1, int(math.ceil(2.0 * sigma)))
-        t = torch.arange(-r, r + 1, dtype=torch.float32)
-        k = torch.exp(-0.5 * (t / sigma) ** 2)
-        k = k / k.sum()
-        self.pad = nn.ReflectionPad2d(r)
-        self.channels = channels
-        self.register_buffer("kernel", torch.outer(k, k).expand(channels, 1, -1, -1).clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.pad(x), self.kernel, groups=self.channels)
-
-
-class SoftBins(nn.Module):
-    """The input and, per centre, exp(-((x - c) / width)^2): 1 + len(centres) channels. Part
-    of the exported graph (elementwise), not a weight."""
-
-    def __init__(self, centres: tuple[float, ...], width: float):
-        super().__init__()
-        self.width = float(width)
-        self.register_buffer("centres", torch.tensor(centres, dtype=torch.float32).view(1, -1, 1, 1),
-                             persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, torch.exp(-(((x - self.centres) / self.width) ** 2))], 1)
 
 
 class ResnetGenerator(nn.Module):
@@ -115,11 +76,7 @@ class ResnetGenerator(nn.Module):
         # norm of a linear filter of the raw input removes the slice's mean and scale, and for
         # CT the absolute Hounsfield value is the tissue information.
         first_norm: list[nn.Module] = [] if cfg.absolute_input else [_norm(ngf)]
-        # outside `model`/`head`, so weights from a run without it load unchanged
-        self.blur = GaussianBlur(cfg.input_blur, in_ch) if cfg.input_blur > 0 else nn.Identity()
-        self.bins = SoftBins(cfg.input_basis, cfg.input_basis_width) if cfg.input_basis else nn.Identity()
-        first_in = in_ch * (1 + len(cfg.input_basis))
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(first_in, ngf, 7, bias=cfg.absolute_input),
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=cfg.absolute_input),
                                    *first_norm, nn.ReLU(True)]
         ch = ngf
         for _ in range(cfg.n_down):
@@ -146,7 +103,6 @@ class ResnetGenerator(nn.Module):
         self.tail = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(2 * ch, out_ch, 7), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bins(self.blur(x))
         if not self.long_skip:
             return self.model(x)
         h0 = self.head(x)
@@ -169,18 +125,6 @@ def with_long_skip(state: dict[str, torch.Tensor], cfg: CycleNetConfig) -> dict[
         new.weight[:, :old.in_channels] = old.weight
         new.bias.copy_(old.bias)
     return skip.state_dict()
-
-
-def with_input_basis(state: dict[str, torch.Tensor], cfg: CycleNetConfig) -> dict[str, torch.Tensor]:
-    """A generator's weights without soft bins laid out for the same generator with
-    `cfg.input_basis`, computing the same function: the first convolution's weights for the
-    bins start at zero, so fine-tuning starts from the learnt mapping."""
-    state = dict(state)
-    key = "head.1.weight" if cfg.long_skip else "model.1.weight"
-    w = state[key]
-    extra = torch.zeros(w.shape[0], w.shape[1] * len(cfg.input_basis), *w.shape[2:], dtype=w.dtype)
-    state[key] = torch.cat([w, extra], 1)
-    return state
 
 
 class PatchDiscriminator(nn.Module):

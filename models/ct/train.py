@@ -11,6 +11,7 @@ image pool of past fakes for the discriminators.
     python -m models.ct.train --config small --out runs/ct_small          # 2 CPU cores
     python -m models.ct.train --config full --out runs/ct_full            # a GPU
     python -m models.ct.train --resume runs/ct_small/latest.pt --steps 3000
+    python -m models.ct.build_demo            # the demo's whole recipe (models/ct/recipe.py)
 
 Checkpoints hold every network, optimiser state, the step, the options and the history.
 """
@@ -23,6 +24,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -33,15 +35,9 @@ from dicom_synth.intensity import normalise_slices
 from dicom_synth.multicontrast import HU_CURVE, HU_WINDOW, normalise
 from models.chain import carried_times
 from models.common import trainer
+from models.common.config import RunConfig
 from models.common.layers import init_weights
-from models.common.structure import structure_map_soft, structure_map_torch
-from models.ct.networks import (
-    CycleNetConfig,
-    PatchDiscriminator,
-    ResnetGenerator,
-    with_input_basis,
-    with_long_skip,
-)
+from models.ct.networks import CycleNetConfig, PatchDiscriminator, ResnetGenerator, with_long_skip
 from models.ct.phantom import REGIONS, generate_subject, split_seeds
 from models.ct.structure_loss import ngf_loss, total_variation
 
@@ -50,64 +46,41 @@ from models.ct.structure_loss import ngf_loss, total_variation
 SOFT_TISSUE_CURVE: tuple[tuple[float, float], ...] = (
     (-1000.0, -1.0), (-200.0, -0.85), (-100.0, -0.7), (-10.0, -0.4), (100.0, 0.6), (300.0, 0.8), (1500.0, 1.0))
 
-# Centres of the generator's soft bins (`CycleNetConfig.input_basis`), in HU: fat, the fat /
-# water mixtures, then every 10 HU across water and soft tissue, thyroid, marrow.
-SOFT_BIN_HU: tuple[float, ...] = (-100.0, -60.0, -20.0, 0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 250.0)
-
-
-def curve_values(hu: tuple[float, ...], curve: tuple[tuple[float, float], ...] = SOFT_TISSUE_CURVE
-                 ) -> tuple[float, ...]:
-    """HU -> the generator's input value under a piecewise-linear curve."""
-    knots, values = zip(*curve, strict=True)
-    return tuple(round(float(v), 4) for v in np.interp(hu, knots, values))
-
 METRIC = "val_mae"  # CT -> MRI mean absolute error inside the body on the validation pairs
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Every option of a run; saved in each checkpoint and in the model card."""
+class TrainConfig(RunConfig):
+    """Every option of a run (`RunConfig`'s, whose matrix of 128 is ~3 mm (abdomen) / ~1.9 mm
+    (head-neck) pixels, and the CT family's); saved in each checkpoint and in the model card."""
 
-    name: str = "small"
+    # options tried and removed (models/EXPERIMENTS.md), with the value that had them off: a
+    # saved config that holds that value still loads
+    RETIRED: ClassVar[dict] = {"lambda_edge": 0.0}
+
     net: CycleNetConfig = field(default_factory=lambda: CycleNetConfig(ngf=12, ndf=16))
     regions: tuple[str, ...] = REGIONS
     n_train: int = 8  # subjects per region *per modality* (CT and MRI from different ones)
     n_val: int = 1  # subjects per region, with registered truth
     slices_per_subject: int = 24
-    size: int = 128  # phantom matrix: ~3 mm (abdomen) / ~1.9 mm (head-neck) pixels
-    crop: int = 64
-    batch_size: int = 2
-    steps: int = 3000
-    lr: float = 2e-4
     lr_d_mult: float = 2.0  # discriminators learn faster than generators (TTUR, Heusel et al.)
-    beta1: float = 0.5
     decay_from: float = 0.5  # lr decays linearly to 0 from this fraction of the steps
-    full_size_from: float = 0.8  # last 20 % of steps on whole slices (instance-norm statistics as exported)
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.1  # times lambda_cycle; pytorch-CycleGAN's 0.5 holds G near the identity
     lambda_denoise: float = 1.0
     denoise_sigma: float = 0.1  # Gaussian noise added to real MRI ([-1, 1] units)
-    lambda_edge: float = 0.0  # CT edges (seed 002's Algorithm 1) must reappear in the pseudo-MRI
     lambda_ngf: float = 0.0  # CT edges must reappear in either sign (normalised gradient fields)
     lambda_tv: float = 0.0  # total variation of the pseudo-MRI: flat tissue stays flat (no invented texture)
     pool_size: int = 50
     hu_window: tuple[float, float] = (-300.0, 300.0)  # fat..marrow spread over [-1, 1]; air and bone clip
     # Instead of the window, a piecewise-linear curve ((HU, value) knots), when given.
     hu_curve: tuple[tuple[float, float], ...] | None = None
-    mirror: bool = True
-    val_every: int = 250
-    seed: int = 0
-    threads: int = 2
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        trainer.require_multiples(self.net.spatial_multiple, crop=self.crop, size=self.size)
+        super().__post_init__()
         bad = set(self.regions) - set(REGIONS)
         if bad:
             raise ValueError(f"unknown regions {sorted(bad)}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
     def normalisation(self) -> dict:
         """The card's input normalisation (what `ct_input` applies)."""
@@ -120,87 +93,23 @@ class TrainConfig:
         """CT in HU -> the generator's input, as the service will compute it."""
         return normalise(hu, self.normalisation())
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        d["net"] = CycleNetConfig(**d["net"])
-        d["regions"] = tuple(d["regions"])
-        d["hu_window"] = tuple(d["hu_window"])
-        if d.get("hu_curve") is not None:
-            d["hu_curve"] = tuple(tuple(k) for k in d["hu_curve"])
-        return cls(**d)
-
-
-_SKIP_NGF = TrainConfig(name="small_curve_skip_ngf", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
-                        lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=20.0, lambda_tv=5.0, lr=1e-4,
-                        steps=1500)
+_SEED_SCALE = {"n_train": 50, "n_val": 5, "slices_per_subject": 48, "size": 256, "crop": 256, "batch_size": 1,
+               "steps": 200_000, "val_every": 5000, "threads": 8, "device": "cuda"}
 
 CONFIGS: dict[str, TrainConfig] = {
-    # 2 CPU cores, about 10 minutes: narrow networks, 64-pixel crops of 128-pixel slices.
-    "small": TrainConfig(),
-    # The same with an edge-recall term (not in the seed): boundaries the CT shows must
-    # appear in the pseudo-MRI, against CycleGAN's habit of moving structure. Measured at 3000
-    # steps: organ Dice 0.856 but body r -0.14 (liver bright: structure kept, mapping lost).
-    "small_edge": TrainConfig(name="small_edge", lambda_edge=2.0),
-    # The same width with the generators' full-resolution skip (`ResnetGenerator`, not in the
-    # seed) and no identity term (it holds G near the identity, and fat must turn bright).
-    # Measured at 3000 steps: organ Dice 0.861 but body r -0.18, as small_edge.
-    "small_skip": TrainConfig(name="small_skip", net=CycleNetConfig(ngf=12, ndf=16, long_skip=True),
-                              lambda_identity=0.0),
-    # small without the identity term: it holds G near the identity, and fat must turn bright
-    # (organ Dice 0.757 -> 0.827, body SSIM 0.295 -> 0.389 at 3000 steps).
-    "small_noid": TrainConfig(name="small_noid", lambda_identity=0.0),
-    # small_noid with a soft-tissue curve instead of the linear window: the demo config (3000
-    # steps, warm restart to 6000: organ Dice 0.875, body SSIM 0.562; small_noid the same way
-    # 0.849 / 0.535, and 0.862 / 0.549 with a second restart to 9000).
-    "small_curve": TrainConfig(name="small_curve", lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE),
-    # Fine-tunes a small_curve(+NGF) run (--init-from) with the input blurred (sigma 1 px), in
-    # case the pseudo-MRI's texture were the CT's noise carried through. It is not: a pilot
-    # from the NGF run's step 7500 kept the texture (organ Dice 0.918 at 1500 of 3000 steps,
-    # stopped there).
-    "small_curve_blur_ngf": TrainConfig(name="small_curve_blur_ngf", net=CycleNetConfig(ngf=12, ndf=16, input_blur=1.0),
-                                        lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE, lambda_ngf=20.0,
-                                        lr=1e-4),
-    # Fine-tunes a small_curve(+NGF) run (--init-from) with a total-variation term: the
-    # pseudo-MRI's flat tissue stays flat instead of the blotchy texture the GAN draws there.
-    # A demo stage (after small_curve 3000 -> 6000 -> 9000:lambda_ngf=20): organ Dice
-    # 0.922 -> 0.935 (lambda_tv 2: 0.933).
-    "small_curve_tv_ngf": TrainConfig(name="small_curve_tv_ngf", lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE,
-                                      lambda_ngf=20.0, lambda_tv=5.0, lr=1e-4, steps=1500),
-    # Fine-tunes a small_curve_tv_ngf run (--init-from) with a full-resolution skip added to the
-    # learnt generator (`with_long_skip`: same function at the start), so the last layer sees
-    # where the CT's edges are. A demo stage (v0.3.0's last): organ Dice 0.934 -> 0.938, body
-    # SSIM 0.620 -> 0.625, unit SSIM 0.637 -> 0.689 (with the air void). An earlier pilot straight
-    # from v0.2.0 (NGF 5, no TV) scored 0.917 at 1250 of 3000 steps.
-    "small_curve_skip_ngf": _SKIP_NGF,
-    # small_curve_skip_ngf again, on three times the training subjects (24 per region and
-    # modality; the run that made v0.4.0 called it small_curve_skip_ngf_more): eyes and
-    # parotids are a few slices per subject, and the GAN saw few of them.
-    # Demo stages, this and the next two (organ Dice on 2 / 6 test subjects per region, body
-    # SSIM on 2): after small_curve_skip_ngf 0.938 / 0.932, 0.625; this 0.942 / 0.936, 0.636;
-    # 48 subjects 0.945 / 0.940, 0.654; 96 subjects 0.945 / 0.940, 0.661.
-    "small_curve_skip_ngf_24": dataclasses.replace(_SKIP_NGF, name="small_curve_skip_ngf_24", n_train=24),
-    # The same on 48 subjects per region and modality, to fine-tune a small_curve_skip_ngf_24 run.
-    "small_curve_skip_ngf_48": dataclasses.replace(_SKIP_NGF, name="small_curve_skip_ngf_48", n_train=48, steps=3000),
-    # And on 96, to fine-tune a small_curve_skip_ngf_48 run.
-    "small_curve_skip_ngf_96": dataclasses.replace(_SKIP_NGF, name="small_curve_skip_ngf_96", n_train=96, steps=3000),
-    # small_curve_skip_ngf_48 with soft bins of the input (`CycleNetConfig.input_basis`) added
-    # to a learnt generator (zero weights: same function at the start), to fine-tune a
-    # small_curve_skip_ngf_96 run: vitreous (10 HU) came out as grey as white matter (28 HU).
-    # Measured after v0.4.0's last stage: organ Dice 0.943, body SSIM 0.667 (v0.4.0 0.945,
-    # 0.661); vitreous still grey. Not adopted. Behind the CT-guided filter: 0.967 / 0.711, and
-    # on 96 subjects (next) 0.968 / 0.713, the same as v0.4.0's generator (0.968 / 0.710).
-    "small_curve_skip_ngf_bins": dataclasses.replace(
-        _SKIP_NGF, name="small_curve_skip_ngf_bins", n_train=48, steps=3000,
-        net=dataclasses.replace(_SKIP_NGF.net, input_basis=curve_values(SOFT_BIN_HU))),
-    # The same on 96 subjects per region and modality.
-    "small_curve_skip_ngf_bins_96": dataclasses.replace(
-        _SKIP_NGF, name="small_curve_skip_ngf_bins_96", n_train=96, steps=3000,
-        net=dataclasses.replace(_SKIP_NGF.net, input_basis=curve_values(SOFT_BIN_HU))),
-    # A GPU: the usual CycleGAN widths, whole 256x256 slices, many subjects.
-    "full": TrainConfig(name="full", net=CycleNetConfig(ngf=64, ndf=64), n_train=50, n_val=5,
-                        slices_per_subject=48, size=256, crop=256, batch_size=1, steps=200_000,
-                        val_every=5000, threads=8, device="cuda"),
+    # Seed 004 as far as it says: CycleGAN with 2 residual blocks and one transposed up-step
+    # (`CycleNetConfig` defaults), PatchGAN plus the denoising discriminator, L1 cycle loss, on
+    # unpaired CT and MRI (its 52 + 52 abdomen patients: 50 + 50 subjects per region here),
+    # whole 256x256 slices; widths, steps and the identity weight are pytorch-CycleGAN's.
+    "seed": TrainConfig(name="seed", net=CycleNetConfig(ngf=64, ndf=64), **_SEED_SCALE),
+    # A GPU: the seed's scale with `small`'s input curve and no identity term; the recipe's
+    # warm restarts and fine-tuning stages (models/ct/recipe.py) may follow.
+    "full": TrainConfig(name="full", net=CycleNetConfig(ngf=64, ndf=64), lambda_identity=0.0,
+                        hu_curve=SOFT_TISSUE_CURVE, **_SEED_SCALE),
+    # 2 CPU cores: narrow networks, 64-pixel crops of 128-pixel slices, no identity term (it
+    # holds G near the identity, and fat must turn bright) and a soft-tissue HU curve instead of
+    # the linear window; the first run of the demo recipe (was small_curve).
+    "small": TrainConfig(name="small", lambda_identity=0.0, hu_curve=SOFT_TISSUE_CURVE),
     # Seconds, for tests.
     "tiny": TrainConfig(name="tiny", net=CycleNetConfig(ngf=4, ndf=4, d_layers=2, dn_layers=1),
                         n_train=1, n_val=1, slices_per_subject=2, size=64, crop=32, batch_size=2,
@@ -339,11 +248,6 @@ class CycleGAN(trainer.GanModel):
         loss_dn = _lsgan(self.D_n(fake_mr), True)
         loss_cyc = F.l1_loss(rec_ct, ct) + F.l1_loss(rec_mr, mr)
         loss_g = loss_gan + c.lambda_denoise * loss_dn + c.lambda_cycle * loss_cyc
-        loss_edge = torch.zeros(())
-        if c.lambda_edge > 0:  # recall only: MRI may show boundaries CT cannot
-            edges = structure_map_torch(ct)
-            loss_edge = (edges * (1 - structure_map_soft(fake_mr))).sum() / edges.sum().clamp(min=1.0)
-            loss_g = loss_g + c.lambda_edge * loss_edge
         loss_ngf = torch.zeros(())
         if c.lambda_ngf > 0:
             loss_ngf = ngf_loss(ct, fake_mr)
@@ -372,9 +276,9 @@ class CycleGAN(trainer.GanModel):
         (loss_d_mr + loss_d_ct + loss_d_n).backward()
         self.opt_d.step()
         self.step += 1
-        return {"g_gan": loss_gan.item(), "g_dn": loss_dn.item(), "cycle": loss_cyc.item(),
-                "edge": loss_edge.item(), "ngf": loss_ngf.item(), "tv": loss_tv.item(), "identity": loss_id.item(),
-                "d_mr": loss_d_mr.item(), "d_ct": loss_d_ct.item(), "d_n": loss_d_n.item()}
+        return {"g_gan": loss_gan.item(), "g_dn": loss_dn.item(), "cycle": loss_cyc.item(), "ngf": loss_ngf.item(),
+                "tv": loss_tv.item(), "identity": loss_id.item(), "d_mr": loss_d_mr.item(), "d_ct": loss_d_ct.item(),
+                "d_n": loss_d_n.item()}
 
     @torch.no_grad()
     def validate(self, ct: np.ndarray, mr: np.ndarray, body: np.ndarray, batch: int = 4) -> float:
@@ -398,25 +302,17 @@ def init_from_checkpoint(model: CycleGAN, path: Path) -> dict:
     """Another run's weights (step 0, fresh optimisers). A plain generator may be loaded into
     one with `long_skip` (`with_long_skip`: same function to start with)."""
     ckpt = trainer.load_checkpoint(path)
-    src = CycleNetConfig(**ckpt["config"]["net"])
+    src = TrainConfig.from_dict(ckpt["config"]).net
     dst = model.cfg.net
-    adds_bins = bool(dst.input_basis) and not src.input_basis
-    if (dataclasses.replace(src, long_skip=dst.long_skip, input_blur=dst.input_blur,
-                            input_basis=dst.input_basis if adds_bins else src.input_basis,
-                            input_basis_width=dst.input_basis_width if adds_bins else src.input_basis_width) != dst
-            or (src.long_skip and not dst.long_skip)):
+    if dataclasses.replace(src, long_skip=dst.long_skip) != dst or (src.long_skip and not dst.long_skip):
         raise ValueError(f"{path} does not fit this network: {src} -> {dst}")
     for name, net in model.nets.items():
         state = ckpt[name]
         if name in ("G", "F") and dst.long_skip and not src.long_skip:
             state = with_long_skip(state, src)
-        if name in ("G", "F") and adds_bins:
-            state = with_input_basis(state, dataclasses.replace(src, long_skip=dst.long_skip,
-                                                                input_basis=dst.input_basis))
         net.load_state_dict(state)
     return {"checkpoint": str(path), "step": int(ckpt["step"]), "config": ckpt["config"]["name"],
-            "long_skip_added": bool(dst.long_skip and not src.long_skip), "input_basis_added": adds_bins,
-            **carried_times(ckpt.get("history", {}))}
+            "long_skip_added": bool(dst.long_skip and not src.long_skip), **carried_times(ckpt.get("history", {}))}
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress: bool = True,
@@ -425,13 +321,13 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
     `init_from`: start from another run's weights instead (`init_from_checkpoint`)."""
     out_dir = trainer.prepare(cfg, out_dir)
     t0 = time.time()
-    data = domains or build_domains(cfg, progress)
+    data = trainer.rank_share(domains or build_domains(cfg, progress), "ct", "mr")
     model = CycleGAN(cfg)
     history: dict = {"steps": [], "data_seconds": round(time.time() - t0, 1), "n_ct_slices": int(len(data.ct)),
                      "n_mr_slices": int(len(data.mr)), "subjects": data.subjects}
     history, best = trainer.resume_or_init(model, history, METRIC, resume, init_from, init_from_checkpoint)
-    rng = np.random.default_rng([cfg.seed, model.step])
-    gen = torch.Generator().manual_seed(cfg.seed + model.step)
+    rng = np.random.default_rng(trainer.rank_seed([cfg.seed, model.step]))
+    gen = torch.Generator().manual_seed(trainer.rank_seed(cfg.seed + model.step))
 
     def step_once(step: int) -> dict[str, float]:
         size = cfg.size if step >= cfg.full_size_from * cfg.steps else cfg.crop
@@ -448,14 +344,13 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, progress:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train the seed-004 CycleGAN (CT -> pseudo-MRI).")
-    trainer.add_train_arguments(p, CONFIGS, "runs/ct", "small_curve -> small_curve_skip_ngf")
+    trainer.add_train_arguments(p, CONFIGS, "runs/ct", "a small run's latest.pt")
     p.add_argument("--lambda-identity", type=float, default=None)
-    p.add_argument("--lambda-edge", type=float, default=None)
     p.add_argument("--lambda-ngf", type=float, default=None)
     p.add_argument("--lambda-tv", type=float, default=None)
     a = p.parse_args(argv)
     cfg = trainer.config_from_args(a, CONFIGS, TrainConfig.from_dict, lambda_identity=a.lambda_identity,
-                                   lambda_edge=a.lambda_edge, lambda_ngf=a.lambda_ngf, lambda_tv=a.lambda_tv)
+                                   lambda_ngf=a.lambda_ngf, lambda_tv=a.lambda_tv)
     trainer.print_summary(train(cfg, a.out, resume=a.resume, progress=not a.no_progress, init_from=a.init_from))
     return 0
 

@@ -10,16 +10,17 @@ Two deliberate differences from pytorch-CycleGAN-and-pix2pix's `unet_256`:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from models.common.config import Config
 from models.common.layers import instance_norm as _norm
 
 
 @dataclass(frozen=True)
-class NetConfig:
+class NetConfig(Config):
     """Architecture options, saved with every checkpoint and in the model card."""
 
     in_channels: int = 1
@@ -33,9 +34,6 @@ class NetConfig:
     @property
     def spatial_multiple(self) -> int:
         return 2**self.num_downs
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 
