@@ -1,15 +1,10 @@
 """Rebuild the demo brain-contrast model from nothing by its recipe (`models/brain/recipe.py`):
 phantom subjects, seed 002's conditional translator (config `small`: 3000 steps, a warm
 restart to 4500, then ten fine-tuning stages; 1 torch thread), ONNX export with the
-input-guided filter, the T1 -> T1c gate bias and a parity check, evaluation of all 12
-directions on phantom test subjects against both baselines through the registry, and the
-model card with the figures and the recipe.
+input-guided filter and the T1 -> T1c gate bias, all 12 directions scored against both
+baselines. The flow (parity, evaluation through the registry, card): `models.common.build_demo`.
 
-    nice python -m models.brain.build_demo --out models/weights
-    python -m models.brain.build_demo --if-missing        # `make run`: only when no card exists
-    python -m models.brain.build_demo --checkpoint runs/brain_demo/latest.pt   # skip training
-
-Offline: needs torch (the `train` extra) but no network.
+    nice python -m models.brain.build_demo --out models/weights   # other options: models.common.build_demo
 """
 
 from __future__ import annotations
@@ -18,9 +13,8 @@ from functools import partial
 from pathlib import Path
 
 from dicom_synth.multicontrast import load_synthesis_model
-from dicom_synth.registry import load_card
 from models.brain import evaluate as ev
-from models.brain.export import build_card, export_onnx, feature_module, parity, parity_inputs
+from models.brain.export import TASK, build_card, export_onnx, feature_module, parity, parity_inputs
 from models.brain.gate_bias import add_pair_bias_argument, apply_pair_bias, pair_bias_flags
 from models.brain.phantom import SPLIT_BASE
 from models.brain.recipe import DEMO_GATE_BIAS, DEMO_POST_FILTER, RECIPE
@@ -28,10 +22,9 @@ from models.brain.train import CONFIGS, load_translator, train
 from models.chain import Stage, add_chain_arguments
 from models.common import build_demo
 from models.common import export as common
+from models.common.evaluate import conventions
 from models.common.layers import with_post_filter
 from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_flags, post_filter_from
-
-NAME = "brain_contrasts"
 
 
 def _training_data(cfg, history: dict) -> dict:
@@ -44,18 +37,11 @@ def _training_data(cfg, history: dict) -> dict:
     }
 
 
-def _evaluate(out_dir: Path, n_test: int, run_dir: Path) -> tuple[dict, str]:
-    model = load_synthesis_model(load_card(NAME, out_dir))
-    res = ev.evaluate(ev.phantom_cases(n_test), model, ev.fit_histmatch(), panels_dir=run_dir / "panels")
-    return res, ev.format_tables(res)
-
-
 def _metrics(res: dict, cfg, n_test: int) -> dict:
     return {
         "dataset": f"phantom test subjects {SPLIT_BASE['test']}..{SPLIT_BASE['test'] + n_test - 1}, "
                    f"16 slices {cfg.size}x{cfg.size}, every source -> target direction",
-        "conventions": {"unit": "per-slice min-max to [0,1], data_range 1, whole image",
-                        "body": "same images, metrics restricted to the head mask of the input series"},
+        "conventions": conventions("the head mask of the input series"),
         "table": res["table"], "directions": res["directions"], "n_series": res["n_series"],
         "n_scored_series": res["n_scored_series"],
         "onnx_seconds_per_output_slice_cpu": res["onnx_seconds_per_output_slice"],
@@ -80,12 +66,13 @@ def build(out_dir: Path, run_dir: Path, config: str = RECIPE.config, n_test: int
     default_bias = DEMO_GATE_BIAS if config == RECIPE.config else ()
     gate_bias = default_bias if gate_bias is None else tuple(gate_bias)
     demo = build_demo.Demo(
-        name=NAME, module="models.brain.build_demo", recipe=RECIPE, configs=CONFIGS, train=train,
+        name=TASK, module="models.brain.build_demo", recipe=RECIPE, configs=CONFIGS, train=train,
         load=load_translator, prepare=partial(_prepare, post_filter=post_filter, gate_bias=gate_bias),
         export=lambda t, path, cfg: export_onnx(t, path, cfg.net.n_contrasts),
         parity=lambda t, path, cfg: parity(t, path, *parity_inputs(cfg.net.n_contrasts, h=128, w=128)),
-        card=partial(build_card, NAME, post_filter=post_filter, gate_bias=gate_bias),
-        training_data=_training_data, evaluate=_evaluate, metrics=_metrics, feature_module=feature_module,
+        card=partial(build_card, TASK, post_filter=post_filter, gate_bias=gate_bias),
+        training_data=_training_data, metrics=_metrics, feature_module=feature_module,
+        evaluate=build_demo.phantom_evaluation(TASK, load_synthesis_model, ev, ev.fit_histmatch, ev.format_tables),
         flags=post_filter_flags(post_filter, DEMO_POST_FILTER) + pair_bias_flags(gate_bias, default_bias))
     return build_demo.build(demo, out_dir, run_dir, config, n_test, steps, threads, version, checkpoint, stages,
                             n_stages)[0]
@@ -97,10 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     add_chain_arguments(p, RECIPE)
     add_post_filter_argument(p, DEMO_POST_FILTER)
     add_pair_bias_argument(p, DEMO_GATE_BIAS, "for the demo config")
-    a = p.parse_args(argv)
-    if a.if_missing and common.model_present(NAME, a.out):
+    a = build_demo.parse(p, TASK, argv)
+    if a is None:
         return
-    a.out.mkdir(parents=True, exist_ok=True)
     build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, version=a.version, checkpoint=a.checkpoint,
           post_filter=post_filter_from(a.post_filter), gate_bias=None if a.gate_bias is None else tuple(a.gate_bias),
           n_stages=a.stages)

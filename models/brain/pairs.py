@@ -26,6 +26,7 @@ from scipy import ndimage
 from dicom_synth.classify import classify_series
 from dicom_synth.series import SeriesFiles, SeriesReadError, group_series, load_series
 from models.brain.phantom import CONTRASTS
+from models.common.geometry import Planes
 
 MIN_COVERAGE = 0.9  # of the grid's voxels inside every contrast's own volume
 NAMES = {"t1": "T1", "t2": "T2", "t1c": "T1c", "flair": "FLAIR"}
@@ -33,37 +34,20 @@ _LABELS = {f"brain_{c}": c for c in CONTRASTS}  # classifier label -> contrast
 
 
 @dataclass(frozen=True)
-class Grid:
-    """Parallel image planes in patient coordinates (mm), sorted along the normal: pixel
-    (row r, column c) of slice k lies at positions[k] + c * spacing[1] * row_dir +
-    r * spacing[0] * col_dir (DICOM PS3.3 C.7.6.2.1.1)."""
+class Grid(Planes):
+    """`Planes` with unit directions and the gap between slice centres."""
 
-    positions: np.ndarray  # (N, 3) ImagePositionPatient per slice
-    row_dir: np.ndarray  # direction of increasing column index
-    col_dir: np.ndarray  # direction of increasing row index
-    spacing: tuple[float, float]  # (between rows, between columns) = PixelSpacing
-    shape: tuple[int, int]  # (Rows, Columns)
     gap: float  # between slice centres along the normal (the thickness for one slice)
-
-    @property
-    def normal(self) -> np.ndarray:
-        return np.cross(self.row_dir, self.col_dir)
-
-    @property
-    def along(self) -> np.ndarray:
-        return self.positions @ self.normal
 
     @classmethod
     def from_slices(cls, slices: Sequence[Dataset]) -> Grid:
         """From headers sorted along the normal (as `load_series` sorts them)."""
-        iop = np.array([float(v) for v in slices[0].ImageOrientationPatient])
-        row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
-        pos = np.array([[float(v) for v in s.ImagePositionPatient] for s in slices])
-        along = pos @ np.cross(row, col)
+        p = Planes.from_slices(slices)
+        row, col = p.row_dir / np.linalg.norm(p.row_dir), p.col_dir / np.linalg.norm(p.col_dir)
+        along = p.positions @ np.cross(row, col)
         gap = float(np.median(np.diff(along))) if len(slices) > 1 else \
             float(slices[0].get("SliceThickness", 0) or 1.0)
-        ps = [float(v) for v in slices[0].PixelSpacing]
-        return cls(pos, row, col, (ps[0], ps[1]), (int(slices[0].Rows), int(slices[0].Columns)), gap)
+        return cls(p.positions, row, col, p.spacing, p.shape, gap)
 
     def slice_points(self, k: int) -> np.ndarray:
         """(H, W, 3) patient coordinates of slice k's pixel centres."""

@@ -93,8 +93,7 @@ def write_brain_series(out_dir: Path, seed: int, n_slices: int = 16, size: int =
                        contrast: str = "t1", *, study_uid: str | None = None,
                        patient_id: str | None = None, subject: BrainSubject | None = None) -> list[Path]:
     """Write one contrast of a phantom brain subject, one file per slice."""
-    if contrast not in CONTRASTS:
-        raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
+    common.require_one_of(contrast, CONTRASTS, "contrast")
     if subject is None:
         subject = generate_subject(seed, n_slices=n_slices, size=size)
     headers = brain_headers(subject, contrast, study_uid=study_uid, patient_id=patient_id)

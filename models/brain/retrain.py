@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -31,8 +30,8 @@ from models.brain.pairs import StudyResult, build_studies, describe
 from models.brain.phantom import CONTRASTS
 from models.brain.train import CONFIGS, BrainData, load_translator, prepare, train
 from models.common import export as common
-from models.common.evaluate import shortfalls, write_report
-from models.common.retrain import NotEnoughData, install, split_by_patient
+from models.common.evaluate import conventions, shortfalls, write_report
+from models.common.retrain import SPLIT_NOTE, NotEnoughData, command, install, split_by_patient, workspace
 
 MIN_STUDIES_FOR_OWN_DOMAIN = 10  # fewer registered studies: the domain block comes from the phantom
 NEEDS = ("Each study needs a T1, a T2, a T1c and a FLAIR series of the brain (recognised by the series "
@@ -104,7 +103,7 @@ def training_data(results: list[StudyResult], splits: dict[str, list[StudyResult
         "resampled_studies": sum(bool(r.resampled) for r in used),
         "series": [{"study": r.study_uid, "split": split_of.get(r.study_uid), "reference": r.reference,
                     "series": r.series, "resampled": r.resampled, "coverage": r.coverage} for r in used],
-        "split": "by patient (hash of PatientID; models.common.split.split_patients)",
+        "split": SPLIT_NOTE,
     }
 
 
@@ -133,13 +132,10 @@ def _domain_folder(results: list[StudyResult], export_dir: Path, root: Path) -> 
 
 def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Path | None = None,
             version: str = "1.0.0", log: Callable[[str], None] = print) -> dict:
-    """Register, split, train, evaluate, export and install the model; the card as written.
-    Raises NotEnoughData (writing nothing into out_dir) when the export cannot train it."""
-    t0 = time.time()
+    """Register, split, train, evaluate, export and install the model (`models.common.retrain`)."""
     cfg = CONFIGS[config]
-    with tempfile.TemporaryDirectory(prefix="retrain-brain-") as tmp:
-        run_dir = Path(run_dir) if run_dir else Path(tmp) / "run"
-        results, side = register_export(export_dir, Path(tmp) / "studies", cfg.net.spatial_multiple, log)
+    with workspace("brain", run_dir) as (tmp, run_dir, t0):
+        results, side = register_export(export_dir, tmp / "studies", cfg.net.spatial_multiple, log)
         splits = split_studies(results)
         data = training_data(results, splits, export_dir, side)
         # the grid is the data's: whole slices of `side` pixels, crops no larger than that
@@ -148,7 +144,7 @@ def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Pat
         train(cfg, run_dir, data=brain_data(splits, cfg.beta, cfg.mask_expand))
         t, cfg, ckpt = load_translator(run_dir / "best.pt")
         history = common.run_history(run_dir / "latest.pt", ckpt)
-        stage, report = run_dir / "weights", Path(tmp) / "report"
+        stage, report = run_dir / "weights", tmp / "report"
         onnx_path = export_onnx(t, stage / f"{TASK}.onnx", cfg.net.n_contrasts)
         delta = parity(t, onnx_path, *parity_inputs(cfg.net.n_contrasts, h=side, w=side))
         common.require_parity(delta)
@@ -170,20 +166,18 @@ def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Pat
                           panels_dir=report / "panels")
         metrics = {"dataset": f"held-out patients: {data['patients']['test']} patient(s), {res['n_series']} studies, "
                               f"{data['slices']['test']} slices, every source -> target direction",
-                   "conventions": {"unit": "per-slice min-max to [0,1], data_range 1, whole image",
-                                   "body": "same images, metrics restricted to the head mask of the input series"},
+                   "conventions": conventions("the head mask of the input series"),
                    "table": res["table"], "directions": res["directions"], "n_series": res["n_series"],
                    "n_scored_series": res["n_scored_series"],
                    "shortfalls": shortfalls(res["table"], ("identity", "histmatch"))}
         card = card_for(metrics)
         card["export_parity_max_abs"] = delta
-        card["build"] = common.build_record(f"python -m models retrain {TASK} {export_dir} --out {out_dir} "
-                                            f"--config {config}", t0, t_eval, history)
+        card["build"] = common.build_record(command(TASK, export_dir, out_dir, config), t0, t_eval, history)
         card_path = common.write_card(card, stage, TASK)
         text = ev.format_tables(res)
         write_report(report, res, text)
         (report / "studies.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
-        own = _domain_folder(results, Path(export_dir), Path(tmp) / "domain")
+        own = _domain_folder(results, Path(export_dir), tmp / "domain")
         card = common.add_domain(card_path, common.feature_tensor(onnx_path, t, feature_module(t)),
                                  None if own else common.domain_counts(config), data=own, log=log)
         log(text)

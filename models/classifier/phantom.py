@@ -140,6 +140,11 @@ def mr_finish(img: np.ndarray, rng: np.random.Generator, noise: float, scale: fl
     return (np.sqrt(re * re + im * im) * scale).astype(np.float32)
 
 
+def by_tissue(tissues: tuple[int, ...], rows: dict[str, tuple[float, ...]]) -> dict[str, dict[int, float]]:
+    """{kind: {tissue: value}} from a table: a row of values per kind, a column per tissue."""
+    return {kind: dict(zip(tissues, values, strict=True)) for kind, values in rows.items()}
+
+
 def jitter(rng: np.random.Generator, table: dict[int, float], amount: float = 0.12) -> dict[int, float]:
     return {k: max(v * float(rng.uniform(1 - amount, 1 + amount)), 0.0) for k, v in table.items()}
 
@@ -148,21 +153,17 @@ def jitter(rng: np.random.Generator, table: dict[int, float], amount: float = 0.
 # tissues
 AIR, FAT, FGT, MUSCLE, LESION, CYST, BLOOD, VESSEL, LUNG, SKIN, BONE, LIVER = range(12)
 
-# Relative signal of each tissue per breast series kind (before jitter).
-BREAST_SIGNAL: dict[str, dict[int, float]] = {
-    "t1_nc": {FAT: 1.0, FGT: 0.35, MUSCLE: 0.3, LESION: 0.33, CYST: 0.12, BLOOD: 0.22, VESSEL: 0.22,
-              LUNG: 0.03, SKIN: 0.45, BONE: 0.8, LIVER: 0.35},
-    "t2": {FAT: 0.8, FGT: 0.33, MUSCLE: 0.13, LESION: 0.45, CYST: 1.0, BLOOD: 0.08, VESSEL: 0.1,
-           LUNG: 0.03, SKIN: 0.35, BONE: 0.6, LIVER: 0.2},
-    "t2_fs": {FAT: 0.09, FGT: 0.38, MUSCLE: 0.18, LESION: 0.55, CYST: 1.0, BLOOD: 0.12, VESSEL: 0.15,
-              LUNG: 0.03, SKIN: 0.35, BONE: 0.1, LIVER: 0.25},
-    "dce_pre": {FAT: 0.1, FGT: 0.3, MUSCLE: 0.28, LESION: 0.3, CYST: 0.1, BLOOD: 0.22, VESSEL: 0.22,
-                LUNG: 0.02, SKIN: 0.3, BONE: 0.1, LIVER: 0.3},
-}
-ADC = {FAT: 0.15e-3, FGT: 1.9e-3, MUSCLE: 1.45e-3, LESION: 0.95e-3, CYST: 2.9e-3, BLOOD: 2.5e-3,
-       VESSEL: 2.5e-3, LUNG: 0.0, SKIN: 1.2e-3, BONE: 0.3e-3, LIVER: 1.2e-3}
-T2W_DWI = {FAT: 0.08, FGT: 0.5, MUSCLE: 0.22, LESION: 0.7, CYST: 1.0, BLOOD: 0.05, VESSEL: 0.05,
-           LUNG: 0.02, SKIN: 0.3, BONE: 0.05, LIVER: 0.25}
+# Relative signal of each tissue per breast series kind (before jitter), a column per tissue.
+BREAST_TISSUES = (FAT, FGT, MUSCLE, LESION, CYST, BLOOD, VESSEL, LUNG, SKIN, BONE, LIVER)
+BREAST_SIGNAL: dict[str, dict[int, float]] = by_tissue(BREAST_TISSUES, {
+    "t1_nc":   (1.0, 0.35, 0.3, 0.33, 0.12, 0.22, 0.22, 0.03, 0.45, 0.8, 0.35),
+    "t2":      (0.8, 0.33, 0.13, 0.45, 1.0, 0.08, 0.1, 0.03, 0.35, 0.6, 0.2),
+    "t2_fs":   (0.09, 0.38, 0.18, 0.55, 1.0, 0.12, 0.15, 0.03, 0.35, 0.1, 0.25),
+    "dce_pre": (0.1, 0.3, 0.28, 0.3, 0.1, 0.22, 0.22, 0.02, 0.3, 0.1, 0.3),
+})
+ADC = dict(zip(BREAST_TISSUES, (0.15e-3, 1.9e-3, 1.45e-3, 0.95e-3, 2.9e-3, 2.5e-3, 2.5e-3, 0.0, 1.2e-3, 0.3e-3,
+                                1.2e-3), strict=True))
+T2W_DWI = dict(zip(BREAST_TISSUES, (0.08, 0.5, 0.22, 0.7, 1.0, 0.05, 0.05, 0.02, 0.3, 0.05, 0.25), strict=True))
 
 
 def _breast_anatomy(rng: np.random.Generator, size: int, fov: float, z: float) -> tuple[Canvas, dict]:
@@ -305,16 +306,12 @@ def breast_volume(kind: str, rng: np.random.Generator, n: int, size: int) -> tup
 
 # ------------------------------------------------------------------ brain MR
 WM, GM, CSF, SCALP, SKULL, TUMOR_RIM, NECROSIS, EDEMA, SINUS, DEEP_GM, DURA = range(1, 12)
-BRAIN_SIGNAL = {
-    "t1": {WM: 0.78, GM: 0.5, CSF: 0.1, SCALP: 1.0, SKULL: 0.05, TUMOR_RIM: 0.45, NECROSIS: 0.2,
-           EDEMA: 0.4, SINUS: 0.3, DEEP_GM: 0.6, DURA: 0.3},
-    "t1c": {WM: 0.78, GM: 0.5, CSF: 0.1, SCALP: 1.0, SKULL: 0.05, TUMOR_RIM: 1.0, NECROSIS: 0.2,
-            EDEMA: 0.4, SINUS: 0.95, DEEP_GM: 0.6, DURA: 0.8},
-    "t2": {WM: 0.35, GM: 0.52, CSF: 1.0, SCALP: 0.6, SKULL: 0.04, TUMOR_RIM: 0.6, NECROSIS: 0.9,
-           EDEMA: 0.8, SINUS: 0.05, DEEP_GM: 0.42, DURA: 0.2},
-    "flair": {WM: 0.42, GM: 0.58, CSF: 0.06, SCALP: 0.55, SKULL: 0.04, TUMOR_RIM: 0.75, NECROSIS: 0.3,
-              EDEMA: 0.95, SINUS: 0.05, DEEP_GM: 0.5, DURA: 0.2},
-}
+BRAIN_SIGNAL = by_tissue((WM, GM, CSF, SCALP, SKULL, TUMOR_RIM, NECROSIS, EDEMA, SINUS, DEEP_GM, DURA), {
+    "t1":    (0.78, 0.5, 0.1, 1.0, 0.05, 0.45, 0.2, 0.4, 0.3, 0.6, 0.3),
+    "t1c":   (0.78, 0.5, 0.1, 1.0, 0.05, 1.0, 0.2, 0.4, 0.95, 0.6, 0.8),
+    "t2":    (0.35, 0.52, 1.0, 0.6, 0.04, 0.6, 0.9, 0.8, 0.05, 0.42, 0.2),
+    "flair": (0.42, 0.58, 0.06, 0.55, 0.04, 0.75, 0.3, 0.95, 0.05, 0.5, 0.2),
+})
 
 
 def _head(cv: Canvas, rng: np.random.Generator, z: float, *, ct: bool = False) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 
 from dicom_synth.classify.labels import LABELS
 from dicom_synth.classify.pixelmodel import preprocess
-from dicom_synth.series import group_series, load_series
+from dicom_synth.series import LoadedSeries, SeriesFiles, group_series, load_series
 
 
 @dataclass
@@ -51,6 +51,13 @@ def _stack(items: list[tuple[np.ndarray, int]], first_series: int) -> tuple[np.n
     return np.concatenate(xs), np.asarray(ys, np.int64), np.asarray(ss, np.int64)
 
 
+def read_input(group: SeriesFiles) -> tuple[LoadedSeries, np.ndarray]:
+    """One grouped series (`group_series`) loaded with its pixels, and the network's float16
+    input from it, preprocessed as the service does it; raises what the reading raises."""
+    loaded = load_series(group.files, pixels=True)
+    return loaded, preprocess(loaded.volume, group.modality.upper() == "CT").astype(np.float16)
+
+
 def load_labelled_folder(root: Path, val_share: float = 0.2, series_offset: int = 10_000_000) -> LabelledSet:
     """Read root/<label>/...; unknown folder names are an error that lists the classes."""
     root = Path(root)
@@ -68,8 +75,7 @@ def load_labelled_folder(root: Path, val_share: float = 0.2, series_offset: int 
         y = LABELS.index(folder.name)
         for group in group_series([folder]):
             try:
-                loaded = load_series(group.files, pixels=True)
-                x = preprocess(loaded.volume, group.modality.upper() == "CT").astype(np.float16)
+                _, x = read_input(group)
             except Exception as exc:  # no pixels, undecodable: say so, keep going
                 skipped.append(f"{folder.name}/{group.series_instance_uid}: {exc}")
                 continue

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from dicom_synth.classify.labels import LABELS
-from dicom_synth.classify.pixelmodel import preprocess
-from dicom_synth.series import group_series, load_series
+from dicom_synth.series import group_series
+from models.classifier.realdata import read_input
 
 HELD_OUT_COLLECTION = "pydicom_data"
 """The held-out real source of `heldout.py` (it holds the only real CTs)."""
@@ -88,8 +88,7 @@ def load_real_series(root: Path) -> RealSet:
             out.skipped.append(f"{group.files[0]}: not in REAL_SERIES (label it first)")
             continue
         try:
-            loaded = load_series(group.files, pixels=True)
-            x = preprocess(loaded.volume, group.modality.upper() == "CT").astype(np.float16)
+            _, x = read_input(group)
         except Exception as exc:  # no pixels, undecodable: say so, keep going
             out.skipped.append(f"{key}: {exc}")
             continue

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from dicom_synth.classify import LABELS, classify_series
-from dicom_synth.classify.pixelmodel import PixelModel, preprocess
-from dicom_synth.series import group_series, load_series
+from dicom_synth.classify.pixelmodel import PixelModel
+from dicom_synth.series import group_series
 from models.classifier.evaluate import confusion, report
-from models.classifier.realdata import LabelledSet, _stack
+from models.classifier.realdata import LabelledSet, _stack, read_input
 from models.classifier.train import CONFIGS, NAME, build_card, export, fit, parity
 from models.common import export as common
 from models.common.evaluate import write_report
-from models.common.retrain import NotEnoughData, command, gather, install, split_by_patient
+from models.common.retrain import SPLIT_NOTE, NotEnoughData, command, gather, install, split_by_patient
 
 MIN_SERIES_FOR_OWN_DOMAIN = 30  # fewer labelled series: the domain block comes from the phantom
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
@@ -100,8 +100,7 @@ def find_labelled(export_dir: Path, labels_csv: Path | None, log: Callable[[str]
             unlabelled += 1
             continue
         try:
-            loaded = load_series(sf.files, pixels=True)
-            x = preprocess(loaded.volume, sf.modality.upper() == "CT").astype(np.float16)
+            loaded, x = read_input(sf)
         except Exception as exc:  # no pixels, undecodable: say so, keep going
             skipped.append(f"{sf.series_instance_uid}: {exc}")
             continue
@@ -189,7 +188,7 @@ def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Pat
                           for k, v in splits.items()},
             "series": [{"series": s.uid, "split": k, "label": s.label, "description": s.description}
                        for k, v in splits.items() for s in v],
-            **left_out, "split": "by patient (hash of PatientID; models.common.split.split_patients)"}
+            **left_out, "split": SPLIT_NOTE}
         held_out = len({s.patient for s in splits["test"]})
         card["metrics"] = {**card["metrics"], "dataset": f"held-out patients: {held_out} patient(s), "
                            f"{len(splits['test'])} labelled series", **res["metrics"]}

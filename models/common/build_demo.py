@@ -3,16 +3,24 @@
 evaluate the exported file through the registry on phantom test subjects, write the card with
 the figures, the training memory and the build record, and print the summary. A family gives
 its pieces (`Demo`); what is its own (gate bias, CT memory estimates, staging) is in the
-callables it passes."""
+callables it passes.
+
+    nice python -m models.<family>.build_demo --out models/weights
+    python -m models.<family>.build_demo --if-missing     # `make run`: only when no card exists
+    python -m models.<family>.build_demo --checkpoint runs/<demo>/latest.pt   # skip training
+
+Offline: needs torch (the `train` extra) but no network."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_synth.registry import load_card
 from models.chain import Stage, chain_checkpoint, chain_command
 from models.common import export as common
 from models.common.evaluate import write_report
@@ -83,3 +91,25 @@ def build(demo: Demo, out_dir: Path, run_dir: Path, config: str, n_test: int, st
     path = write_card(card, out_dir, demo.name)
     write_report(run_dir, res, text)
     return common.finish_build(path, onnx_path, net, demo.feature_module(net), config, text), path, net
+
+
+def phantom_evaluation(name: str, load_model: Callable, ev: Any, baselines: Callable, report: Callable) -> Callable:
+    """A `Demo.evaluate`: the exported model read through the registry (`load_model(card)`),
+    scored by the family's evaluate module `ev` on `ev.phantom_cases(n_test)` against
+    `baselines()`, panels in the run folder; `report(res)`: the text of the tables."""
+
+    def evaluate(out_dir: Path, n_test: int, run_dir: Path) -> tuple[dict, str]:
+        model = load_model(load_card(name, out_dir))
+        res = ev.evaluate(ev.phantom_cases(n_test), model, baselines(), panels_dir=run_dir / "panels")
+        return res, report(res)
+
+    return evaluate
+
+
+def parse(p: argparse.ArgumentParser, name: str, argv: list[str] | None) -> argparse.Namespace | None:
+    """The build's command line (`--out` created); None when `--if-missing` finds the model there."""
+    a = p.parse_args(argv)
+    if a.if_missing and common.model_present(name, a.out):
+        return None
+    a.out.mkdir(parents=True, exist_ok=True)
+    return a

@@ -127,6 +127,12 @@ def summarise(cases: list[dict]) -> dict:
     return table
 
 
+def conventions(body: str) -> dict:
+    """The card's `conventions`: the figures on whole images, and within `body` (what mask)."""
+    return {"unit": "per-slice min-max to [0,1], data_range 1, whole image",
+            "body": f"same images, metrics restricted to {body}"}
+
+
 HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "r": True, "mae": False, "mse": False}
 
 

@@ -21,6 +21,12 @@ def uid(*parts: object) -> str:
     return generate_uid(prefix=UID_PREFIX, entropy_srcs=[str(p) for p in parts])
 
 
+def require_one_of(value: str, choices: Sequence[str], what: str) -> None:
+    """A ValueError naming the choices unless `value` (the argument `what`) is one of them."""
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+
+
 def to_stored(volume: np.ndarray, offset: float = 0.0, bits: int = 12) -> np.ndarray:
     """Scanner units (+ offset) to stored uint16 pixels, rounded and clipped to `bits`."""
     return np.clip(np.rint(volume + offset if offset else volume), 0, 2**bits - 1).astype(np.uint16)

@@ -1,20 +1,37 @@
 """What every family's `retrain` shares: the error that ends a retraining with what is
-missing (and writes no model), the split of the export's studies by patient, and
-installing the finished model (ONNX and card) into the models folder only at the end."""
+missing (and writes no model), the split of the export's studies by patient, the temporary
+workspace, and installing the finished model (ONNX and card) into the models folder only at
+the end. Every family's `retrain(export_dir, out_dir, config, run_dir, version, log)` returns
+the card as written and raises NotEnoughData (writing nothing into out_dir) when the export
+cannot train it."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from dicom_synth.registry import CARD_SUFFIX
 from models.common.split import split_patients
 
+SPLIT_NOTE = "by patient (hash of PatientID; models.common.split.split_patients)"  # the card's training_data split
+
 
 class NotEnoughData(Exception):
     """The export cannot train this model; the message says what is missing."""
+
+
+@contextmanager
+def workspace(family: str, run_dir: Path | None) -> Iterator[tuple[Path, Path, float]]:
+    """One retraining's temporary folder (removed at the end), its run folder (`run_dir`, or
+    `run` inside the temporary folder) and its start time (for the card's build record)."""
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix=f"retrain-{family}-") as tmp:
+        yield Path(tmp), Path(run_dir) if run_dir else Path(tmp) / "run", started
 
 
 def split_by_patient(studies: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:

@@ -1,15 +1,10 @@
 """Rebuild the demo pseudo-MRI model from nothing by its recipe (`models/ct/recipe.py`):
 phantom data, unpaired CycleGAN training (config `small`: 3000 steps, warm restarts to 6000
 and to 9000 with the NGF structure term on, then five fine-tuning stages; 1 torch thread),
-ONNX export of the generator followed by the CT-guided filter with a parity check,
-evaluation on phantom test subjects against the baselines through the registry, and the
-model card with the figures and the recipe.
+ONNX export of the generator followed by the CT-guided filter; from there on (parity,
+scores against the baselines through the registry, card) `models.common.build_demo`.
 
-    nice python -m models.ct.build_demo --out models/weights
-    python -m models.ct.build_demo --if-missing          # `make run`: only when no card exists
-    python -m models.ct.build_demo --checkpoint runs/ct_demo/latest.pt   # skip training
-
-Offline: needs torch (the `train` extra) but no network.
+    nice python -m models.ct.build_demo --out models/weights   # other options: models.common.build_demo
 """
 
 from __future__ import annotations
@@ -20,20 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from dicom_synth.multicontrast import load_synthesis_model
-from dicom_synth.registry import load_card
 from models.chain import Stage, add_chain_arguments
 from models.common import build_demo
 from models.common import export as common
+from models.common.evaluate import conventions
 from models.common.layers import with_post_filter
 from models.ct import evaluate as ev
 from models.ct import memory
-from models.ct.export import build_card, export_onnx, feature_module, parity
+from models.ct.export import TASK, build_card, export_onnx, feature_module, parity
 from models.ct.phantom import SPLIT_BASE
 from models.ct.recipe import DEMO_POST_FILTER, RECIPE
 from models.ct.train import CONFIGS, load_generator, train
 from models.guided_filter import GuidedFilter, add_post_filter_argument, post_filter_flags, post_filter_from
-
-NAME = "pseudo_mri"
 
 
 def _training_data(cfg, history: dict) -> dict:
@@ -49,18 +42,11 @@ def _training_data(cfg, history: dict) -> dict:
     }
 
 
-def _evaluate(out_dir: Path, n_test: int, run_dir: Path) -> tuple[dict, str]:
-    model = load_synthesis_model(load_card(NAME, out_dir))
-    res = ev.evaluate(ev.phantom_cases(n_test), model, ev.fit_baselines(), panels_dir=run_dir / "panels")
-    return res, ev.format_tables(res)
-
-
 def _metrics(res: dict, cfg, n_test: int) -> dict:
     return {
         "dataset": f"phantom test subjects {SPLIT_BASE['test']}..{SPLIT_BASE['test'] + n_test - 1} per region "
                    f"(abdomen, head_neck), 24 slices {cfg.size}x{cfg.size} each",
-        "conventions": {"unit": "per-slice min-max to [0,1], data_range 1, whole image",
-                        "body": "same images, metrics restricted to the CT body mask (> -500 HU, filled)"},
+        "conventions": conventions("the CT body mask (> -500 HU, filled)"),
         "table": res["table"], "structure_dice": res["structure"],
         "structure_method": "each organ of the CT anatomy re-drawn on each image by a local halfway threshold "
                             "within 4 pixels of its boundary (models.ct.evaluate.halfway_segment; junctions of "
@@ -87,10 +73,11 @@ def build(out_dir: Path, run_dir: Path, config: str = RECIPE.config, n_test: int
     """The demo build of `models.common.build_demo` with the CT family's pieces; `post_filter`:
     the CT-guided filter exported after the generator (`GuidedFilter`; None: none)."""
     demo = build_demo.Demo(
-        name=NAME, module="models.ct.build_demo", recipe=RECIPE, configs=CONFIGS, train=train, load=load_generator,
+        name=TASK, module="models.ct.build_demo", recipe=RECIPE, configs=CONFIGS, train=train, load=load_generator,
         prepare=partial(with_post_filter, spec=post_filter), export=lambda g, path, cfg: export_onnx(g, path),
-        parity=_parity, card=partial(build_card, NAME, post_filter=post_filter), training_data=_training_data,
-        evaluate=_evaluate, metrics=_metrics, feature_module=feature_module, memory=_memory,
+        parity=_parity, card=partial(build_card, TASK, post_filter=post_filter), training_data=_training_data,
+        evaluate=build_demo.phantom_evaluation(TASK, load_synthesis_model, ev, ev.fit_baselines, ev.format_tables),
+        metrics=_metrics, feature_module=feature_module, memory=_memory,
         flags=post_filter_flags(post_filter, DEMO_POST_FILTER))
     return build_demo.build(demo, out_dir, run_dir, config, n_test, steps, threads, version, checkpoint, stages,
                             n_stages)[0]
@@ -101,10 +88,9 @@ def main(argv: list[str] | None = None) -> None:
                                "runs/ct_demo", 2, RECIPE.version, per="per region")
     add_chain_arguments(p, RECIPE)
     add_post_filter_argument(p, DEMO_POST_FILTER)
-    a = p.parse_args(argv)
-    if a.if_missing and common.model_present(NAME, a.out):
+    a = build_demo.parse(p, TASK, argv)
+    if a is None:
         return
-    a.out.mkdir(parents=True, exist_ok=True)
     build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, a.threads, version=a.version, checkpoint=a.checkpoint,
           post_filter=post_filter_from(a.post_filter), n_stages=a.stages)
 

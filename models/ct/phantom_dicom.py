@@ -96,8 +96,7 @@ def write_ct_series(out_dir: Path, seed: int, n_slices: int = 24, size: int = 12
                     region: str = "abdomen", *, study_uid: str | None = None,
                     patient_id: str | None = None, subject: CTSubject | None = None) -> list[Path]:
     """Write one phantom CT series, one file per slice; returns the paths in slice order."""
-    if region not in REGIONS:
-        raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+    common.require_one_of(region, REGIONS, "region")
     if subject is None:
         subject = generate_subject(seed, region, n_slices=n_slices, size=size)
     headers = ct_headers(subject, study_uid=study_uid, patient_id=patient_id)

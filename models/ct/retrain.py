@@ -15,7 +15,6 @@ pixels. Training patients need none: CT and MR may come from different patients.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -33,9 +32,9 @@ from dicom_synth.registry import load_card
 from dicom_synth.series import group_series, load_series
 from dicom_synth.taskfit import synthetic_reason
 from models.common import export as common
-from models.common.evaluate import body_mask, shortfalls, unit_slices, write_report
+from models.common.evaluate import body_mask, conventions, shortfalls, unit_slices, write_report
 from models.common.layers import with_post_filter
-from models.common.retrain import NotEnoughData, command, gather, install, split_by_patient
+from models.common.retrain import SPLIT_NOTE, NotEnoughData, command, gather, install, split_by_patient, workspace
 from models.ct import evaluate as ev
 from models.ct.export import TASK, build_card, export_onnx, feature_module, parity
 from models.ct.recipe import DEMO_POST_FILTER
@@ -229,24 +228,21 @@ def training_data(found: list[Found], splits: Splits, export_dir: Path) -> dict:
         "series": [{"series": f.uid, "split": s, "modality": f.modality, "region": f.region,
                     "description": f.description} for s, v in splits.series.items() for f in v],
         "not_used": [{"series": f.uid, "modality": f.modality, "why": f.why} for f in found if not f.region],
-        "split": "by patient (hash of PatientID; models.common.split.split_patients)",
+        "split": SPLIT_NOTE,
     }
 
 
 def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Path | None = None,
             version: str = "1.0.0", log: Callable[[str], None] = print) -> dict:
-    """Find, split, train, evaluate, export and install the model; the card as written.
-    Raises NotEnoughData (writing nothing into out_dir) when the export cannot train it."""
-    t0 = time.time()
-    cfg = CONFIGS[config]
-    found = find_series(export_dir, log)
-    splits = split_export(found, cfg.net.spatial_multiple)
-    crop = min(cfg.crop, splits.side)
-    cfg = dataclasses.replace(cfg, regions=splits.regions, size=splits.side, crop=crop,
-                              n_train=len(splits.series["train"]), n_val=len(splits.pairs["val"]))
-    data = training_data(found, splits, export_dir)
-    with tempfile.TemporaryDirectory(prefix="retrain-ct-") as tmp:
-        run_dir = Path(run_dir) if run_dir else Path(tmp) / "run"
+    """Find, split, train, evaluate, export and install the model (`models.common.retrain`)."""
+    with workspace("ct", run_dir) as (tmp, run_dir, t0):
+        cfg = CONFIGS[config]
+        found = find_series(export_dir, log)
+        splits = split_export(found, cfg.net.spatial_multiple)
+        crop = min(cfg.crop, splits.side)
+        cfg = dataclasses.replace(cfg, regions=splits.regions, size=splits.side, crop=crop,
+                                  n_train=len(splits.series["train"]), n_val=len(splits.pairs["val"]))
+        data = training_data(found, splits, export_dir)
         train(cfg, run_dir, domains=domains(splits, cfg.ct_input))
         g, cfg, ckpt = load_generator(run_dir / "best.pt")
         history = common.run_history(run_dir / "latest.pt", ckpt)
@@ -270,8 +266,7 @@ def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Pat
                           panels_dir=Path(out_dir) / f"{TASK}.retrain" / "panels")
         metrics = {"dataset": f"held-out patients: {data['patients']['test']} patient(s), {res['n_series']} CT "
                               f"series with a registered MR, {res['n_slices']} slices",
-                   "conventions": {"unit": "per-slice min-max to [0,1], data_range 1, whole image",
-                                   "body": "same images, metrics restricted to the CT body mask (> -500 HU, filled)"},
+                   "conventions": conventions("the CT body mask (> -500 HU, filled)"),
                    "table": res["table"], "baselines": res["baselines"], "n_series": res["n_series"],
                    "n_slices": res["n_slices"], "shortfalls": shortfalls(res["table"], ("hu_map",))}
         card = card_with(metrics)
@@ -282,7 +277,7 @@ def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Pat
         write_report(Path(out_dir) / f"{TASK}.retrain", res, text)
         own = sum(data["ct_series"].values()) >= MIN_CT_SERIES_FOR_OWN_DOMAIN
         domain_data = gather({f.uid: f.files for v in splits.series.values() for f in v if f.modality == "CT"},
-                             Path(tmp) / "domain") if own else None
+                             tmp / "domain") if own else None
         card = common.add_domain(card_path, common.feature_tensor(onnx_path, g, feature_module(g)),
                                  None if domain_data else common.domain_counts(config), data=domain_data, log=log)
         log(text)

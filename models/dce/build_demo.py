@@ -2,10 +2,7 @@
 data, Pix2Pix training (config `small`, 1 torch thread, ~30 min), ONNX export with a parity
 check, evaluation on phantom test subjects against both baselines, and the model card with those figures.
 
-    nice python -m models.dce.build_demo --out models/weights
-    python -m models.dce.build_demo --if-missing      # `make run`: only when no card exists
-
-Offline: needs torch (the `train` extra) but no network.
+    nice python -m models.dce.build_demo --out models/weights   # other options: models.common.build_demo
 """
 
 from __future__ import annotations
@@ -17,15 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from dicom_synth.inference import SynthesisModel
-from dicom_synth.registry import load_card
 from models.common import build_demo
 from models.common import export as common
+from models.common.evaluate import conventions
 from models.dce import evaluate as ev
-from models.dce.export import build_card, export_onnx, feature_module, parity
+from models.dce.export import TASK, build_card, export_onnx, feature_module, parity
 from models.dce.recipe import RECIPE
 from models.dce.train import CONFIGS, load_generator, train
-
-NAME = "dce_phase1"
 
 
 def _training_data(cfg, history: dict) -> dict:
@@ -39,17 +34,10 @@ def _training_data(cfg, history: dict) -> dict:
     }
 
 
-def _evaluate(out_dir: Path, n_test: int, run_dir: Path) -> tuple[dict, str]:
-    model = SynthesisModel.from_card(load_card(NAME, out_dir))
-    res = ev.evaluate(ev.phantom_cases(n_test), model, ev.fit_linear_on_phantom(), panels_dir=run_dir / "panels")
-    return res, ev.format_table(res["table"], res["n_series"], res["n_slices"])
-
-
 def _metrics(res: dict, cfg, n_test: int) -> dict:
     return {
         "dataset": f"phantom test subjects 3000..{3000 + n_test - 1}, 48 slices 384x384 each",
-        "conventions": {"unit": "per-slice min-max to [0,1], data_range 1, whole image",
-                        "body": "same images, metrics restricted to the body mask of the input"},
+        "conventions": conventions("the body mask of the input"),
         "table": res["table"], "linear_baseline": res["linear"],
         "n_series": res["n_series"], "n_slices": res["n_slices"],
         "paper_seed000": {"ssim": [0.71, 0.01], "psnr": [23.70, 1.41], "mae": [0.032, 0.004],
@@ -58,14 +46,19 @@ def _metrics(res: dict, cfg, n_test: int) -> dict:
     }
 
 
+def _report(res: dict) -> str:
+    return ev.format_table(res["table"], res["n_series"], res["n_slices"])
+
+
 def _parity(g, onnx_path: Path, cfg) -> float:
     return parity(g, onnx_path, np.random.default_rng(0).uniform(-1, 1, (2, 1, 384, 384)).astype(np.float32))
 
 
 DEMO = build_demo.Demo(
-    name=NAME, module="models.dce.build_demo", recipe=RECIPE, configs=CONFIGS, train=train, load=load_generator,
-    export=lambda g, path, cfg: export_onnx(g, path), parity=_parity, card=partial(build_card, NAME),
-    training_data=_training_data, evaluate=_evaluate, metrics=_metrics, feature_module=feature_module, memory=None,
+    name=TASK, module="models.dce.build_demo", recipe=RECIPE, configs=CONFIGS, train=train, load=load_generator,
+    export=lambda g, path, cfg: export_onnx(g, path), parity=_parity, card=partial(build_card, TASK),
+    training_data=_training_data, metrics=_metrics, feature_module=feature_module, memory=None,
+    evaluate=build_demo.phantom_evaluation(TASK, SynthesisModel.from_card, ev, ev.fit_linear_on_phantom, _report),
     cpu_seconds=True, hardware_note=", CPU shared with other jobs (wall time inflated)")
 
 
@@ -78,7 +71,7 @@ def build(out_dir: Path, run_dir: Path, config: str = RECIPE.config, n_test: int
     stage = Path(run_dir) / "weights"
     card, staged_card, _ = build_demo.build(DEMO, stage, run_dir, config, n_test, steps, threads, version, checkpoint)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    onnx_path = stage / f"{NAME}.onnx"
+    onnx_path = stage / f"{TASK}.onnx"
     os.replace(onnx_path, Path(out_dir) / onnx_path.name)
     os.replace(staged_card, Path(out_dir) / staged_card.name)
     print(f"moved to {out_dir}")
@@ -88,10 +81,9 @@ def build(out_dir: Path, run_dir: Path, config: str = RECIPE.config, n_test: int
 def main(argv: list[str] | None = None) -> int:
     p = common.build_arguments("Rebuild the demo DCE phase-1 model from the phantom.", CONFIGS, RECIPE.config,
                                "runs/demo", 4)
-    a = p.parse_args(argv)
-    if a.if_missing and common.model_present(NAME, a.out):
+    a = build_demo.parse(p, TASK, argv)
+    if a is None:
         return 0
-    a.out.mkdir(parents=True, exist_ok=True)
     build(a.out, a.run_dir, a.config, a.test_subjects, a.steps, checkpoint=a.checkpoint,
           threads=a.threads)
     return 0

@@ -25,6 +25,7 @@ from pydicom import Dataset
 from scipy import ndimage
 
 from dicom_synth.series import SeriesFiles, group_series, load_series, read_header
+from models.common.geometry import Planes
 
 NON_CONTRAST = "t1_noncontrast"
 POST_CONTRAST = "dce"
@@ -42,29 +43,8 @@ _EXCLUDE_WORDS = re.compile(r"(sub|mip|mpr|t2|dwi|diff|adc|loc|scout|survey|cad|
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """Slice stack geometry in patient coordinates (mm), slices sorted along the normal."""
-
-    row_dir: np.ndarray  # direction of increasing column index
-    col_dir: np.ndarray  # direction of increasing row index
-    normal: np.ndarray
-    positions: np.ndarray  # (N, 3) ImagePositionPatient per slice
-    spacing: tuple[float, float]  # (between rows, between columns) = PixelSpacing
-    shape: tuple[int, int]  # (Rows, Columns)
-
-    @property
-    def along(self) -> np.ndarray:
-        """Slice positions along the normal."""
-        return self.positions @ self.normal
-
-    @classmethod
-    def from_slices(cls, slices: Sequence[Dataset]) -> Geometry:
-        iop = np.array([float(v) for v in slices[0].ImageOrientationPatient])
-        row, col = iop[:3], iop[3:]
-        ps = [float(v) for v in slices[0].PixelSpacing]
-        return cls(row_dir=row, col_dir=col, normal=np.cross(row, col),
-                   positions=np.array([[float(v) for v in s.ImagePositionPatient] for s in slices]),
-                   spacing=(ps[0], ps[1]), shape=(int(slices[0].Rows), int(slices[0].Columns)))
+class Geometry(Planes):
+    """`Planes` as the headers give them (`from_slices`), and the median gap between slices."""
 
     def slice_gap(self) -> float:
         a = self.along

@@ -52,8 +52,7 @@ def write_phantom_series(out_dir: Path, seed: int, n_slices: int = 48, size: int
     """Write one series of a phantom subject, one file per slice; returns the paths.
 
     `subject` lets a caller that writes both series generate the subject once."""
-    if which not in SERIES_KINDS:
-        raise ValueError(f"which must be one of {SERIES_KINDS}, got {which!r}")
+    common.require_one_of(which, SERIES_KINDS, "which")
     if subject is None:
         subject = generate_subject(seed, n_slices=n_slices, size=size)
     pixels = to_stored(subject.t1 if which == "t1" else subject.dce1)

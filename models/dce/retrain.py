@@ -9,7 +9,6 @@ training domain."""
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,8 +19,8 @@ import numpy as np
 from dicom_synth.inference import SynthesisModel
 from dicom_synth.registry import load_card
 from models.common import export as common
-from models.common.evaluate import shortfalls, write_report
-from models.common.retrain import NotEnoughData, install, split_by_patient
+from models.common.evaluate import conventions, shortfalls, write_report
+from models.common.retrain import SPLIT_NOTE, NotEnoughData, command, install, split_by_patient, workspace
 from models.dce import evaluate as ev
 from models.dce.export import TASK, build_card, export_onnx, feature_module, parity
 from models.dce.pairs import PairResult, build_pairs, classifier_roles
@@ -75,19 +74,16 @@ def training_data(results: list[PairResult], folders: dict[str, Path], export_di
         "resampled_studies": sum(r.resampled for r in paired),
         "series": [{"study": r.study_uid, "split": split_of.get(r.study_uid), "input": r.source_description,
                     "target": r.target_description} for r in paired],
-        "split": "by patient (hash of PatientID; models.common.split.split_patients)",
+        "split": SPLIT_NOTE,
     }
 
 
 def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Path | None = None,
             version: str = "1.0.0", log: Callable[[str], None] = print) -> dict:
-    """Pair, split, train, evaluate, export and install the model; the card as written.
-    Raises NotEnoughData (writing nothing into out_dir) when the export cannot train it."""
-    t0 = time.time()
+    """Pair, split, train, evaluate, export and install the model (`models.common.retrain`)."""
     cfg = CONFIGS[config]
-    with tempfile.TemporaryDirectory(prefix="retrain-dce-") as tmp:
-        run_dir = Path(run_dir) if run_dir else Path(tmp) / "run"
-        pairs_dir = Path(tmp) / "pairs"
+    with workspace("dce", run_dir) as (tmp, run_dir, t0):
+        pairs_dir = tmp / "pairs"
         results = pair_export(export_dir, pairs_dir, log)
         folders = _split_folders(results, pairs_dir)
         data = training_data(results, folders, export_dir)
@@ -113,15 +109,13 @@ def retrain(export_dir: Path, out_dir: Path, config: str = "small", run_dir: Pat
                           panels_dir=Path(out_dir) / f"{TASK}.retrain" / "panels")
         metrics = {"dataset": f"held-out patients: {data['patients']['test']} patient(s), "
                               f"{res['n_series']} studies, {res['n_slices']} slices",
-                   "conventions": {"unit": "per-slice min-max to [0,1], data_range 1, whole image",
-                                   "body": "same images, metrics restricted to the body mask of the input"},
+                   "conventions": conventions("the body mask of the input"),
                    "table": res["table"], "linear_baseline": res["linear"], "n_series": res["n_series"],
                    "n_slices": res["n_slices"], "shortfalls": shortfalls(res["table"], ("identity", "linear"))}
         card = build_card(TASK, onnx_path, cfg, version=version, metrics=metrics, training_data=data,
                           history=history)
         card["export_parity_max_abs"] = delta
-        card["build"] = common.build_record(f"python -m models retrain {TASK} {export_dir} --out {out_dir} "
-                                            f"--config {config}", t0, t_eval, history)
+        card["build"] = common.build_record(command(TASK, export_dir, out_dir, config), t0, t_eval, history)
         card_path = common.write_card(card, stage, TASK)
         own = len(data["series"]) >= MIN_SERIES_FOR_OWN_DOMAIN
         text = ev.format_table(res["table"], res["n_series"], res["n_slices"])
