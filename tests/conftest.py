@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import OrthancPeer, PostgresPeer, RedisPeer, start_orthanc, start_postgres, start_redis
+from tests.peers import (
+    OrthancPeer,
+    PostgresPeer,
+    RedisPeer,
+    default_job_db_url,
+    session_postgres,
+    start_orthanc,
+    start_redis,
+)
 from tests.stack import ServiceStack, start_stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +31,6 @@ REALDATA = Path(os.environ.get("SYNTH_REALDATA") or REPO.parent / "shared" / "re
 MISSING_COLLECTIONS = frozenset(
     c for c in ("dcm_qa_enh",) if REALDATA.is_dir() and not any((REALDATA / c).rglob("*.dcm")))
 # The job database of tests that do not choose one (`job_db_url`): sqlite or postgresql.
-DEFAULT_JOB_DB = os.environ.get("SYNTH_TEST_JOB_DB", "sqlite")
 
 
 def _realdata_files() -> set[Path]:
@@ -97,10 +104,9 @@ def orthanc_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPe
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresPeer]:
-    """One throwaway PostgreSQL cluster for the session; each test takes its own database."""
-    peer = start_postgres()
-    yield peer
-    peer.stop()
+    """One throwaway PostgreSQL cluster for the session (tests.peers.session_postgres, which
+    `start_stack` uses too); each test takes its own database."""
+    yield session_postgres()
 
 
 @pytest.fixture
@@ -109,13 +115,14 @@ def job_db_url(request: pytest.FixtureRequest) -> str | None:
     PostgreSQL database. Tests run on both with
     `@pytest.mark.parametrize("job_db_url", ["sqlite", "postgresql"], indirect=True)`;
     others use SYNTH_TEST_JOB_DB (default sqlite)."""
-    kind = getattr(request, "param", DEFAULT_JOB_DB)
+    kind = getattr(request, "param", None)
+    if kind is None:
+        return default_job_db_url()
     if kind == "sqlite":
         return None
     if kind != "postgresql":
         raise ValueError(f"job database {kind!r}: expected sqlite or postgresql")
-    peer: PostgresPeer = request.getfixturevalue("postgres_server")
-    return peer.create_database(f"t{uuid.uuid4().hex[:12]}")
+    return session_postgres().create_database(f"t{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

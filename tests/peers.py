@@ -412,6 +412,34 @@ class PostgresPeer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+_session_postgres: PostgresPeer | None = None
+
+
+def session_postgres() -> PostgresPeer:
+    """One throwaway PostgreSQL cluster for the whole test session, started on first use and
+    stopped when the session's process exits; each user takes its own database of it."""
+    global _session_postgres
+    if _session_postgres is None:
+        import atexit
+
+        _session_postgres = start_postgres()
+        atexit.register(_session_postgres.stop)
+    return _session_postgres
+
+
+def default_job_db_url() -> str | None:
+    """The job store of a test that does not choose one: None (SQLite in the data directory)
+    or, with SYNTH_TEST_JOB_DB=postgresql, a fresh database of the session's PostgreSQL."""
+    kind = os.environ.get("SYNTH_TEST_JOB_DB", "sqlite")
+    if kind == "sqlite":
+        return None
+    if kind != "postgresql":
+        raise ValueError(f"SYNTH_TEST_JOB_DB={kind!r}: expected sqlite or postgresql")
+    import uuid
+
+    return session_postgres().create_database(f"t{uuid.uuid4().hex[:12]}")
+
+
 def start_postgres(*, attempts: int = 3, timeout: float = 30.0) -> PostgresPeer:
     """initdb + postgres in a fresh temporary directory. PostgreSQL refuses to run as
     root, so under root the cluster belongs to the `postgres` system user (its programs

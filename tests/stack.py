@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.peers import LOOPBACK, PEER_ENV, PeerError, _port_open, _tail, free_port
+from tests.peers import LOOPBACK, PEER_ENV, PeerError, _port_open, _tail, default_job_db_url, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,15 @@ class ServiceStack:
     proc: subprocess.Popen
     log: Path
     ae_title: str = "SYNTH"
+    database_url: str | None = None  # SYNTH_DATABASE_URL; None: SQLite in the data directory
     token: str | None = None
     """The bearer token every request sends: SYNTH_API_TOKEN, else the admin token the
     runner made in <data_dir>/api-token (None with SYNTH_AUTH=off or another token source)."""
+
+    @property
+    def job_db_url(self) -> str:
+        """The service's job store, for a test to open (`JobStore(stack.job_db_url)`)."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'jobs.sqlite3'}"
 
     @property
     def url(self) -> str:
@@ -99,12 +105,13 @@ def start_stack(
     *,
     broker_url: str | None,
     pacs: str | None = None,
-    database_url: str | None = None,
+    database_url: str | None = "from SYNTH_TEST_JOB_DB",
     env: dict[str, str] | None = None,
     timeout: float = 90,
 ) -> ServiceStack:
     """Start gateway, listener, workers (and an embedded broker when broker_url is None);
-    the job store is `database_url`, or by default SQLite in the data directory."""
+    the job store is `database_url` (None: SQLite in the data directory); by default that
+    SQLite, or a fresh PostgreSQL database with SYNTH_TEST_JOB_DB=postgresql."""
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     # The test decides every setting, except where the models are (to test other weights).
@@ -123,6 +130,8 @@ def start_stack(
         full_env["SYNTH_BROKER_URL"] = broker_url
     if pacs:
         full_env["SYNTH_PACS"] = pacs
+    if database_url == "from SYNTH_TEST_JOB_DB":
+        database_url = default_job_db_url()
     if database_url:
         full_env["SYNTH_DATABASE_URL"] = database_url
     full_env.update(env or {})
@@ -132,7 +141,8 @@ def start_stack(
         [sys.executable, "-m", "service.runner"],
         cwd=REPO, env=full_env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
-    stack = ServiceStack(http_port, dicom_port, Path(full_env["SYNTH_DATA_DIR"]), proc, log)
+    stack = ServiceStack(http_port, dicom_port, Path(full_env["SYNTH_DATA_DIR"]), proc, log,
+                         database_url=full_env.get("SYNTH_DATABASE_URL"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -11,9 +11,11 @@ import time
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from dicom_synth.jobstore import JobStore
 from models.dce.phantom_dicom import write_phantom_series
 from service.tokens import add_token
 from tests.peers import PeerError, storescu
@@ -101,7 +103,13 @@ def test_tokens_allow_list_no_phi_in_logs_and_private_files(tmp_path, redis_serv
     assert len(lines) > 20 and any("rejected" in ln and "REMOTE" in ln for ln in lines)
     leaks = [(p, ln) for ln in lines for p in LEAK_PATTERNS if p.lower() in ln.lower()]
     assert not leaks, leaks[:5]
-    # nor in the job database (SQLite here)
+    # nor in the job database: no row of any table (SQLite or PostgreSQL), nor the SQLite file's bytes
+    engine = JobStore(stack.job_db_url).engine
+    with engine.connect() as conn:
+        rows = " ".join(str(row) for table in sa.inspect(engine).get_table_names()
+                        for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')))
+    assert len(rows) > 100  # the jobs and the audit trail are there
+    assert not [p for p in LEAK_PATTERNS if p.lower() in rows.lower()]
     db = stack.data_dir / "jobs.sqlite3"
     if db.exists():
         raw = db.read_bytes()

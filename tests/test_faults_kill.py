@@ -35,7 +35,7 @@ def test_a_worker_killed_mid_step_ends_its_job_done_once(tmp_path, redis_server,
     orthanc = None if kind == "export" else orthanc_factory(dicom_port=pacs_port)
     stack = start_stack(tmp_path / "svc", broker_url=redis_server.url, pacs=f"ORTHANC@127.0.0.1:{pacs_port}",
                         env={"SYNTH_EXPORT_RETRIES": "60", "SYNTH_EXPORT_BACKOFF_SECONDS": "0.5"})
-    store = JobStore(f"sqlite:///{stack.data_dir / 'jobs.sqlite3'}")
+    store = JobStore(stack.job_db_url)
     try:
         files = write_phantom_series(tmp_path / "t1", seed=1800 + len(kind), n_slices=48 if kind == "classify" else 24,
                                      size=384)

@@ -81,7 +81,7 @@ def _gpu_worker(stack: ServiceStack, name: str = "gpu@") -> psutil.Process | Non
 
 def test_a_step_that_kills_its_worker_twice_fails_the_job_and_is_not_requeued(tmp_path, redis_server):
     stack = start_stack(tmp_path / "svc", broker_url=redis_server.url)
-    store = JobStore(f"sqlite:///{stack.data_dir / 'jobs.sqlite3'}")
+    store = JobStore(stack.job_db_url)
     try:
         files = write_phantom_series(tmp_path / "t1", seed=932, n_slices=24, size=384)
         job_id = stack.post(files).json()["job_id"]
@@ -111,7 +111,7 @@ def test_an_export_killed_mid_export_is_resumed_and_delivered_once(tmp_path, red
     dead_port = free_port()
     stack = start_stack(tmp_path / "svc", broker_url=redis_server.url, pacs=f"ORTHANC@127.0.0.1:{dead_port}",
                         env={"SYNTH_EXPORT_RETRIES": "30", "SYNTH_EXPORT_BACKOFF_SECONDS": "0.5"})
-    store = JobStore(f"sqlite:///{stack.data_dir / 'jobs.sqlite3'}")
+    store = JobStore(stack.job_db_url)
     try:
         files = write_phantom_series(tmp_path / "t1", seed=933, n_slices=4, size=384)
         job_id = stack.post(files).json()["job_id"]
